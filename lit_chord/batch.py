@@ -1,0 +1,133 @@
+"""The data that flows through one optimizer step.
+
+``StepBatch`` is what the datamodule yields per step: the prompts to roll out (already tokenized with the chat
+template) and the expert demonstrations. The rollout callback fills in ``rollouts``; the datamodule's collate
+turns expert rows and rollout rows into one right-padded ``TrainTensors`` that the module slices into
+micro-batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Prompt:
+    """One RL prompt: token ids after the chat template, and the reference answer for the reward."""
+
+    prompt_ids: list[int]
+    answer: str
+    text: str = ""
+
+
+@dataclass
+class Sequence:
+    """One training row: a prompt and a response; the loss covers the response tokens only."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    is_expert: bool
+    advantage: float = 0.0
+    loss_on_response: bool = True  # False for truncated rollouts (they keep their reward, not their tokens)
+
+
+@dataclass
+class TrainTensors:
+    """Right-padded rows of one step. Shapes: ``(B, T)`` for token tensors, ``(B,)`` for row tensors.
+
+    ``loss_mask[b, t]`` is 1 where ``input_ids[b, t + 1]`` is a response token, i.e. it is aligned with the
+    logits at position ``t`` that predict the next token, so ``targets = input_ids[:, 1:]`` pairs with
+    ``loss_mask[:, :-1]``.
+    """
+
+    input_ids: Tensor  # (B, T) long
+    attention_mask: Tensor  # (B, T) long
+    loss_mask: Tensor  # (B, T) float, aligned with the logits that predict the next token
+    is_expert: Tensor  # (B,) bool
+    advantages: Tensor  # (B,) float
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def micro_batches(self, size: int) -> list[TrainTensors]:
+        """Split rows into chunks of ``size`` and trim each chunk's trailing padding."""
+        chunks = []
+        for start in range(0, len(self), size):
+            rows = slice(start, start + size)
+            width = int(self.attention_mask[rows].sum(-1).max())
+            chunks.append(
+                TrainTensors(
+                    input_ids=self.input_ids[rows, :width],
+                    attention_mask=self.attention_mask[rows, :width],
+                    loss_mask=self.loss_mask[rows, :width],
+                    is_expert=self.is_expert[rows],
+                    advantages=self.advantages[rows],
+                )
+            )
+        return chunks
+
+    def to(self, device: torch.device | str) -> TrainTensors:
+        return TrainTensors(
+            *(
+                t.to(device)
+                for t in (self.input_ids, self.attention_mask, self.loss_mask, self.is_expert, self.advantages)
+            )
+        )
+
+
+def pad_sequences(sequences: list[Sequence], pad_id: int) -> TrainTensors:
+    """Right-pad rows into tensors; see ``TrainTensors`` for the loss-mask alignment."""
+    width = max(len(s.prompt_ids) + len(s.response_ids) for s in sequences)
+    n = len(sequences)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((n, width), dtype=torch.long)
+    loss_mask = torch.zeros((n, width), dtype=torch.float32)
+    for row, seq in enumerate(sequences):
+        ids = seq.prompt_ids + seq.response_ids
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, : len(ids)] = 1
+        if seq.loss_on_response:
+            # logits at position t predict token t + 1: response tokens sit at [P, P + R), so mask [P - 1, P + R - 1).
+            loss_mask[row, len(seq.prompt_ids) - 1 : len(ids) - 1] = 1.0
+    return TrainTensors(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        loss_mask=loss_mask,
+        is_expert=torch.tensor([s.is_expert for s in sequences], dtype=torch.bool),
+        advantages=torch.tensor([s.advantage for s in sequences], dtype=torch.float32),
+    )
+
+
+@dataclass
+class StepBatch:
+    """Everything one optimizer step needs on one rank."""
+
+    step: int  # 0-based optimizer step this batch was drawn for
+    prompts: list[Prompt]
+    expert: list[Sequence]
+    num_generations: int
+    rollouts: list[Sequence] = field(default_factory=list)
+    train: TrainTensors | None = None  # set by the rollout callback through the datamodule's collate
+    temperature: float = 1.0  # sampling temperature; the trainer scales logits by the same value
+    metrics: dict[str, float] = field(default_factory=dict)  # rollout metrics, logged by the module
+
+
+@dataclass
+class ValResult:
+    """How the policy answered one held-out prompt: greedy, and ``k`` samples."""
+
+    greedy_correct: float
+    greedy_length: int
+    sample_correct: list[float] = field(default_factory=list)
+    completion: str = ""
+
+
+@dataclass
+class ValBatch:
+    """Held-out prompts; the rollout callback fills ``results`` before ``validation_step``."""
+
+    prompts: list[Prompt]
+    results: list[ValResult] = field(default_factory=list)

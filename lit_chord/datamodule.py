@@ -1,0 +1,289 @@
+"""``ChordDataModule``: the expert SFT stream and the RL prompt stream, tokenized with one chat template.
+
+Each optimizer step draws ``prompts_per_step`` prompts (rolled out ``num_generations`` times by the rollout
+callback) and as many expert demonstrations as ``expert_data_ratio`` asks of the step's sequences (the
+reference: 0.2 of 320 = 64 expert + 32 prompts x 8 rollouts). Both streams cycle independently through
+seeded per-epoch shuffles.
+
+Why the streams are indexed by step: a stream's position is a pure function of the optimizer step, so a
+resumed run continues exactly where it stopped (Lightning restores ``global_step`` before it builds the
+dataloader) and the one-batch prefetch can never make the saved position stale. Ranks take disjoint slices of
+each step's draw, so a prompt group never straddles ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, IterableDataset
+
+from lit_chord.batch import Prompt, Sequence, StepBatch, TrainTensors, ValBatch, pad_sequences
+
+PAPER_SYSTEM_PROMPT = (
+    "You are a helpful assistant that solves MATH problems. You should first think about the reasoning process in "
+    "mind and then provides the user with the answer. You should present your reasoning process using the format: "
+    "<think>\n ...your reasoning process here... </think>\n first. You should always include your final answer in "
+    "\\boxed{} as closed-form results."
+)
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, the record and what was expected."""
+
+
+def load_records(source: str) -> list[dict]:
+    """Read a JSON/JSONL/parquet file or a ``datasets`` hub name (``name`` or ``name:split``) into dicts."""
+    import datasets
+
+    path = Path(source)
+    if path.suffix in (".json", ".jsonl", ".parquet"):
+        if not path.exists():
+            raise DataError(f"{source}: file not found")
+        if path.suffix == ".jsonl":
+            _check_jsonl(path)
+        builder = "parquet" if path.suffix == ".parquet" else "json"
+        dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
+    else:
+        name, _, split = source.partition(":")
+        dataset = datasets.load_dataset(name, split=split or "train")
+    records = dataset.to_list()
+    if not records:
+        raise DataError(f"{source}: no records")
+    return records
+
+
+def _check_jsonl(path: Path) -> None:
+    """Locate malformed lines ourselves: ``datasets`` reports them without a line number."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 ({err})") from err
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{number}: malformed JSON ({err.msg})") from err
+        if not isinstance(record, dict):
+            raise DataError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+
+
+class StepStream(IterableDataset):
+    """Yields one ``StepBatch`` per optimizer step, starting at ``start_step``, forever."""
+
+    def __init__(self, datamodule: ChordDataModule, start_step: int, rank: int, world_size: int) -> None:
+        self.dm, self.start_step, self.rank, self.world_size = datamodule, start_step, rank, world_size
+
+    def __iter__(self) -> Iterator[StepBatch]:
+        step = self.start_step
+        while True:
+            yield self.dm.step_batch(step, self.rank, self.world_size)
+            step += 1
+
+
+class ChordDataModule(LightningDataModule):
+    def __init__(
+        self,
+        tokenizer: str,
+        prompt_data: str,
+        expert_data: str | None = None,
+        val_data: str | None = None,
+        prompts_per_step: int = 32,
+        num_generations: int = 8,
+        expert_data_ratio: float = 0.2,
+        system_prompt: str | None = PAPER_SYSTEM_PROMPT,
+        prompt_key: str = "problem",
+        answer_key: str = "answer",
+        messages_key: str = "messages",
+        response_key: str = "response",
+        max_prompt_length: int = 1024,
+        max_response_length: int = 8192,
+        val_size: int | None = None,
+        seed: int = 42,
+    ) -> None:
+        """Args:
+        tokenizer: Path or hub name for ``AutoTokenizer.from_pretrained``; its chat template formats both streams.
+        prompt_data: RL prompts: a .json/.jsonl/.parquet file or a ``datasets`` name, with ``prompt_key`` and
+            ``answer_key`` fields.
+        expert_data: Expert demonstrations, same sources; records with ``messages_key`` (chat messages, the last
+            one from the assistant) or ``prompt_key`` + ``response_key``. None trains pure GRPO.
+        val_data: Held-out prompts (same format as ``prompt_data``) for validation.
+        prompts_per_step: Prompts per optimizer step across all ranks (reference: 32).
+        num_generations: Rollouts per prompt, the GRPO group size (reference: 8).
+        expert_data_ratio: Share of the step's sequences that are expert demonstrations (reference: 0.2, i.e.
+            64 expert next to 32 x 8 rollouts). Must lie in [0, 1).
+        system_prompt: System message for RL prompts and for prompt/response expert records (messages records
+            keep their own). None for no system message. Default: the paper's zero-shot prompt with tags.
+        prompt_key: Field with the problem text.
+        answer_key: Field with the reference answer.
+        messages_key: Field with chat messages in expert records.
+        response_key: Field with the response in prompt/response expert records.
+        max_prompt_length: Prompts longer than this (in tokens) are filtered out and counted.
+        max_response_length: Expert responses longer than this are filtered out and counted (reference).
+        val_size: Use only the first ``val_size`` held-out prompts (None: all).
+        seed: Seed of the per-epoch shuffles.
+        """
+        super().__init__()
+        if not 0.0 <= expert_data_ratio < 1.0:
+            raise ValueError(f"data.expert_data_ratio must lie in [0, 1), got {expert_data_ratio}")
+        for name, value in [("prompts_per_step", prompts_per_step), ("num_generations", num_generations)]:
+            if value < 1:
+                raise ValueError(f"data.{name} must be >= 1, got {value}")
+        self.save_hyperparameters()
+        self.prompts_per_step = prompts_per_step
+        self.num_generations = num_generations
+        rollouts = prompts_per_step * num_generations
+        # expert = ceil(ratio * (rollouts + expert)) as the reference's mix sample strategy.
+        self.experts_per_step = math.ceil(expert_data_ratio * rollouts / (1 - expert_data_ratio) - 1e-9)
+        self.prompts: list[Prompt] = []
+        self.expert: list[Sequence] = []
+        self.val_prompts: list[Prompt] = []
+        self.filtered: dict[str, int] = {}
+        self.tokenizer = None
+
+    # ----- setup -----------------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if self.tokenizer is not None:
+            return
+        from transformers import AutoTokenizer
+
+        hp = self.hparams
+        self.tokenizer = AutoTokenizer.from_pretrained(hp.tokenizer)
+        if not self.tokenizer.chat_template:
+            raise DataError(f"tokenizer {hp.tokenizer!r} has no chat template; both streams are formatted with it")
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.prompts = self._load_prompts(hp.prompt_data, "prompt_data")
+        if hp.expert_data and self.experts_per_step:
+            self.expert = self._load_expert(hp.expert_data)
+        if hp.val_data:
+            self.val_prompts = self._load_prompts(hp.val_data, "val_data")[: hp.val_size]
+
+    def _chat_ids(self, messages: list[dict], generation_prompt: bool) -> list[int]:
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _system(self) -> list[dict]:
+        return [{"role": "system", "content": self.hparams.system_prompt}] if self.hparams.system_prompt else []
+
+    def _load_prompts(self, source: str, field_name: str) -> list[Prompt]:
+        hp = self.hparams
+        prompts = []
+        for index, record in enumerate(load_records(source)):
+            for key in (hp.prompt_key, hp.answer_key):
+                if not isinstance(record.get(key), (str, int, float)) or record.get(key) == "":
+                    raise DataError(
+                        f"{source}: record {index}: field {key!r} missing or not a string/number "
+                        f"(data.{field_name} expects {hp.prompt_key!r} and {hp.answer_key!r})"
+                    )
+            messages = [*self._system(), {"role": "user", "content": str(record[hp.prompt_key])}]
+            ids = self._chat_ids(messages, generation_prompt=True)
+            if len(ids) > hp.max_prompt_length:
+                self.filtered[field_name] = self.filtered.get(field_name, 0) + 1
+                continue
+            prompts.append(Prompt(ids, str(record[hp.answer_key]), str(record[hp.prompt_key])))
+        if not prompts:
+            raise DataError(f"{source}: no prompt fits max_prompt_length={hp.max_prompt_length}")
+        return prompts
+
+    def expert_messages(self, record: dict, source: str, index: int) -> list[dict]:
+        """Normalize an expert record to chat messages whose last turn is the assistant's response."""
+        hp = self.hparams
+        if hp.messages_key in record and record[hp.messages_key] is not None:
+            messages = record[hp.messages_key]
+            if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+                raise DataError(
+                    f"{source}: record {index}: {hp.messages_key!r} must be a list of "
+                    "{'role': ..., 'content': ...} objects"
+                )
+            for m in messages:
+                if m.get("role") not in ("system", "user", "assistant", "tool"):
+                    raise DataError(f"{source}: record {index}: unknown chat role {m.get('role')!r}")
+                if not isinstance(m.get("content"), str):
+                    raise DataError(f"{source}: record {index}: message content must be a string")
+            if not messages or messages[-1]["role"] != "assistant":
+                raise DataError(f"{source}: record {index}: the last message must be the assistant's response")
+        elif isinstance(record.get(hp.prompt_key), str) and isinstance(record.get(hp.response_key), str):
+            messages = [
+                *self._system(),
+                {"role": "user", "content": record[hp.prompt_key]},
+                {"role": "assistant", "content": record[hp.response_key]},
+            ]
+        else:
+            raise DataError(
+                f"{source}: record {index}: expected {hp.messages_key!r} (chat messages) or string "
+                f"fields {hp.prompt_key!r} and {hp.response_key!r}"
+            )
+        if not messages[-1]["content"].strip():
+            raise DataError(f"{source}: record {index}: empty assistant response")
+        return messages
+
+    def _load_expert(self, source: str) -> list[Sequence]:
+        hp = self.hparams
+        eos = self.tokenizer.eos_token_id
+        expert = []
+        for index, record in enumerate(load_records(source)):
+            messages = self.expert_messages(record, source, index)
+            prompt_ids = self._chat_ids(messages[:-1], generation_prompt=True)
+            prompt_text = self.tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+            full_text = self.tokenizer.apply_chat_template(messages, tokenize=False)
+            if not full_text.startswith(prompt_text):
+                raise DataError(
+                    f"{source}: record {index}: the chat template does not render the prompt as a "
+                    "prefix of the conversation; cannot locate the assistant tokens"
+                )
+            response_ids = self.tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
+            if eos in response_ids:  # keep the end-of-turn token, drop what the template adds after it
+                response_ids = response_ids[: response_ids.index(eos) + 1]
+            if len(prompt_ids) > hp.max_prompt_length or len(response_ids) > hp.max_response_length:
+                self.filtered["expert_data"] = self.filtered.get("expert_data", 0) + 1
+                continue
+            expert.append(Sequence(prompt_ids, response_ids, is_expert=True))
+        if not expert:
+            raise DataError(f"{source}: no expert sample fits the length limits")
+        return expert
+
+    # ----- streams ----------------------------------------------------------------------------------------------
+    def _draw(self, items: list, count: int, step: int, stream: int, rank: int, world_size: int) -> list:
+        """This rank's share of the ``count`` items the stream yields at ``step`` (per-epoch seeded shuffles)."""
+        per_rank = count // world_size
+        first = step * count + rank * per_rank
+        drawn, order, order_epoch = [], None, -1
+        for position in range(first, first + per_rank):
+            epoch, offset = divmod(position, len(items))
+            if epoch != order_epoch:
+                generator = torch.Generator().manual_seed(self.hparams.seed * 1000 + stream * 100_003 + epoch)
+                order, order_epoch = torch.randperm(len(items), generator=generator).tolist(), epoch
+            drawn.append(items[order[offset]])
+        return drawn
+
+    def step_batch(self, step: int, rank: int = 0, world_size: int = 1) -> StepBatch:
+        for name, count in [("prompts_per_step", self.prompts_per_step), ("expert samples", self.experts_per_step)]:
+            if count % world_size:
+                raise ValueError(f"{name} ({count}) must be divisible by the world size ({world_size})")
+        return StepBatch(
+            step=step,
+            prompts=self._draw(self.prompts, self.prompts_per_step, step, 0, rank, world_size),
+            expert=self._draw(self.expert, self.experts_per_step, step, 1, rank, world_size) if self.expert else [],
+            num_generations=self.num_generations,
+        )
+
+    def collate_rollouts(self, batch: StepBatch) -> TrainTensors:
+        """Pad the step's expert rows and rollout rows into one ``TrainTensors``."""
+        return pad_sequences(batch.expert + batch.rollouts, self.tokenizer.pad_token_id)
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        stream = StepStream(self, trainer.global_step, trainer.global_rank, trainer.world_size)
+        return DataLoader(stream, batch_size=None, num_workers=0)
+
+    def val_dataloader(self) -> DataLoader:
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        mine = self.val_prompts[rank::world]
+        return DataLoader(mine, batch_size=max(1, min(64, len(mine))), collate_fn=ValBatch, num_workers=0)

@@ -1,0 +1,75 @@
+"""Rollouts with ``transformers`` ``generate`` on the policy itself: CPU-friendly, no weight sync needed.
+
+Batched, left-padded generation with the KV cache, in eval mode and without gradients. Since it samples from
+the live policy module, ``load_weights`` has nothing to do. Use it for the demo and tests; use vLLM for real
+runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from lit_chord.engines import Completion, SamplingConfig
+
+
+class TransformersEngine:
+    def __init__(self, batch_size: int = 256) -> None:
+        """Args:
+        batch_size: Most sequences (prompts x n) generated at once.
+        """
+        self.batch_size = batch_size
+        self.policy: nn.Module | None = None
+        self.stop_token_ids: list[int] = []
+        self.pad_token_id = 0
+
+    def attach(self, policy: nn.Module, stop_token_ids: list[int], pad_token_id: int) -> None:
+        self.policy, self.stop_token_ids, self.pad_token_id = policy, list(stop_token_ids), pad_token_id
+
+    def generate(self, prompt_ids: list[list[int]], n: int, sampling: SamplingConfig) -> list[list[Completion]]:
+        flat = [ids for ids in prompt_ids for _ in range(n)]
+        completions: list[Completion] = []
+        was_training = self.policy.training
+        self.policy.eval()
+        try:
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                if sampling.seed is not None:
+                    torch.manual_seed(sampling.seed)
+                for start in range(0, len(flat), self.batch_size):
+                    completions += self._generate_batch(flat[start : start + self.batch_size], sampling)
+        finally:
+            self.policy.train(was_training)
+        return [completions[i * n : (i + 1) * n] for i in range(len(prompt_ids))]
+
+    def _generate_batch(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[Completion]:
+        device = next(self.policy.parameters()).device
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, ids in enumerate(prompts):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            attention_mask[row, width - len(ids) :] = 1
+        greedy = sampling.temperature == 0.0
+        output = self.policy.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            max_new_tokens=sampling.max_new_tokens,
+            do_sample=not greedy,
+            temperature=None if greedy else sampling.temperature,
+            top_p=None if greedy else sampling.top_p,
+            top_k=None,
+            eos_token_id=self.stop_token_ids,
+            pad_token_id=self.pad_token_id,
+        )
+        return [self._completion(row[width:].tolist()) for row in output.cpu()]
+
+    def _completion(self, tokens: list[int]) -> Completion:
+        for index, token in enumerate(tokens):
+            if token in self.stop_token_ids:
+                return Completion(tokens[: index + 1], finished=True)
+        return Completion(tokens, finished=False)
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, Tensor]]) -> None:
+        """Nothing to do: generation runs on the live policy."""

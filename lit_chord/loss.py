@@ -1,0 +1,437 @@
+"""The CHORD objective (Zhang et al., "On-Policy RL Meets Off-Policy Experts", arXiv 2508.11408).
+
+One optimizer step mixes on-policy rollouts (GRPO) with expert demonstrations (SFT):
+
+    L = (1 − μ)·L_rl + μ·L_sft                                    (the paper's hybrid loss)
+
+    L_rl  = agg_rollout_tokens( max(−A·r, −A·clip(r, 1 − ε_low, 1 + ε_high)) )   r = π_θ / π_old per token
+            (dual clip: for A < 0 the loss is further capped at −A·c, c = 3)
+    L_sft = agg_expert_tokens( −φ(p)·log p ),  p = π_θ(y*_t), φ(p) = p(1 − p) detached      (CHORD-φ)
+    A     = (R − mean_group(R)) / (std_group(R) + ε)   per prompt group, broadcast over tokens   (GRPO)
+    μ     = linear warm-up 0 → μ_peak, half-cosine μ_peak → μ_valley, then μ_valley           (CHORD-μ)
+
+Rollout rows enter only L_rl (and the optional entropy bonus / KL penalty), expert rows only L_sft. Each term is
+normalized by its own token (or sequence) count, so the two terms each weigh 1 before mixing with (1 − μ) and μ,
+however many expert rows a batch holds. Counts are "global" (summed over micro-batches and ranks by the caller), so
+micro-batch losses add up to the full-batch loss. Semantics follow the reference implementation
+(Trinity-RFT `mix_chord`), see /work/shared/reference/chord_reference.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor
+
+LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
+SftWeighting = Literal["none", "phi", "is"]
+KlEstimator = Literal["k1", "k2", "k3"]
+
+
+def mu_schedule(step: int, warmup_steps: int, decay_steps: int, peak: float, valley: float) -> float:
+    """Global SFT weight μ at a 1-based optimizer step (CHORD-μ).
+
+    Linear warm-up 0 → ``peak`` over ``warmup_steps``, half-cosine ``peak`` → ``valley`` over ``decay_steps``, then
+    ``valley`` for ever. ``warmup_steps = decay_steps = 0`` gives a constant μ = ``valley`` (as in the reference).
+    """
+    if step < warmup_steps:
+        return step / warmup_steps * peak
+    if step >= warmup_steps + decay_steps:
+        return valley
+    return (peak - valley) * 0.5 * (1.0 + math.cos(math.pi * (step - warmup_steps) / decay_steps)) + valley
+
+
+def group_advantages(rewards: Tensor, group_size: int, scale_by_std: bool = True, eps: float = 1e-6) -> Tensor:
+    """GRPO advantages A = (r − mean_g) / (std_g + eps) with the unbiased std of each group.
+
+    Args:
+        rewards: ``(N,)`` rewards laid out group after group (all completions of one prompt are contiguous).
+        group_size: Completions per prompt; must divide N.
+        scale_by_std: If False return r − mean_g (Dr. GRPO).
+        eps: Added to the std.
+
+    Returns:
+        ``(N,)`` float32 advantages; exactly 0 for groups whose rewards are all equal (including groups of one).
+    """
+    if group_size < 1 or rewards.numel() % group_size != 0:
+        raise ValueError(f"rewards has {rewards.numel()} elements, not a multiple of group_size={group_size}")
+    groups = rewards.detach().float().reshape(-1, group_size)  # (G, group_size)
+    advantages = groups - groups.mean(dim=1, keepdim=True)
+    if scale_by_std and group_size > 1:
+        advantages = advantages / (groups.std(dim=1, keepdim=True) + eps)
+    constant = groups.amax(dim=1, keepdim=True) == groups.amin(dim=1, keepdim=True)  # mean may round: force 0
+    return advantages.masked_fill(constant, 0.0).reshape(-1)
+
+
+class _ChunkedLogprobs(torch.autograd.Function):
+    """log p(target) (and entropy) of softmax(h·Wᵀ/τ), chunk by chunk; only per-token stats are saved."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, temperature, chunk_size, with_entropy):  # (N, H), (V, H), (N,)
+        n, v = hidden.shape[0], weight.shape[0]
+        logprobs = torch.empty(n, dtype=torch.float32, device=hidden.device)  # (N,)
+        lse = torch.empty_like(logprobs)
+        entropy = torch.empty_like(logprobs) if with_entropy else None
+        z = torch.empty(min(chunk_size, n), v, dtype=torch.float32, device=hidden.device)  # reused (C, V) buffer
+        e = torch.empty_like(z) if with_entropy else None
+        for s in range(0, n, chunk_size):
+            zc = _chunk_logits(hidden[s : s + chunk_size], weight, temperature, z)  # (C, V) float32
+            rows = zc.shape[0]
+            target_logit = zc.gather(1, targets[s : s + chunk_size, None]).squeeze(1)
+            zmax = zc.amax(dim=1, keepdim=True)
+            zc.sub_(zmax)  # z − max, in place
+            if with_entropy:
+                ec = torch.exp(zc, out=e[:rows])
+                total = ec.sum(dim=1)
+                # H = log Σe − Σ e·(z − max) / Σe, since log p = (z − max) − log Σe
+                entropy[s : s + rows] = total.log() - zc.mul_(ec).sum(dim=1) / total
+            else:
+                total = zc.exp_().sum(dim=1)
+            lse[s : s + rows] = zmax.squeeze(1) + total.log()
+            logprobs[s : s + rows] = target_logit - lse[s : s + rows]
+        ctx.save_for_backward(hidden, weight, targets, lse, entropy if with_entropy else lse)
+        ctx.temperature, ctx.chunk_size, ctx.with_entropy = temperature, chunk_size, with_entropy
+        return (logprobs, entropy) if with_entropy else logprobs
+
+    @staticmethod
+    def backward(ctx, grad_logprobs, grad_entropy=None):
+        hidden, weight, targets, lse, entropy = ctx.saved_tensors
+        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        n, chunk = hidden.shape[0], ctx.chunk_size
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        # Accumulate dW in float32 across chunks even when the weight is bf16.
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
+        z = torch.empty(min(chunk, n), weight.shape[0], dtype=torch.float32, device=hidden.device)
+        p = torch.empty_like(z) if ctx.with_entropy else None
+        # d/dz of (logits / τ) is 1/τ: fold it into the per-token upstream gradients.
+        g_lp = grad_logprobs.float() / ctx.temperature  # (N,)
+        g_ent = grad_entropy.float() / ctx.temperature if ctx.with_entropy else None
+        with torch.no_grad():
+            for s in range(0, n, chunk):
+                h = hidden[s : s + chunk]
+                gc = _chunk_logits(h, weight, ctx.temperature, z)  # (C, V)
+                rows = gc.shape[0]
+                gc.sub_(lse[s : s + rows, None])  # log p
+                g = g_lp[s : s + rows, None]
+                if ctx.with_entropy:
+                    # ∂H/∂z_j = −p_j (log p_j + H); ∂log p_t/∂z_j = 1[j = t] − p_j
+                    pc = torch.exp(gc, out=p[:rows])
+                    gc.add_(entropy[s : s + rows, None]).mul_(-g_ent[s : s + rows, None]).sub_(g).mul_(pc)
+                else:
+                    gc.exp_().mul_(-g)
+                gc.scatter_add_(1, targets[s : s + rows, None], g)  # + g·onehot(target)
+                gc_in = gc if gc.dtype == weight.dtype else gc.to(weight.dtype)
+                if need_hidden:
+                    torch.mm(gc_in, weight, out=grad_hidden[s : s + rows])
+                if need_weight:
+                    grad_weight.addmm_(gc_in.T, h) if h.dtype == torch.float32 else grad_weight.add_(gc_in.T @ h)
+        grad_weight = grad_weight.to(weight.dtype) if need_weight else None
+        return grad_hidden, grad_weight, None, None, None, None
+
+
+def _chunk_logits(h: Tensor, weight: Tensor, temperature: float, out: Tensor) -> Tensor:
+    """float32 logits h·Wᵀ/τ of one chunk, written into the leading rows of the reusable buffer ``out``."""
+    zc = out[: h.shape[0]]
+    h = h if temperature == 1.0 else h / temperature  # scale the (C, H) input, not the (C, V) logits
+    if h.dtype == torch.float32 and weight.dtype == torch.float32:
+        return torch.mm(h, weight.T, out=zc)
+    return zc.copy_(h @ weight.T)  # bf16/fp16 matmul, softmax maths in float32
+
+
+def token_logprobs(
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+    with_entropy: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Log-probabilities of ``targets`` (and entropies) under softmax(hidden·Wᵀ/τ), without (B·T, V) logits.
+
+    Processes ``chunk_size`` tokens at a time and recomputes each chunk's logits in backward, saving only the
+    per-token logsumexp (and entropy). Gradients flow to ``hidden`` and ``weight`` from both outputs.
+
+    Args:
+        hidden: ``(B, T, H)`` last hidden states; position t predicts ``targets[:, t]``.
+        weight: ``(V, H)`` LM-head weight (no bias).
+        targets: ``(B, T)`` token ids in [0, V) (masked positions must still hold a valid id, e.g. the pad id).
+        temperature: Logits are divided by it (the sampling temperature).
+        chunk_size: Tokens per chunk; peak extra memory is about ``chunk_size·V`` float32 (twice with entropy).
+        with_entropy: Also return the entropy of each token's distribution.
+
+    Returns:
+        ``(logprobs, entropy)``, both ``(B, T)`` float32; ``entropy`` is None unless ``with_entropy``.
+    """
+    b, t = targets.shape
+    flat = (hidden.reshape(b * t, -1), weight, targets.reshape(-1), float(temperature), int(chunk_size))
+    if with_entropy:
+        logprobs, entropy = _ChunkedLogprobs.apply(*flat, True)
+        return logprobs.view(b, t), entropy.view(b, t)
+    return _ChunkedLogprobs.apply(*flat, False).view(b, t), None
+
+
+def naive_token_logprobs(
+    hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float = 1.0, with_entropy: bool = False
+) -> tuple[Tensor, Tensor | None]:
+    """Reference for `token_logprobs`: full float32 log_softmax over the vocabulary (memory O(B·T·V))."""
+    logits = (hidden @ weight.T).float()  # (B, T, V)
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logprobs = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1) if with_entropy else None
+    return logprobs, entropy
+
+
+def phi(probs: Tensor) -> Tensor:
+    """CHORD-φ token weight φ(p) = p(1 − p): largest at p = 0.5, zero for tokens the policy finds sure or absurd."""
+    return probs * (1.0 - probs)
+
+
+@dataclass(frozen=True)
+class Normalizers:
+    """Global token and sequence counts of one optimizer step, per term (summed over micro-batches and ranks)."""
+
+    rl_tokens: float
+    rl_seqs: float
+    sft_tokens: float
+    sft_seqs: float
+
+    def __add__(self, other: Normalizers) -> Normalizers:
+        return Normalizers.from_tensor(self.as_tensor() + other.as_tensor())
+
+    def as_tensor(self, device: torch.device | str | None = None) -> Tensor:
+        """``(4,)`` float64 tensor (rl_tokens, rl_seqs, sft_tokens, sft_seqs), e.g. for ``all_reduce``."""
+        values = [self.rl_tokens, self.rl_seqs, self.sft_tokens, self.sft_seqs]
+        return torch.tensor(values, dtype=torch.float64, device=device)
+
+    @classmethod
+    def from_tensor(cls, t: Tensor) -> Normalizers:
+        """Inverse of `as_tensor`."""
+        return cls(*(float(x) for x in t.detach().cpu().tolist()))
+
+
+def count_normalizers(mask: Tensor, is_expert: Tensor) -> Normalizers:
+    """Counts of one micro-batch; a sequence counts if it has at least one mask token.
+
+    Args:
+        mask: ``(B, T)`` 1 on completion tokens.
+        is_expert: ``(B,)`` True for expert demonstrations, False for rollouts.
+    """
+    row_tokens = mask.detach().float().sum(dim=-1)  # (B,)
+    expert = is_expert.bool()
+    counts = torch.stack(
+        [row_tokens[~expert].sum(), (row_tokens[~expert] > 0).sum()]
+        + [row_tokens[expert].sum(), (row_tokens[expert] > 0).sum()]
+    ).tolist()  # one sync
+    return Normalizers(*counts)
+
+
+def aggregate(
+    values: Tensor, mask: Tensor, mode: LossAgg, tokens: float, seqs: float, horizon: int | None = None
+) -> Tensor:
+    """Reduce per-token ``values`` ``(B, T)`` over ``mask`` with global counts, so micro-batch results add up.
+
+    token-mean: Σ v / tokens;  seq-mean-token-mean: Σ_rows (Σ_row v / n_row) / seqs;  seq-mean-token-sum: Σ v / seqs;
+    seq-mean-token-sum-norm: Σ v / (seqs · horizon), horizon a constant (default T; pass max_new_tokens) — Dr. GRPO.
+    A zero denominator gives 0 (with a zero gradient), never NaN.
+    """
+    keep = mask.bool()
+    masked = torch.where(keep, values, torch.zeros((), dtype=values.dtype, device=values.device))  # no NaN leaks
+    if mode == "token-mean":
+        total, denom = masked.sum(), tokens
+    elif mode == "seq-mean-token-mean":
+        total, denom = (masked.sum(dim=-1) / keep.sum(dim=-1).clamp(min=1)).sum(), seqs
+    elif mode == "seq-mean-token-sum":
+        total, denom = masked.sum(), seqs
+    elif mode == "seq-mean-token-sum-norm":
+        total, denom = masked.sum(), seqs * (mask.shape[-1] if horizon is None else horizon)
+    else:
+        raise ValueError(f"unknown aggregation mode {mode!r}")
+    return total / denom if denom > 0 else total * 0.0
+
+
+class PolicyLoss(NamedTuple):
+    """Per-token outputs of `policy_loss`, all ``(B, T)`` and zero on masked tokens."""
+
+    losses: Tensor  # clipped policy-gradient loss
+    clipped: Tensor  # bool, the clipped surrogate was active (pg2 > pg1)
+    dual_clipped: Tensor  # bool, the dual clip −A·c was active (A < 0)
+    ratio: Tensor  # π_θ / π_old, detached
+
+
+def policy_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    clip_ratio_c: float = 3.0,
+) -> PolicyLoss:
+    """Dual-clip PPO loss per token (the GRPO surrogate with GRPO advantages).
+
+    Args:
+        logprobs: ``(B, T)`` under the current policy.
+        old_logprobs: ``(B, T)`` under the policy that sampled.
+        advantages: ``(B,)`` per sequence, broadcast over its tokens (``(B, T)`` also accepted).
+        mask: ``(B, T)`` 1 on the tokens to train.
+        clip_low: ε_low, lower clip 1 − ε_low of the ratio.
+        clip_high: ε_high, upper clip 1 + ε_high of the ratio.
+        clip_ratio_c: Dual-clip constant c: for A < 0 the loss is capped at −A·c.
+    """
+    adv = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages  # (B, 1) or (B, T)
+    ratio = torch.exp(torch.clamp(logprobs - old_logprobs, -20.0, 20.0))  # r = π_θ / π_old
+    pg1 = -adv * ratio
+    pg2 = -adv * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    clipped_loss = torch.maximum(pg1, pg2)  # pessimistic PPO bound
+    pg3 = -adv * clip_ratio_c
+    losses = torch.where(adv < 0, torch.minimum(clipped_loss, pg3), clipped_loss)  # dual clip for A < 0
+    keep = mask.bool()
+    zero = torch.zeros((), dtype=losses.dtype, device=losses.device)
+    return PolicyLoss(
+        losses=torch.where(keep, losses, zero),
+        clipped=(pg2 > pg1) & keep,
+        dual_clipped=((adv < 0) & (clipped_loss > pg3)) & keep,
+        ratio=torch.where(keep, ratio.detach(), zero),
+    )
+
+
+def sft_loss(logprobs: Tensor, weighting: SftWeighting = "phi") -> Tensor:
+    """Per-token SFT loss ``(B, T)`` on expert tokens: −w·log p with a detached weight w.
+
+    none: w = 1 (plain SFT, CHORD-μ);  phi: w = φ(p) = p(1 − p) (CHORD-φ);  is: w = p (the paper's IS ablation).
+    """
+    if weighting == "none":
+        return -logprobs
+    probs = logprobs.detach().exp()
+    if weighting == "phi":
+        return -logprobs * phi(probs)  # ∇ = −φ(p)·∇log p
+    if weighting == "is":
+        return -logprobs * probs  # ∇ = −p·∇log p = −∇p
+    raise ValueError(f"unknown sft weighting {weighting!r}")
+
+
+def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: KlEstimator = "k3") -> Tensor:
+    """Per-token KL(π_θ ‖ π_ref) estimate ``(B, T)``: k1 = log r, k2 = ½(log r)², k3 = e^{−log r} + log r − 1."""
+    log_ratio = logprobs - ref_logprobs  # log r = log π_θ − log π_ref
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio.square()
+    if estimator == "k3":
+        return torch.exp(-log_ratio) + log_ratio - 1.0  # exp(ref − logp) − (ref − logp) − 1
+    raise ValueError(f"unknown KL estimator {estimator!r}")
+
+
+@dataclass
+class LossOutput:
+    """Scalar loss to back-propagate and detached 0-dim metrics."""
+
+    loss: Tensor
+    metrics: dict[str, Tensor]
+
+
+def chord_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    is_expert: Tensor,
+    mu: float,
+    *,
+    normalizers: Normalizers | None = None,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    clip_ratio_c: float = 3.0,
+    sft_weighting: SftWeighting = "phi",
+    rl_agg: LossAgg = "token-mean",
+    sft_agg: LossAgg = "token-mean",
+    horizon: int | None = None,
+    entropy: Tensor | None = None,
+    entropy_coef: float = 0.0,
+    ref_logprobs: Tensor | None = None,
+    kl_coef: float = 0.0,
+    kl_estimator: KlEstimator = "k3",
+) -> LossOutput:
+    """CHORD loss L = (1 − μ)·L_rl + μ·L_sft of one (micro-)batch mixing rollouts and expert rows.
+
+    L_rl = agg(policy loss) − entropy_coef·agg(entropy) + kl_coef·agg(KL) over rollout tokens;
+    L_sft = agg(sft loss) over expert tokens. Expert rows' advantages and old log-probs are ignored.
+
+    Args:
+        logprobs: ``(B, T)`` current-policy log-probs of every row's tokens.
+        old_logprobs: ``(B, T)`` sampling-policy log-probs (only rollout rows are read).
+        advantages: ``(B,)`` GRPO advantages (only rollout rows are read).
+        mask: ``(B, T)`` 1 on completion tokens.
+        is_expert: ``(B,)`` bool, True for expert demonstrations.
+        mu: SFT weight μ in [0, 1], see `mu_schedule`.
+        normalizers: Global counts of the whole optimizer step; None counts this batch (full-batch case).
+        clip_low: PPO ε_low.
+        clip_high: PPO ε_high.
+        clip_ratio_c: Dual-clip constant.
+        sft_weighting: ``"phi"`` (CHORD-φ), ``"none"`` (plain SFT, CHORD-μ) or ``"is"``.
+        rl_agg: Aggregation of the RL terms.
+        sft_agg: Aggregation of the SFT term.
+        horizon: Constant length for ``seq-mean-token-sum-norm`` (pass max_new_tokens).
+        entropy: ``(B, T)`` token entropies, for the bonus and the ``entropy`` metric.
+        entropy_coef: Weight of the entropy bonus (subtracted from L_rl).
+        ref_logprobs: ``(B, T)`` reference-policy log-probs, for the KL penalty and the ``kl`` metric.
+        kl_coef: Weight of the KL penalty (added to L_rl).
+        kl_estimator: ``"k1"``, ``"k2"`` or ``"k3"``.
+
+    Returns:
+        `LossOutput`. Metrics that add up over micro-batches sharing the same global ``normalizers`` (so a sum
+        gives the full-batch value): ``loss``, ``loss_rl``, ``loss_sft``, ``clip_frac``, ``clip_frac_lower``,
+        ``approx_kl`` (token-mean of old − new log-prob), ``entropy`` (token-mean, 0 without ``entropy``),
+        ``kl`` (token-mean, only with ``ref_logprobs``) over rollout tokens and ``phi_mean`` (token-mean of φ(p))
+        over expert tokens. Not additive: ``mu`` (constant; take any) and ``ratio_max`` (take the max).
+    """
+    norm = count_normalizers(mask, is_expert) if normalizers is None else normalizers
+    expert = is_expert.bool().unsqueeze(-1)  # (B, 1)
+    rl_mask = mask.bool() & ~expert  # (B, T) rollout tokens
+    sft_mask = mask.bool() & expert  # (B, T) expert tokens
+
+    def rl_agg_of(values: Tensor) -> Tensor:
+        return aggregate(values, rl_mask, rl_agg, norm.rl_tokens, norm.rl_seqs, horizon)
+
+    def rl_token_mean(values: Tensor) -> Tensor:
+        return aggregate(values.detach().float(), rl_mask, "token-mean", norm.rl_tokens, norm.rl_seqs)
+
+    pg = policy_loss(
+        logprobs, old_logprobs, advantages, rl_mask, clip_low=clip_low, clip_high=clip_high, clip_ratio_c=clip_ratio_c
+    )
+    loss_rl = rl_agg_of(pg.losses)
+    metrics: dict[str, Tensor] = {}
+    if entropy is not None:
+        if entropy_coef != 0.0:
+            loss_rl = loss_rl - entropy_coef * rl_agg_of(entropy)  # entropy bonus
+        metrics["entropy"] = rl_token_mean(entropy)
+    else:
+        metrics["entropy"] = logprobs.new_zeros((), dtype=torch.float32)
+    if ref_logprobs is not None:
+        kl = kl_penalty(logprobs, ref_logprobs, kl_estimator)
+        if kl_coef != 0.0:
+            loss_rl = loss_rl + kl_coef * rl_agg_of(kl)  # KL penalty
+        metrics["kl"] = rl_token_mean(kl)
+    loss_sft = aggregate(sft_loss(logprobs, sft_weighting), sft_mask, sft_agg, norm.sft_tokens, norm.sft_seqs, horizon)
+    loss = (1.0 - mu) * loss_rl + mu * loss_sft  # the paper's hybrid loss
+
+    metrics.update(
+        loss=loss.detach(),
+        loss_rl=loss_rl.detach(),
+        loss_sft=loss_sft.detach(),
+        clip_frac=rl_token_mean(pg.clipped),
+        clip_frac_lower=rl_token_mean(pg.dual_clipped),
+        approx_kl=rl_token_mean(old_logprobs - logprobs),
+        phi_mean=aggregate(
+            phi(logprobs.detach().float().exp()), sft_mask, "token-mean", norm.sft_tokens, norm.sft_seqs
+        ),
+        mu=torch.tensor(float(mu), device=logprobs.device),
+        ratio_max=pg.ratio.float().amax() if pg.ratio.numel() else logprobs.new_zeros((), dtype=torch.float32),
+    )
+    return LossOutput(loss=loss, metrics=metrics)

@@ -1,0 +1,270 @@
+"""``ChordModule``: the policy and one CHORD optimizer step.
+
+Per step: count the step's rollout and expert tokens across micro-batches and ranks (the global normalizers),
+then for each micro-batch compute token log-probabilities without materializing the full-vocabulary
+log-softmax, call ``loss.chord_loss`` and backpropagate; then clip, skip the update if the gradient is not
+finite, and step the optimizer. Because every micro-batch divides by the step's global counts, the gradient
+does not depend on how rows fall into micro-batches or ranks.
+
+Old log-probabilities: each rollout batch drives exactly one optimizer step, so the policy that the trainer
+scores with is the one the batch was sampled from; the old log-probabilities are the detached current ones
+(ratio 1, the reference's setting) and are recomputed by the trainer, never taken from the engine.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+from torchmetrics import MeanMetric
+
+from lit_chord.batch import StepBatch, TrainTensors
+from lit_chord.loss import LossAgg, Normalizers, chord_loss, count_normalizers, mu_schedule, token_logprobs
+
+NON_ADDITIVE = ("mu", "ratio_max")
+
+
+def adamw(params) -> torch.optim.Optimizer:
+    """The reference optimizer: AdamW, lr 1e-6, betas (0.9, 0.999), weight decay 0.01, constant LR."""
+    return torch.optim.AdamW(params, lr=1e-6, betas=(0.9, 0.999), weight_decay=0.01)
+
+
+class ChordModule(LightningModule):
+    def __init__(
+        self,
+        model: str,
+        random_init: bool = False,
+        init_seed: int = 0,
+        mu_warmup_steps: int = 0,
+        mu_decay_steps: int = 200,
+        mu_peak: float = 0.9,
+        mu_valley: float = 0.05,
+        sft_weighting: Literal["none", "phi", "is"] = "phi",
+        clip_low: float = 0.2,
+        clip_high: float = 0.2,
+        clip_ratio_c: float = 3.0,
+        rl_loss_agg: LossAgg = "token-mean",
+        sft_loss_agg: LossAgg = "token-mean",
+        entropy_coef: float = 0.0,
+        kl_coef: float = 0.0,
+        kl_estimator: Literal["k1", "k2", "k3"] = "k3",
+        micro_batch_size: int = 8,
+        logprob_chunk_size: int = 1024,
+        max_grad_norm: float = 1.0,
+        max_consecutive_skips: int = 10,
+        gradient_checkpointing: bool = False,
+        optimizer: OptimizerCallable = adamw,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        """Args:
+        model: Path or hub name of a causal LM, loaded with ``AutoModelForCausalLM.from_pretrained``.
+        random_init: Build the model from its ``config.json`` with random weights instead (demo and tests).
+        init_seed: Seed of the random initialization.
+        mu_warmup_steps: CHORD-μ: steps of linear warmup of μ from 0 to ``mu_peak``.
+        mu_decay_steps: CHORD-μ: steps of half-cosine decay of μ from ``mu_peak`` to ``mu_valley``.
+        mu_peak: Largest weight of the SFT term. μ ∈ [0, 1].
+        mu_valley: Weight of the SFT term after warmup + decay (and the constant μ when both are 0).
+        sft_weighting: Per-token weight of the expert loss: "phi" is CHORD-φ, p(1 − p) (reference
+            ``enable_phi_function: true``); "none" plain SFT (``false``, CHORD-μ); "is" the paper's IS ablation (p).
+        clip_low: PPO clip range below 1 for the importance ratio.
+        clip_high: PPO clip range above 1.
+        clip_ratio_c: Dual-clip bound for negative advantages.
+        rl_loss_agg: Aggregation of the RL term over rollout tokens.
+        sft_loss_agg: Aggregation of the SFT term over expert tokens.
+        entropy_coef: Entropy bonus on rollout tokens (reference: 0).
+        kl_coef: KL penalty to the initial policy on rollout tokens (reference: 0; > 0 keeps a frozen copy).
+        kl_estimator: KL estimator: k1, k2 or k3.
+        micro_batch_size: Rows per forward/backward; the step's result does not depend on it.
+        logprob_chunk_size: Tokens per chunk when projecting onto the vocabulary.
+        max_grad_norm: Gradient clipping by global norm (reference: 1.0); 0 disables.
+        max_consecutive_skips: Stop after this many consecutive steps with a non-finite loss or gradient.
+        gradient_checkpointing: Recompute decoder activations in backward to save memory.
+        optimizer: Optimizer factory (LightningCLI: ``--optimizer AdamW --optimizer.lr 1e-6``).
+        lr_scheduler: Optional LR scheduler factory, stepped once per optimizer step.
+        """
+        super().__init__()
+        for name, value in [("mu_peak", mu_peak), ("mu_valley", mu_valley)]:
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"model.{name} must lie in [0, 1], got {value}")
+        for name, value in [
+            ("mu_warmup_steps", mu_warmup_steps),
+            ("mu_decay_steps", mu_decay_steps),
+            ("entropy_coef", entropy_coef),
+            ("kl_coef", kl_coef),
+            ("max_grad_norm", max_grad_norm),
+        ]:
+            if value < 0:
+                raise ValueError(f"model.{name} must be >= 0, got {value}")
+        if micro_batch_size < 1:
+            raise ValueError(f"model.micro_batch_size must be >= 1, got {micro_batch_size}")
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.automatic_optimization = False  # micro-batching inside a step needs manual backward
+        self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
+        self.policy = None
+        self.reference = None
+        self.skipped_steps = 0
+        self.consecutive_skips = 0
+        self.val_accuracy = MeanMetric()
+        self.val_sample_accuracy = MeanMetric()
+        self.val_pass_at_k = MeanMetric()
+        self.val_response_len = MeanMetric()
+        self.val_before: float | None = None  # held-out accuracy of the sanity check, i.e. before training
+
+    # ----- model ------------------------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.policy is not None:
+            return
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        hp = self.hparams
+        if hp.random_init:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(hp.init_seed)
+                self.policy = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(hp.model))
+        else:
+            self.policy = AutoModelForCausalLM.from_pretrained(hp.model, dtype=torch.float32)
+        if hp.gradient_checkpointing:
+            self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hp.kl_coef > 0:
+            import copy
+
+            self.reference = copy.deepcopy(self.policy).requires_grad_(False).eval()
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.policy.parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_scheduler_factory(optimizer)}}
+
+    def token_logprobs(self, model, rows: TrainTensors, temperature: float, with_entropy: bool):
+        """Log-probabilities (and entropies) of ``input_ids[:, 1:]``, shapes ``(B, T - 1)``."""
+        hidden = model.get_decoder()(input_ids=rows.input_ids, attention_mask=rows.attention_mask).last_hidden_state
+        weight = model.get_output_embeddings().weight
+        return token_logprobs(
+            hidden[:, :-1], weight, rows.input_ids[:, 1:], temperature, self.hparams.logprob_chunk_size, with_entropy
+        )
+
+    # ----- training ---------------------------------------------------------------------------------------------
+    def mu(self) -> float:
+        """μ for the optimizer step being taken: 1-based, from ``global_step``, never from micro-steps or epochs."""
+        hp = self.hparams
+        return mu_schedule(
+            self.trainer.global_step + 1, hp.mu_warmup_steps, hp.mu_decay_steps, hp.mu_peak, hp.mu_valley
+        )
+
+    def global_normalizers(self, rows: TrainTensors) -> Normalizers:
+        local = count_normalizers(rows.loss_mask[:, :-1], rows.is_expert)
+        total = self.trainer.strategy.reduce(local.as_tensor().to(self.device), reduce_op="sum")
+        return Normalizers.from_tensor(total)
+
+    def training_step(self, batch: StepBatch, batch_idx: int) -> None:
+        hp, mu = self.hparams, self.mu()
+        rows = batch.train.to(self.device)
+        normalizers = self.global_normalizers(rows)
+        optimizer = self.optimizers()
+        optimizer.zero_grad(set_to_none=True)
+        totals: dict[str, Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
+        for micro in rows.micro_batches(hp.micro_batch_size):
+            out = self.micro_batch_loss(micro, mu, normalizers, batch.temperature)
+            # Strategies average gradients over ranks; the normalizers already divide by the global count.
+            self.manual_backward(out.loss * self.trainer.world_size)
+            for key, value in out.metrics.items():
+                totals[key] = torch.maximum(totals[key], value) if key == "ratio_max" else totals[key] + value
+        grad_norm = self.clip_and_check(optimizer)
+        self.log_step(totals, mu, grad_norm, batch)
+
+    def micro_batch_loss(self, micro: TrainTensors, mu: float, normalizers: Normalizers, temperature: float):
+        hp = self.hparams
+        logprobs, entropy = self.token_logprobs(self.policy, micro, temperature, with_entropy=True)
+        ref_logprobs = None
+        if self.reference is not None:
+            with torch.no_grad():
+                ref_logprobs, _ = self.token_logprobs(self.reference, micro, temperature, with_entropy=False)
+        return chord_loss(
+            logprobs,
+            logprobs.detach(),
+            micro.advantages,
+            micro.loss_mask[:, :-1],
+            micro.is_expert,
+            mu,
+            normalizers=normalizers,
+            clip_low=hp.clip_low,
+            clip_high=hp.clip_high,
+            clip_ratio_c=hp.clip_ratio_c,
+            sft_weighting=hp.sft_weighting,
+            rl_agg=hp.rl_loss_agg,
+            sft_agg=hp.sft_loss_agg,
+            horizon=micro.input_ids.shape[1],
+            entropy=entropy,
+            entropy_coef=hp.entropy_coef,
+            ref_logprobs=ref_logprobs,
+            kl_coef=hp.kl_coef,
+            kl_estimator=hp.kl_estimator,
+        )
+
+    def clip_and_check(self, optimizer) -> Tensor:
+        """Clip the global gradient norm; step only if it is finite, else skip (counted, fatal if repeated)."""
+        max_norm = self.hparams.max_grad_norm or float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)
+        if hasattr(grad_norm, "full_tensor"):  # DTensor under FSDP2
+            grad_norm = grad_norm.full_tensor()
+        if torch.isfinite(grad_norm):
+            optimizer.step()
+            self.consecutive_skips = 0
+            scheduler = self.lr_schedulers()
+            if scheduler is not None:
+                scheduler.step()
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            self.consecutive_skips += 1
+            # Count the step anyway, so μ, the data streams and the schedule stay aligned with global_step.
+            optimizer._on_after_step()
+            if self.consecutive_skips >= self.hparams.max_consecutive_skips:
+                raise RuntimeError(
+                    f"{self.consecutive_skips} consecutive steps had a non-finite loss or gradient "
+                    f"norm (last: {grad_norm.item()}); stopping. Lower the learning rate or check data."
+                )
+        return grad_norm
+
+    def log_step(self, totals: dict[str, Tensor], mu: float, grad_norm: Tensor, batch: StepBatch) -> None:
+        additive = {k: v for k, v in totals.items() if k not in NON_ADDITIVE}
+        keys = sorted(additive)
+        summed = self.trainer.strategy.reduce(torch.stack([additive[k] for k in keys]), reduce_op="sum")
+        metrics = {f"train/{k}": v for k, v in zip(keys, summed, strict=True)}
+        metrics["train/ratio_max"] = totals["ratio_max"]
+        metrics["train/mu"] = torch.tensor(mu)
+        metrics["train/grad_norm"] = grad_norm.detach().float()
+        metrics["train/skipped_steps"] = torch.tensor(float(self.skipped_steps))
+        metrics["train/lr"] = torch.tensor(self.optimizers().param_groups[0]["lr"])
+        metrics.update({k: torch.tensor(float(v)) for k, v in batch.metrics.items()})
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
+        self.log_dict(
+            {"mu": metrics["train/mu"], "reward": metrics.get("rollout/reward_mean", torch.tensor(0.0))},
+            prog_bar=True,
+            logger=False,
+            batch_size=1,
+        )
+
+    # ----- validation -------------------------------------------------------------------------------------------
+    def validation_step(self, batch, batch_idx: int) -> None:
+        """Held-out prompts arrive already answered by the rollout callback (greedy and sampled)."""
+        for result in batch.results:
+            self.val_accuracy.update(result.greedy_correct)
+            self.val_response_len.update(result.greedy_length)
+            if result.sample_correct:
+                self.val_sample_accuracy.update(sum(result.sample_correct) / len(result.sample_correct))
+                self.val_pass_at_k.update(float(any(result.sample_correct)))
+        self.log("val/accuracy", self.val_accuracy, on_epoch=True, prog_bar=True, batch_size=len(batch.results))
+        self.log("val/response_len", self.val_response_len, on_epoch=True, batch_size=len(batch.results))
+        if self.val_sample_accuracy.update_count:
+            self.log("val/avg@k", self.val_sample_accuracy, on_epoch=True, batch_size=len(batch.results))
+            self.log("val/pass@k", self.val_pass_at_k, on_epoch=True, batch_size=len(batch.results))
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking and self.val_accuracy.update_count:
+            self.val_before = float(self.val_accuracy.compute())

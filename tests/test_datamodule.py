@@ -1,0 +1,123 @@
+import json
+
+import pytest
+
+from lit_chord.datamodule import ChordDataModule, DataError
+
+
+def make_dm(world, tmp_path, expert_records=None, **kwargs):
+    expert_path = world / "expert.jsonl"
+    if expert_records is not None:
+        expert_path = tmp_path / "expert.jsonl"
+        expert_path.write_text("".join(json.dumps(r) + "\n" for r in expert_records))
+    args = dict(
+        tokenizer=str(world / "model"),
+        prompt_data=str(world / "prompts.jsonl"),
+        expert_data=str(expert_path),
+        val_data=str(world / "heldout.jsonl"),
+        prompts_per_step=4,
+        num_generations=2,
+        expert_data_ratio=0.2,
+        system_prompt="sys",
+        max_prompt_length=64,
+        max_response_length=32,
+    )
+    args.update(kwargs)
+    dm = ChordDataModule(**args)
+    dm.setup("fit")
+    return dm
+
+
+def masked_text(dm, row):
+    """Decode the target tokens that the loss mask selects (mask position t scores token t + 1)."""
+    targets = [row.input_ids[t + 1] for t in range(len(row.input_ids) - 1) if row.loss_mask[t]]
+    return dm.tokenizer.decode(targets)
+
+
+@pytest.mark.parametrize("form", ["messages", "prompt_response"])
+def test_expert_loss_mask_covers_exactly_the_response(tiny_world, tmp_path, form):
+    response = "<think>\n2+2=4\n</think>\n\\boxed{4}"
+    if form == "messages":
+        record = {
+            "messages": [
+                {"role": "system", "content": "sys"},
+                {"role": "user", "content": "What is 2 + 2?"},
+                {"role": "assistant", "content": response},
+            ]
+        }
+    else:
+        record = {"problem": "What is 2 + 2?", "response": response}
+    dm = make_dm(tiny_world, tmp_path, [record])
+    seq = dm.expert[0]
+    tensors = dm.collate_rollouts(dm.step_batch(0))
+    row = type("Row", (), {"input_ids": tensors.input_ids[0].tolist(), "loss_mask": tensors.loss_mask[0].tolist()})
+    # The response and the end-of-turn token, nothing of the prompt, the template's trailing newline excluded.
+    assert masked_text(dm, row) == response + "<|im_end|>"
+    prompt = dm.tokenizer.decode(seq.prompt_ids)
+    assert (
+        prompt
+        == "<|im_start|>system\nsys<|im_end|>\n<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    # Token by token: the mask is 1 exactly on the positions that predict response tokens.
+    n_prompt, n_resp = len(seq.prompt_ids), len(seq.response_ids)
+    expected = [0.0] * (n_prompt - 1) + [1.0] * n_resp + [0.0]
+    assert tensors.loss_mask[0].tolist()[: n_prompt + n_resp] == expected
+
+
+def test_both_formats_give_identical_tokens(tiny_world, tmp_path):
+    response = "<think>\n1+1=2\n</think>\n\\boxed{2}"
+    messages = {
+        "messages": [
+            {"role": "system", "content": "sys"},
+            {"role": "user", "content": "Q"},
+            {"role": "assistant", "content": response},
+        ]
+    }
+    a = make_dm(tiny_world, tmp_path, [messages]).expert[0]
+    b = make_dm(tiny_world, tmp_path, [{"problem": "Q", "response": response}]).expert[0]
+    assert (a.prompt_ids, a.response_ids) == (b.prompt_ids, b.response_ids)
+
+
+def test_step_composition_follows_expert_ratio(tiny_world, tmp_path):
+    # 4 prompts x 2 rollouts = 8 rollout rows; ratio 0.2 -> expert = ceil(0.2 * 8 / 0.8) = ceil(2.0) = 2.
+    dm = make_dm(tiny_world, tmp_path)
+    batch = dm.step_batch(0)
+    assert (len(batch.prompts), len(batch.expert), batch.num_generations) == (4, 2, 2)
+    # Reference shape: 32 prompts x 8 with ratio 0.2 -> 64 expert (of 320).
+    assert make_dm(tiny_world, tmp_path, prompts_per_step=32, num_generations=8).experts_per_step == 64
+
+
+def test_streams_are_a_function_of_the_step_and_split_across_ranks(tiny_world, tmp_path):
+    dm = make_dm(tiny_world, tmp_path)
+    assert dm.step_batch(7).prompts == dm.step_batch(7).prompts
+    whole = [p.text for p in dm.step_batch(3).prompts]
+    ranks = [p.text for r in range(2) for p in dm.step_batch(3, rank=r, world_size=2).prompts]
+    assert ranks == whole
+    # One epoch over the 80 prompts (20 steps of 4) visits every prompt once.
+    seen = [p.text for s in range(20) for p in dm.step_batch(s).prompts]
+    assert sorted(seen) == sorted(p.text for p in dm.prompts)
+
+
+def test_overlong_expert_samples_are_filtered_and_counted(tiny_world, tmp_path):
+    records = [{"problem": "Q", "response": "short"}, {"problem": "Q", "response": "long " * 100}]
+    dm = make_dm(tiny_world, tmp_path, records)
+    assert len(dm.expert) == 1 and dm.filtered["expert_data"] == 1
+
+
+def test_malformed_jsonl_names_file_and_line(tiny_world, tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"problem": "a", "answer": "1"}\n{"problem": oops}\n')
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: malformed JSON"):
+        make_dm(tiny_world, tmp_path, prompt_data=str(path))
+
+
+def test_missing_field_is_named(tiny_world, tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"question": "a", "answer": "1"}\n')
+    with pytest.raises(DataError, match="field 'problem'"):
+        make_dm(tiny_world, tmp_path, prompt_data=str(path))
+
+
+def test_expert_ratio_out_of_range_is_rejected(tiny_world):
+    with pytest.raises(ValueError, match="expert_data_ratio"):
+        ChordDataModule(tokenizer="x", prompt_data="y", expert_data_ratio=1.0)

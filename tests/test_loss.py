@@ -1,0 +1,400 @@
+"""Tests for lit_chord.loss: hand-computed values, invariances, micro-batch additivity, chunked log-probs."""
+
+import math
+
+import pytest
+import torch
+
+from lit_chord.loss import (
+    LossAgg,
+    Normalizers,
+    aggregate,
+    chord_loss,
+    count_normalizers,
+    group_advantages,
+    kl_penalty,
+    mu_schedule,
+    naive_token_logprobs,
+    phi,
+    policy_loss,
+    sft_loss,
+    token_logprobs,
+)
+
+AGG_MODES: list[LossAgg] = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
+ADDITIVE = ["loss", "loss_rl", "loss_sft", "clip_frac", "clip_frac_lower", "approx_kl", "entropy", "phi_mean", "kl"]
+
+
+@pytest.fixture(autouse=True)
+def seed():
+    torch.manual_seed(0)
+
+
+def make_batch(b: int = 8, t: int = 6):
+    """A mixed batch: rows 1, 4, 6 are expert demonstrations; the rest are rollouts; row 5 has no tokens."""
+    logits = torch.randn(b, t, 5, requires_grad=True)
+    targets = torch.randint(0, 5, (b, t))
+    mask = (torch.rand(b, t) > 0.3).float()
+    mask[:, 0] = 1.0
+    mask[5] = 0.0
+    is_expert = torch.zeros(b, dtype=torch.bool)
+    is_expert[[1, 4, 6]] = True
+    batch = {
+        "old_logprobs": torch.log_softmax(logits.detach() + 0.5 * torch.randn(b, t, 5), -1)
+        .gather(-1, targets[..., None])
+        .squeeze(-1),
+        "ref_logprobs": torch.log_softmax(torch.randn(b, t, 5), -1).gather(-1, targets[..., None]).squeeze(-1),
+        "advantages": torch.randn(b),
+        "mask": mask,
+        "is_expert": is_expert,
+    }
+    return logits, targets, batch
+
+
+def forward(logits, targets, batch, rows, mu, normalizers=None, **kw):
+    """Log-probs from a tiny "model" (free logits) for the given rows, then chord_loss."""
+    logp_all = torch.log_softmax(logits[rows], -1)
+    logprobs = logp_all.gather(-1, targets[rows][..., None]).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return chord_loss(
+        logprobs,
+        batch["old_logprobs"][rows],
+        batch["advantages"][rows],
+        batch["mask"][rows],
+        batch["is_expert"][rows],
+        mu,
+        normalizers=normalizers,
+        entropy=entropy,
+        ref_logprobs=batch["ref_logprobs"][rows],
+        **kw,
+    )
+
+
+# ---------------------------------------------------------------- μ schedule
+
+
+@pytest.mark.parametrize(
+    ("step", "expected"),
+    [
+        (0, 0.0),  # 0/10 · 0.5
+        (4, 0.2),  # 4/10 · 0.5, linear warm-up
+        (10, 0.5),  # = warmup: cosine branch at 0 → (0.5 − 0.1)·0.5·(1 + cos 0) + 0.1 = 0.5 = peak
+        (20, 0.3),  # mid-decay: 0.4·0.5·(1 + cos(π/2)) + 0.1 = 0.2 + 0.1
+        (25, 0.4 * 0.5 * (1 + math.cos(math.pi * 15 / 20)) + 0.1),  # 0.2·(1 − 0.7071) + 0.1 = 0.15858
+        (30, 0.1),  # = warmup + decay → valley
+        (1000, 0.1),  # after → valley
+    ],
+)
+def test_mu_schedule(step, expected):
+    assert mu_schedule(step, warmup_steps=10, decay_steps=20, peak=0.5, valley=0.1) == pytest.approx(expected)
+
+
+def test_mu_schedule_constant_and_no_warmup():
+    # warmup = decay = 0 → valley at every step (the reference returns valley, not peak)
+    assert [mu_schedule(s, 0, 0, 0.9, 0.1) for s in (0, 1, 500)] == [0.1, 0.1, 0.1]
+    # CHORD-μ (0, 200, 0.9, 0.05) at step 1: 0.85·0.5·(1 + cos(π/200)) + 0.05 = 0.89995
+    assert mu_schedule(1, 0, 200, 0.9, 0.05) == pytest.approx(0.85 * 0.5 * (1 + math.cos(math.pi / 200)) + 0.05)
+    assert mu_schedule(200, 0, 200, 0.9, 0.05) == 0.05
+
+
+# ---------------------------------------------------------------- advantages
+
+
+def test_group_advantages():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.1, 0.1, 0.1, 0.1], dtype=torch.float64)
+    adv = group_advantages(rewards, group_size=4)
+    assert adv.dtype == torch.float32 and adv.shape == (8,)
+    # group 1: mean 0.25, deviations (0.75, −0.25, −0.25, −0.25), unbiased var = (0.5625 + 3·0.0625)/3 = 0.25 → std 0.5
+    expected = torch.tensor([0.75, -0.25, -0.25, -0.25]) / (0.5 + 1e-6)  # (1.5, −0.5, −0.5, −0.5)
+    torch.testing.assert_close(adv[:4], expected)
+    # group 2 is constant: exactly 0, no NaN (0.1 does not survive the mean exactly in float32)
+    assert torch.equal(adv[4:], torch.zeros(4))
+    # Dr. GRPO: centred only
+    torch.testing.assert_close(group_advantages(rewards, 4, scale_by_std=False)[:4], torch.tensor([0.75, -0.25, -0.25, -0.25]))
+
+
+def test_group_advantages_singletons_and_errors():
+    assert torch.equal(group_advantages(torch.tensor([1.0, 0.0, 3.0]), group_size=1), torch.zeros(3))
+    with pytest.raises(ValueError, match=r"5.*group_size=4"):
+        group_advantages(torch.zeros(5), group_size=4)
+
+
+# ---------------------------------------------------------------- policy loss
+
+
+def test_policy_loss_clip_branches():
+    # one token per row; ratio r = exp(logp − old) with old = 0; clip 0.2 → [0.8, 1.2], dual clip c = 3
+    adv = torch.tensor([1.0, 1.0, 1.0, -1.0, -1.0, -1.0, -2.0])
+    ratio = torch.tensor([1.1, 1.5, 0.5, 0.5, 1.5, 5.0, 0.9])
+    logp = ratio.log().unsqueeze(1).requires_grad_()
+    out = policy_loss(logp, torch.zeros(7, 1), adv, torch.ones(7, 1))
+    expected = [
+        -1.1,  # A>0 inside: max(−1.1, −1.1)
+        -1.2,  # A>0 above 1.2: max(−1.5, −1.2) = −1.2, clipped
+        -0.5,  # A>0 below 0.8: max(−0.5, −0.8) = −0.5, not clipped (pessimistic bound)
+        0.8,  # A<0 below 0.8: max(0.5, 0.8) = 0.8, clipped; min(0.8, 3) keeps it
+        1.5,  # A<0 above 1.2: max(1.5, 1.2) = 1.5, not clipped
+        3.0,  # A<0, r=5: max(5, 1.2) = 5 > −A·c = 3 → dual clip to 3
+        1.8,  # A=−2 inside: max(1.8, 1.8)
+    ]
+    torch.testing.assert_close(out.losses.squeeze(1), torch.tensor(expected))
+    assert out.clipped.squeeze(1).tolist() == [False, True, False, True, False, False, False]
+    assert out.dual_clipped.squeeze(1).tolist() == [False, False, False, False, False, True, False]
+    torch.testing.assert_close(out.ratio.squeeze(1), ratio)
+    # ∂(−A·r)/∂logp = −A·r where unclipped, 0 where a clip is active
+    out.losses.sum().backward()
+    torch.testing.assert_close(logp.grad.squeeze(1), torch.tensor([-1.1, 0.0, -0.5, 0.0, 1.5, 0.0, 1.8]))
+
+
+def test_policy_loss_masked_tokens_are_zero():
+    out = policy_loss(torch.zeros(1, 2), torch.tensor([[0.0, float("nan")]]), torch.ones(1), torch.tensor([[1, 0]]))
+    assert out.losses.tolist() == [[-1.0, 0.0]] and out.ratio.tolist() == [[1.0, 0.0]]
+
+
+# ---------------------------------------------------------------- SFT terms
+
+
+def test_phi_values():
+    assert phi(torch.tensor([0.0, 0.5, 1.0])).tolist() == [0.0, 0.25, 0.0]
+
+
+@pytest.mark.parametrize(
+    ("weighting", "weight_of_p"),
+    [("phi", lambda p: p * (1 - p)), ("is", lambda p: p), ("none", lambda p: torch.ones_like(p))],
+)
+def test_sft_loss_gradient(weighting, weight_of_p):
+    # With a detached weight, ∇L = −w(p)·∇log p: check ∂L/∂logp per token and the chain rule into logits.
+    logits = torch.randn(3, 4, 6, requires_grad=True)
+    targets = torch.randint(0, 6, (3, 4))
+    logp = torch.log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1)
+    loss = sft_loss(logp, weighting).sum()
+    grad_logits = torch.autograd.grad(loss, logits, retain_graph=True)[0]
+    w = weight_of_p(logp.detach().exp())
+    expected = torch.autograd.grad(logp, logits, grad_outputs=-w)[0]  # Σ_t −w_t ∇log p_t
+    torch.testing.assert_close(grad_logits, expected)
+    torch.testing.assert_close(loss, (-w * logp.detach()).sum())
+
+
+def test_kl_penalty_estimators():
+    logp, ref = torch.tensor([math.log(0.5)]), torch.tensor([math.log(0.25)])  # log r = ln 2
+    ln2 = math.log(2.0)
+    assert kl_penalty(logp, ref, "k1").item() == pytest.approx(ln2)
+    assert kl_penalty(logp, ref, "k2").item() == pytest.approx(0.5 * ln2**2)
+    assert kl_penalty(logp, ref, "k3").item() == pytest.approx(0.5 - (-ln2) - 1)  # e^{−ln2} − (ref − logp) − 1
+
+
+# ---------------------------------------------------------------- aggregation
+
+
+@pytest.mark.parametrize("mode", AGG_MODES)
+def test_aggregate_matches_loop(mode):
+    values = torch.randn(4, 5)
+    mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0], [0, 1, 0, 1, 0]], dtype=torch.float32)
+    tokens, seqs = 9.0, 3.0  # global counts: 2 + 5 + 0 + 2 tokens, 3 non-empty rows
+    total, per_row_means = 0.0, 0.0
+    for i in range(4):
+        row = [values[i, j].item() for j in range(5) if mask[i, j] > 0]
+        total += sum(row)
+        per_row_means += sum(row) / len(row) if row else 0.0
+    expected = {
+        "token-mean": total / tokens,
+        "seq-mean-token-mean": per_row_means / seqs,
+        "seq-mean-token-sum": total / seqs,
+        "seq-mean-token-sum-norm": total / (seqs * 7),
+    }[mode]
+    got = aggregate(values, mask, mode, tokens, seqs, horizon=7)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    if mode == "seq-mean-token-sum-norm":  # default horizon is T = 5
+        assert aggregate(values, mask, mode, tokens, seqs).item() == pytest.approx(total / 15, rel=1e-6)
+
+
+@pytest.mark.parametrize("mode", AGG_MODES)
+def test_aggregate_empty_is_zero(mode):
+    values = torch.full((2, 3), float("nan"), requires_grad=True)
+    out = aggregate(values, torch.zeros(2, 3), mode, tokens=0.0, seqs=0.0)
+    out.backward()
+    assert out.item() == 0.0 and torch.equal(values.grad, torch.zeros(2, 3))
+
+
+# ---------------------------------------------------------------- chord_loss
+
+
+def test_chord_loss_by_hand():
+    # row 0: rollout, A = 1, on-policy (r = 1) → pg = −1 on each of 2 tokens → L_rl = −1
+    # row 1: expert, p = 0.5 on 2 tokens → −ln 0.5 · φ(0.5) = 0.25·ln 2 each → L_sft = 0.25·ln 2 = 0.17329
+    # μ = 0.2 → L = 0.8·(−1) + 0.2·0.17329 = −0.765343
+    logp = torch.tensor([[-0.3, -1.2], [math.log(0.5), math.log(0.5)]])
+    out = chord_loss(logp, logp.clone(), torch.tensor([1.0, 5.0]), torch.ones(2, 2), torch.tensor([False, True]), 0.2)
+    assert out.loss.item() == pytest.approx(-0.8 + 0.2 * 0.25 * math.log(2))
+    m = out.metrics
+    assert m["loss_rl"].item() == pytest.approx(-1.0) and m["loss_sft"].item() == pytest.approx(0.25 * math.log(2))
+    assert m["phi_mean"].item() == pytest.approx(0.25) and m["mu"].item() == pytest.approx(0.2)
+    assert m["clip_frac"].item() == 0.0 and m["ratio_max"].item() == 1.0 and m["approx_kl"].item() == 0.0
+    assert "kl" not in m and m["entropy"].item() == 0.0
+
+
+def test_mu_zero_and_one_are_exact():
+    logits, targets, batch = make_batch()
+    rows = torch.arange(8)
+    rl = forward(logits, targets, batch, rows, mu=0.0)
+    sft = forward(logits, targets, batch, rows, mu=1.0)
+    assert torch.equal(rl.loss, rl.metrics["loss_rl"]) and torch.equal(sft.loss, sft.metrics["loss_sft"])
+    # and they are the plain terms
+    logp = torch.log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1)
+    rl_mask = batch["mask"] * (~batch["is_expert"])[:, None]
+    sft_mask = batch["mask"] * batch["is_expert"][:, None]
+    pg = policy_loss(logp, batch["old_logprobs"], batch["advantages"], rl_mask).losses
+    torch.testing.assert_close(rl.loss, pg.sum() / rl_mask.sum(), rtol=0, atol=1e-7)
+    torch.testing.assert_close(sft.loss, (sft_loss(logp) * sft_mask).sum() / sft_mask.sum(), rtol=0, atol=1e-7)
+
+
+def test_expert_rows_ignore_rl_inputs_and_rollouts_do_not_touch_sft():
+    logits, targets, batch = make_batch()
+    rows = torch.arange(8)
+    base = forward(logits, targets, batch, rows, mu=0.3, entropy_coef=0.01, kl_coef=0.1)
+    grad = torch.autograd.grad(base.loss, logits)[0]
+    expert = batch["is_expert"]
+    changed = dict(batch, advantages=batch["advantages"].clone(), old_logprobs=batch["old_logprobs"].clone())
+    changed["advantages"][expert] = 100.0
+    changed["old_logprobs"][expert] = -50.0
+    other = forward(logits, targets, changed, rows, mu=0.3, entropy_coef=0.01, kl_coef=0.1)
+    assert torch.equal(other.loss, base.loss)
+    assert torch.equal(torch.autograd.grad(other.loss, logits)[0], grad)
+    assert all(torch.equal(other.metrics[k], base.metrics[k]) for k in base.metrics)
+    # rollout rows: new logits, old logprobs and advantages leave loss_sft and phi_mean unchanged
+    logits2 = logits.detach().clone()
+    logits2[~expert] += torch.randn_like(logits2[~expert])
+    changed = dict(batch, advantages=-batch["advantages"], old_logprobs=batch["old_logprobs"] - 1.0)
+    third = forward(logits2, targets, changed, rows, mu=0.3)
+    assert torch.equal(third.metrics["loss_sft"], base.metrics["loss_sft"])
+    assert torch.equal(third.metrics["phi_mean"], base.metrics["phi_mean"])
+    assert not torch.equal(third.metrics["loss_rl"], base.metrics["loss_rl"])
+
+
+def test_masked_tokens_get_zero_gradient():
+    logits, targets, batch = make_batch()
+    batch["old_logprobs"] = batch["old_logprobs"].masked_fill(batch["mask"] == 0, float("nan"))  # garbage there
+    out = forward(logits, targets, batch, torch.arange(8), mu=0.5, entropy_coef=0.01, kl_coef=0.1)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and torch.isfinite(logits.grad).all()
+    assert torch.equal(logits.grad[batch["mask"] == 0], torch.zeros_like(logits.grad[batch["mask"] == 0]))
+    assert (logits.grad[batch["mask"] > 0].abs().sum(-1) > 0).all()
+
+
+def test_on_policy_ratio_is_one():
+    logits, targets, batch = make_batch()
+    logp = torch.log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1)
+    out = chord_loss(logp, logp.detach(), batch["advantages"], batch["mask"], batch["is_expert"], mu=0.0)
+    m = out.metrics
+    assert m["clip_frac"].item() == 0.0 and m["clip_frac_lower"].item() == 0.0
+    assert m["ratio_max"].item() == 1.0 and m["approx_kl"].item() == 0.0
+    # on-policy, the loss gradient is the plain policy gradient −A/n_tokens on each rollout token
+    grad = torch.autograd.grad(out.loss, logp)[0]
+    rl_mask = batch["mask"] * (~batch["is_expert"])[:, None]
+    torch.testing.assert_close(grad, -batch["advantages"][:, None] * rl_mask / rl_mask.sum())
+
+
+@pytest.mark.parametrize("kind", ["no_expert", "no_rollout", "no_tokens"])
+def test_empty_terms_are_zero(kind):
+    logits, targets, batch = make_batch()
+    if kind == "no_expert":
+        batch["is_expert"] = torch.zeros(8, dtype=torch.bool)
+    elif kind == "no_rollout":
+        batch["is_expert"] = torch.ones(8, dtype=torch.bool)
+    else:
+        batch["mask"] = torch.zeros(8, 6)
+    out = forward(logits, targets, batch, torch.arange(8), mu=0.5, entropy_coef=0.01, kl_coef=0.1)
+    out.loss.backward()
+    assert all(torch.isfinite(v) for v in out.metrics.values()) and torch.isfinite(logits.grad).all()
+    if kind != "no_rollout":
+        assert out.metrics["loss_sft"].item() == 0.0 and out.metrics["phi_mean"].item() == 0.0
+    if kind != "no_expert":
+        assert out.metrics["loss_rl"].item() == 0.0 and out.metrics["ratio_max"].item() == 0.0
+        assert out.metrics["clip_frac"].item() == 0.0 and out.metrics["entropy"].item() == 0.0
+
+
+@pytest.mark.parametrize("mode", AGG_MODES)
+@pytest.mark.parametrize("n_micro", [1, 2, 4])
+def test_micro_batches_add_up_to_full_batch(mode, n_micro):
+    logits, targets, batch = make_batch()
+    kw = dict(rl_agg=mode, sft_agg=mode, horizon=6, entropy_coef=0.01, kl_coef=0.1, kl_estimator="k2")
+    full = forward(logits, targets, batch, torch.arange(8), mu=0.3, **kw)
+    full_grad = torch.autograd.grad(full.loss, logits)[0]
+
+    chunks = torch.randperm(8).chunk(n_micro)  # shuffled rows: micro-batches mix experts and rollouts unevenly
+    counts = [count_normalizers(batch["mask"][rows], batch["is_expert"][rows]) for rows in chunks]
+    normalizers = counts[0]
+    for c in counts[1:]:
+        normalizers = normalizers + c
+    assert normalizers == count_normalizers(batch["mask"], batch["is_expert"])
+    outs = [forward(logits, targets, batch, rows, mu=0.3, normalizers=normalizers, **kw) for rows in chunks]
+    total = sum(o.loss for o in outs)
+    torch.testing.assert_close(total, full.loss, rtol=0, atol=1e-6)
+    torch.testing.assert_close(torch.autograd.grad(total, logits)[0], full_grad, rtol=0, atol=1e-6)
+    for key in ADDITIVE:
+        torch.testing.assert_close(sum(o.metrics[key] for o in outs), full.metrics[key], rtol=0, atol=1e-6)
+    assert max(o.metrics["ratio_max"] for o in outs) == full.metrics["ratio_max"]
+    assert all(o.metrics["mu"] == full.metrics["mu"] for o in outs)
+
+
+def test_normalizers_tensor_round_trip_and_sum():
+    a, b = Normalizers(10.0, 2.0, 7.0, 1.0), Normalizers(3.0, 1.0, 0.0, 0.0)
+    assert Normalizers.from_tensor(a.as_tensor()) == a
+    assert a + b == Normalizers(13.0, 3.0, 7.0, 1.0)
+    assert a.as_tensor().shape == (4,)
+    mask = torch.tensor([[1, 1, 0], [0, 0, 0], [1, 0, 0]])
+    # rollout rows 0, 1 → 2 tokens, 1 non-empty row; expert row 2 → 1 token, 1 row
+    assert count_normalizers(mask, torch.tensor([False, False, True])) == Normalizers(2.0, 1.0, 1.0, 1.0)
+
+
+# ---------------------------------------------------------------- chunked log-probs
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 64])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("with_entropy", [False, True])
+def test_chunked_logprobs_match_naive(chunk_size, temperature, with_entropy):
+    b, t, h, v = 3, 5, 16, 37  # B·T = 15 tokens: chunk 7 leaves a remainder, chunk 64 exceeds B·T
+    hidden = torch.randn(b, t, h, requires_grad=True)
+    weight = (0.5 * torch.randn(v, h)).requires_grad_()
+    targets = torch.randint(0, v, (b, t))
+    w_lp, w_ent = torch.randn(b, t), torch.randn(b, t)
+
+    def run(fn, **kw):
+        logp, ent = fn(hidden, weight, targets, temperature=temperature, with_entropy=with_entropy, **kw)
+        loss = (w_lp * logp).sum() + ((w_ent * ent).sum() if with_entropy else 0.0)
+        return (logp, ent, *torch.autograd.grad(loss, (hidden, weight)))
+
+    got, ref = run(token_logprobs, chunk_size=chunk_size), run(naive_token_logprobs)
+    assert got[0].dtype == torch.float32 and (got[1] is None) == (not with_entropy)
+    for g, r in zip(got, ref, strict=True):
+        if r is not None:
+            torch.testing.assert_close(g, r, rtol=0, atol=1e-5)
+
+
+def test_chunked_logprobs_entropy_only_and_frozen_head():
+    hidden = torch.randn(2, 4, 8, requires_grad=True)
+    weight = torch.randn(11, 8)  # frozen LM head: no weight gradient is computed
+    targets = torch.randint(0, 11, (2, 4))
+    _, ent = token_logprobs(hidden, weight, targets, chunk_size=3, with_entropy=True)
+    _, ent_ref = naive_token_logprobs(hidden, weight, targets, with_entropy=True)
+    g, g_ref = (torch.autograd.grad(e.sum(), hidden)[0] for e in (ent, ent_ref))
+    torch.testing.assert_close(g, g_ref, rtol=0, atol=1e-5)
+    # entropy of a uniform distribution is log V
+    _, uniform = token_logprobs(torch.zeros(1, 1, 8), weight, targets[:1, :1], with_entropy=True)
+    assert uniform.item() == pytest.approx(math.log(11))
+
+
+def test_chunked_logprobs_bf16():
+    hidden = torch.randn(2, 6, 16).bfloat16().requires_grad_()
+    weight = torch.randn(29, 16).bfloat16().requires_grad_()
+    targets = torch.randint(0, 29, (2, 6))
+    logp, _ = token_logprobs(hidden, weight, targets, chunk_size=5)
+    ref, _ = naive_token_logprobs(hidden, weight, targets)
+    assert logp.dtype == torch.float32
+    torch.testing.assert_close(logp, ref, rtol=0, atol=1e-4)  # same bf16 matmul, float32 softmax in both
+    gh, gw = torch.autograd.grad(logp.sum(), (hidden, weight))
+    rh, rw = torch.autograd.grad(ref.sum(), (hidden, weight))
+    assert gh.dtype == torch.bfloat16 and gw.dtype == torch.bfloat16
+    torch.testing.assert_close(gh.float(), rh.float(), rtol=0.02, atol=0.02)
+    torch.testing.assert_close(gw.float(), rw.float(), rtol=0.02, atol=0.02)

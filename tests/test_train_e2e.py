@@ -1,0 +1,139 @@
+"""The whole training path on the tiny model: datamodule -> rollout callback -> CHORD step, on CPU."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from lightning.pytorch import Callback
+from lightning.pytorch.loggers import CSVLogger
+
+from lit_chord.datamodule import ChordDataModule
+from lit_chord.loss import count_normalizers
+from lit_chord.module import ChordModule
+from lit_chord.rollout_callback import RolloutCallback
+
+
+class Recorder(Callback):
+    """Keeps what each step logged, and the batch it trained on."""
+
+    def __init__(self):
+        self.logged, self.batches = [], []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.logged.append({k: float(v) for k, v in trainer.callback_metrics.items()})
+        self.batches.append(batch)
+
+
+def datamodule(world, **kwargs):
+    args = dict(
+        tokenizer=str(world / "model"),
+        prompt_data=str(world / "prompts.jsonl"),
+        expert_data=str(world / "expert.jsonl"),
+        val_data=str(world / "heldout.jsonl"),
+        prompts_per_step=2,
+        num_generations=4,
+        expert_data_ratio=0.2,
+        system_prompt="sys",
+        max_prompt_length=64,
+        max_response_length=32,
+        val_size=4,
+    )
+    args.update(kwargs)
+    return ChordDataModule(**args)
+
+
+def fit(world, tmp_path, steps=3, module_kwargs=None, data_kwargs=None, callbacks=()):
+    module = ChordModule(
+        model=str(world / "model"),
+        mu_warmup_steps=2,
+        mu_decay_steps=2,
+        mu_peak=0.8,
+        mu_valley=0.2,
+        micro_batch_size=3,
+        optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2),
+        **(module_kwargs or {}),
+    )
+    recorder = Recorder()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=CSVLogger(tmp_path),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[RolloutCallback(max_new_tokens=8), recorder, *callbacks],
+    )
+    trainer.fit(module, datamodule=datamodule(world, **(data_kwargs or {})))
+    return module, recorder
+
+
+def test_three_steps_train_and_follow_the_mu_schedule(tiny_world, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    module, recorder = fit(tiny_world, tmp_path)
+    initial = AutoModelForCausalLM.from_pretrained(tiny_world / "model")
+    moved = [not torch.equal(p, q) for p, q in zip(module.policy.parameters(), initial.parameters(), strict=True)]
+    assert all(moved)
+    # warmup 2, decay 2, peak 0.8, valley 0.2, 1-based steps:
+    # step 1: 1/2 * 0.8 = 0.4; step 2 (= warmup): 0.8; step 3: (0.8 - 0.2) * 0.5 * (1 + cos(pi/2)) + 0.2 = 0.5
+    assert [round(r["train/mu"], 6) for r in recorder.logged] == [0.4, 0.8, 0.5]
+    expected = {
+        "train/loss",
+        "train/loss_rl",
+        "train/loss_sft",
+        "train/clip_frac",
+        "train/entropy",
+        "train/grad_norm",
+        "rollout/reward_mean",
+        "rollout/reward_std",
+        "rollout/response_len",
+        "rollout/truncated_frac",
+        "rollout/zero_std_groups",
+        "rollout/gen_seconds",
+    }
+    assert expected <= set(recorder.logged[0])
+    assert all(math.isfinite(v) for r in recorder.logged for v in r.values())
+
+
+def test_each_step_mixes_expert_rows_and_rollout_groups(tiny_world, tmp_path):
+    _, recorder = fit(tiny_world, tmp_path, steps=1)
+    batch = recorder.batches[0]
+    # 2 prompts x 4 rollouts = 8 rollout rows; expert = ceil(0.2 * 8 / 0.8) = 2 rows.
+    assert batch.train.is_expert.tolist() == [True] * 2 + [False] * 8
+    assert batch.train.advantages[:2].tolist() == [0.0, 0.0]
+    # GRPO advantages sum to zero within each group of 4 (or are all zero).
+    assert torch.allclose(batch.train.advantages[2:].view(2, 4).sum(-1), torch.zeros(2), atol=1e-5)
+
+
+def test_expert_rows_never_enter_the_rl_term(tiny_world, tmp_path):
+    module, recorder = fit(tiny_world, tmp_path, steps=1)
+    rows = recorder.batches[0].train
+    norms = count_normalizers(rows.loss_mask[:, :-1], rows.is_expert)
+    base = module.micro_batch_loss(rows, 0.5, norms, 1.0)
+    rows.advantages[rows.is_expert] = 1e3  # nonsense advantages on expert rows must change nothing
+    poked = module.micro_batch_loss(rows, 0.5, norms, 1.0)
+    assert torch.equal(base.loss, poked.loss)
+
+
+def test_micro_batch_size_does_not_change_the_gradient(tiny_world, tmp_path):
+    module, recorder = fit(tiny_world, tmp_path, steps=1)
+    rows = recorder.batches[0].train
+    norms = count_normalizers(rows.loss_mask[:, :-1], rows.is_expert)
+    grads = []
+    for micro in (1, 4, len(rows)):
+        module.zero_grad()
+        for part in rows.micro_batches(micro):
+            module.micro_batch_loss(part, 0.5, norms, 1.0).loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in module.policy.parameters()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6) and torch.allclose(grads[0], grads[2], atol=1e-6)
+
+
+def test_generation_is_reproducible_from_seed_and_step(tiny_world, tmp_path):
+    _, first = fit(tiny_world, tmp_path / "a", steps=2)
+    _, second = fit(tiny_world, tmp_path / "b", steps=2)
+    for a, b in zip(first.batches, second.batches, strict=True):
+        assert [s.response_ids for s in a.rollouts] == [s.response_ids for s in b.rollouts]
