@@ -4,16 +4,17 @@ Default sizes are Qwen2.5-0.5B's LM head (V = 151936, H = 896) on 4096 tokens, f
 run in this one invocation, each in its own fresh subprocess, and the script ends with the line
 ``peak_memory_ratio=<chunked/naive> time_ratio=<chunked/naive>``.
 
-    python bench/logprob_memory.py                       # full size, a few minutes on 2 cores
+    python bench/logprob_memory.py                       # full size, a few minutes on 2 idle cores
     python bench/logprob_memory.py --tokens 512 --vocab 32000 --repeats 1   # smoke test
 
-Peak memory: the kernel's high-water mark of resident memory (``ru_maxrss``) is monotonic, so each variant runs in a
-fresh process. The inputs are allocated first (``torch.randn`` straight into their final tensors, so no larger
-temporary precedes them) and the high-water mark taken then is the baseline; the extra peak of the first
-forward + backward (the warm-up) is the high-water mark after it minus that baseline. Both peaks include the
-``(V, H)`` weight gradient that any training step needs. tracemalloc would miss torch's allocations, and ru_maxrss
-counts what the process really touched (large CPU tensors are mmap-backed and returned to the OS when freed).
-Time: median wall-clock of ``--repeats`` forward + backward runs after that warm-up.
+Peak memory: the kernel's high-water mark of resident memory (``ru_maxrss``) only grows, so each variant lives in
+its own fresh worker process. A worker first allocates its inputs (``torch.randn`` straight into the final tensors, so
+nothing larger precedes them); the high-water mark then is its baseline, and the variant's peak is the high-water
+mark after its first forward + backward (the warm-up) minus that baseline. Both peaks include the ``(V, H)`` weight
+gradient that any training step needs. (tracemalloc does not see torch's allocations; ru_maxrss counts the pages the
+process really touched, and large CPU tensors are mmap-backed, so freed memory leaves the resident set.)
+Time: median wall-clock of ``--repeats`` forward + backward runs after the warm-up. The two workers stay alive and
+take turns run by run (naive, chunked, naive, ...), so a change in machine load hits both variants alike.
 """
 
 from __future__ import annotations
@@ -39,15 +40,15 @@ def rss_bytes() -> tuple[int, int]:
     return pages * resource.getpagesize(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def worker(args: argparse.Namespace) -> dict:
-    """Run one variant in this (fresh) process and return its peak memory, times and a checksum."""
+def worker(args: argparse.Namespace) -> None:
+    """Serve one variant: allocate inputs, then answer each "run" line on stdin with a JSON line on stdout."""
     torch.manual_seed(0)
     hidden = torch.randn(1, args.tokens, args.hidden, requires_grad=True)
     weight = torch.randn(args.vocab, args.hidden).mul_(0.05).requires_grad_()  # logits of O(1), like a real head
     targets = torch.randint(0, args.vocab, (1, args.tokens))
     token_weights = torch.randn(1, args.tokens)  # a generic per-token upstream gradient, like a policy loss
-
-    def step() -> float:
+    current, baseline = rss_bytes()
+    for _ in sys.stdin:
         hidden.grad = weight.grad = None
         start = time.perf_counter()
         if args.variant == "naive":
@@ -58,21 +59,15 @@ def worker(args: argparse.Namespace) -> dict:
             )
         loss = (token_weights * logprobs).sum() + (entropy.mean() if args.entropy else 0.0)
         loss.backward()
-        return time.perf_counter() - start
-
-    current, baseline = rss_bytes()
-    warmup = step()
-    _, peak = rss_bytes()
-    times = [step() for _ in range(args.repeats)]
-    return {
-        "variant": args.variant,
-        "peak_bytes": peak - baseline,
-        "baseline_gap_bytes": baseline - current,  # ≈ 0: nothing before the baseline peaked above the inputs
-        "warmup_s": warmup,
-        "times_s": times,
-        "checksum": [hidden.grad.double().norm().item(), weight.grad.double().norm().item()],
-        "threads": torch.get_num_threads(),
-    }
+        seconds = time.perf_counter() - start
+        report = {
+            "seconds": seconds,
+            "peak_bytes": rss_bytes()[1] - baseline,
+            "baseline_gap_bytes": baseline - current,  # ≈ 0: nothing before the baseline peaked above the inputs
+            "grad_norms": [hidden.grad.double().norm().item(), weight.grad.double().norm().item()],
+            "threads": torch.get_num_threads(),
+        }
+        print(json.dumps(report), flush=True)
 
 
 def main() -> None:
@@ -86,29 +81,51 @@ def main() -> None:
     parser.add_argument("--variant", choices=["naive", "chunked"], help=argparse.SUPPRESS)  # worker mode
     args = parser.parse_args()
     if args.variant:
-        print(json.dumps(worker(args)))
+        worker(args)
         return
 
-    results = {}
-    for variant in ("naive", "chunked"):
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--variant", variant]
-        results[variant] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
-    naive, chunked = results["naive"], results["chunked"]
+    variants = ("naive", "chunked")
+    workers = {
+        v: subprocess.Popen(
+            [sys.executable, __file__, *sys.argv[1:], "--variant", v],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for v in variants
+    }
+
+    def run(variant: str) -> dict:
+        proc = workers[variant]
+        proc.stdin.write("run\n")
+        proc.stdin.flush()
+        return json.loads(proc.stdout.readline())
+
+    warmup = {v: run(v) for v in variants}  # first run of each fresh process: its peak memory
+    times = {v: [] for v in variants}
+    for _ in range(args.repeats):
+        for v in variants:
+            times[v].append(run(v)["seconds"])
+    for proc in workers.values():
+        proc.stdin.close()
+        proc.wait()
+
     print(
         f"tokens={args.tokens} vocab={args.vocab} hidden={args.hidden} chunk_size={args.chunk_size} "
-        f"entropy={args.entropy} repeats={args.repeats} threads={naive['threads']} torch={torch.__version__}"
+        f"entropy={args.entropy} repeats={args.repeats} threads={warmup['naive']['threads']} torch={torch.__version__}"
     )
-    print(f"{'variant':<8} {'peak MiB':>10} {'median s':>9} {'warm-up s':>10}  runs s")
-    for name, r in results.items():
-        runs = " ".join(f"{t:.2f}" for t in r["times_s"])
-        print(
-            f"{name:<8} {r['peak_bytes'] / 2**20:>10.0f} {statistics.median(r['times_s']):>9.2f} "
-            f"{r['warmup_s']:>10.2f}  {runs}"
-        )
-    for name, a, b in zip(("|grad hidden|", "|grad weight|"), naive["checksum"], chunked["checksum"], strict=True):
+    print(f"{'variant':<8} {'peak MiB':>9} {'median s':>9} {'warm-up s':>10}  runs s")
+    for v in variants:
+        runs = " ".join(f"{t:.2f}" for t in times[v])
+        peak, median = warmup[v]["peak_bytes"] / 2**20, statistics.median(times[v])
+        print(f"{v:<8} {peak:>9.0f} {median:>9.2f} {warmup[v]['seconds']:>10.2f}  {runs}")
+    norms = zip(
+        ("|grad hidden|", "|grad weight|"), warmup["naive"]["grad_norms"], warmup["chunked"]["grad_norms"], strict=True
+    )
+    for name, a, b in norms:
         print(f"{name}: naive {a:.6g} chunked {b:.6g} (rel. diff {abs(a - b) / max(abs(a), 1e-30):.1e})")
-    memory_ratio = chunked["peak_bytes"] / naive["peak_bytes"]
-    time_ratio = statistics.median(chunked["times_s"]) / statistics.median(naive["times_s"])
+    memory_ratio = warmup["chunked"]["peak_bytes"] / warmup["naive"]["peak_bytes"]
+    time_ratio = statistics.median(times["chunked"]) / statistics.median(times["naive"])
     print(f"peak_memory_ratio={memory_ratio:.3f} time_ratio={time_ratio:.3f}")
 
 

@@ -107,27 +107,29 @@ class ChordDataModule(LightningDataModule):
         val_size: int | None = None,
         seed: int = 42,
     ) -> None:
-        """Args:
-        tokenizer: Path or hub name for ``AutoTokenizer.from_pretrained``; its chat template formats both streams.
-        prompt_data: RL prompts: a .json/.jsonl/.parquet file or a ``datasets`` name, with ``prompt_key`` and
-            ``answer_key`` fields.
-        expert_data: Expert demonstrations, same sources; records with ``messages_key`` (chat messages, the last
-            one from the assistant) or ``prompt_key`` + ``response_key``. None trains pure GRPO.
-        val_data: Held-out prompts (same format as ``prompt_data``) for validation.
-        prompts_per_step: Prompts per optimizer step across all ranks (reference: 32).
-        num_generations: Rollouts per prompt, the GRPO group size (reference: 8).
-        expert_data_ratio: Share of the step's sequences that are expert demonstrations (reference: 0.2, i.e.
-            64 expert next to 32 x 8 rollouts). Must lie in [0, 1).
-        system_prompt: System message for RL prompts and for prompt/response expert records (messages records
-            keep their own). None for no system message. Default: the paper's zero-shot prompt with tags.
-        prompt_key: Field with the problem text.
-        answer_key: Field with the reference answer.
-        messages_key: Field with chat messages in expert records.
-        response_key: Field with the response in prompt/response expert records.
-        max_prompt_length: Prompts longer than this (in tokens) are filtered out and counted.
-        max_response_length: Expert responses longer than this are filtered out and counted (reference).
-        val_size: Use only the first ``val_size`` held-out prompts (None: all).
-        seed: Seed of the per-epoch shuffles.
+        """Where the two streams come from and how a step is composed.
+
+        Args:
+            tokenizer: Path or hub name for ``AutoTokenizer.from_pretrained``; its chat template formats both streams.
+            prompt_data: RL prompts: a .json/.jsonl/.parquet file or a ``datasets`` name, with ``prompt_key`` and
+                ``answer_key`` fields.
+            expert_data: Expert demonstrations, same sources; records with ``messages_key`` (chat messages, the last
+                one from the assistant) or ``prompt_key`` + ``response_key``. None trains pure GRPO.
+            val_data: Held-out prompts (same format as ``prompt_data``) for validation.
+            prompts_per_step: Prompts per optimizer step across all ranks (reference: 32).
+            num_generations: Rollouts per prompt, the GRPO group size (reference: 8).
+            expert_data_ratio: Share of the step's sequences that are expert demonstrations (reference: 0.2, i.e.
+                64 expert next to 32 x 8 rollouts). Must lie in [0, 1).
+            system_prompt: System message for RL prompts and for prompt/response expert records (messages records
+                keep their own). None for no system message. Default: the paper's zero-shot prompt with tags.
+            prompt_key: Field with the problem text.
+            answer_key: Field with the reference answer.
+            messages_key: Field with chat messages in expert records.
+            response_key: Field with the response in prompt/response expert records.
+            max_prompt_length: Prompts longer than this (in tokens) are filtered out and counted.
+            max_response_length: Expert responses longer than this are filtered out and counted (reference).
+            val_size: Use only the first ``val_size`` held-out prompts (None: all).
+            seed: Seed of the per-epoch shuffles.
         """
         super().__init__()
         if not 0.0 <= expert_data_ratio < 1.0:

@@ -11,9 +11,11 @@ from lightning.pytorch.utilities import rank_zero_only
 
 class PolicyExport(Callback):
     def __init__(self, dirname: str = "export") -> None:
-        """Args:
-        dirname: Folder under the run's log directory for the exported model (loadable with
-            ``AutoModelForCausalLM.from_pretrained``).
+        """Where to export.
+
+        Args:
+            dirname: Folder under the run's log directory for the exported model (loadable with
+                ``AutoModelForCausalLM.from_pretrained``).
         """
         super().__init__()
         self.dirname = dirname
@@ -24,7 +26,8 @@ class PolicyExport(Callback):
         self.path = run_dir / self.dirname
         state = trainer.strategy.lightning_module_state_dict()  # full weights, gathered if sharded
         if trainer.is_global_zero:
-            policy_state = {k.removeprefix("policy."): v for k, v in state.items() if k.startswith("policy.")}
+            prefix = "scorer.lm."
+            policy_state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
             pl_module.policy.save_pretrained(self.path, state_dict=policy_state)
             trainer.datamodule.tokenizer.save_pretrained(self.path)
         self.report(trainer, pl_module, run_dir)

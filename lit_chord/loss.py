@@ -2,25 +2,24 @@
 
 One optimizer step mixes on-policy rollouts (GRPO) with expert demonstrations (SFT):
 
-    L = (1 − μ)·L_rl + μ·L_sft                                    (the paper's hybrid loss)
+    L     = (1 − μ)·L_rl + μ·L_sft                                       the paper's hybrid loss
+    L_rl  = agg over rollout tokens of max(−A·r, −A·clip(r, 1 − ε_low, 1 + ε_high)),  r = π_θ(y_t) / π_old(y_t)
+            (dual clip: for A < 0 the token loss is also capped at −A·c, c = 3)
+    L_sft = agg over expert tokens of −φ(p)·log p,  p = π_θ(y*_t),  φ(p) = p(1 − p) detached        CHORD-φ
+    A     = (R − mean_group R) / (std_group R + ε) per prompt group, broadcast over tokens       GRPO
+    μ     = linear warm-up 0 → μ_peak, half-cosine μ_peak → μ_valley, then μ_valley             CHORD-μ
 
-    L_rl  = agg_rollout_tokens( max(−A·r, −A·clip(r, 1 − ε_low, 1 + ε_high)) )   r = π_θ / π_old per token
-            (dual clip: for A < 0 the loss is further capped at −A·c, c = 3)
-    L_sft = agg_expert_tokens( −φ(p)·log p ),  p = π_θ(y*_t), φ(p) = p(1 − p) detached      (CHORD-φ)
-    A     = (R − mean_group(R)) / (std_group(R) + ε)   per prompt group, broadcast over tokens   (GRPO)
-    μ     = linear warm-up 0 → μ_peak, half-cosine μ_peak → μ_valley, then μ_valley           (CHORD-μ)
-
-Rollout rows enter only L_rl (and the optional entropy bonus / KL penalty), expert rows only L_sft. Each term is
-normalized by its own token (or sequence) count, so the two terms each weigh 1 before mixing with (1 − μ) and μ,
-however many expert rows a batch holds. Counts are "global" (summed over micro-batches and ranks by the caller), so
-micro-batch losses add up to the full-batch loss. Semantics follow the reference implementation
-(Trinity-RFT `mix_chord`), see /work/shared/reference/chord_reference.md.
+Rollout rows enter only L_rl (and the optional entropy bonus and KL penalty), expert rows only L_sft. Each term is
+normalized by its own token (or sequence) count, so both weigh 1 before mixing with 1 − μ and μ, however many expert
+rows a batch holds. Counts are global (summed over micro-batches and ranks by the caller), so micro-batch losses add
+up to the full-batch loss. Semantics follow the reference implementation (Trinity-RFT, algorithm `mix_chord`).
+`token_logprobs` computes the log-probabilities from the last hidden states without materializing the logits.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import Literal, NamedTuple
 
 import torch
@@ -32,29 +31,25 @@ KlEstimator = Literal["k1", "k2", "k3"]
 
 
 def mu_schedule(step: int, warmup_steps: int, decay_steps: int, peak: float, valley: float) -> float:
-    """Global SFT weight μ at a 1-based optimizer step (CHORD-μ).
-
-    Linear warm-up 0 → ``peak`` over ``warmup_steps``, half-cosine ``peak`` → ``valley`` over ``decay_steps``, then
-    ``valley`` for ever. ``warmup_steps = decay_steps = 0`` gives a constant μ = ``valley`` (as in the reference).
-    """
+    """SFT weight μ at a 1-based optimizer step (CHORD-μ); ``warmup_steps = decay_steps = 0`` gives ``valley``."""
     if step < warmup_steps:
-        return step / warmup_steps * peak
+        return step / warmup_steps * peak  # linear warm-up from 0
     if step >= warmup_steps + decay_steps:
         return valley
     return (peak - valley) * 0.5 * (1.0 + math.cos(math.pi * (step - warmup_steps) / decay_steps)) + valley
 
 
 def group_advantages(rewards: Tensor, group_size: int, scale_by_std: bool = True, eps: float = 1e-6) -> Tensor:
-    """GRPO advantages A = (r − mean_g) / (std_g + eps) with the unbiased std of each group.
+    """GRPO advantages A = (r − mean_g) / (std_g + eps), with the unbiased std of each group.
 
     Args:
-        rewards: ``(N,)`` rewards laid out group after group (all completions of one prompt are contiguous).
+        rewards: ``(N,)`` rewards laid out group after group (the completions of one prompt are contiguous).
         group_size: Completions per prompt; must divide N.
-        scale_by_std: If False return r − mean_g (Dr. GRPO).
+        scale_by_std: If False, return r − mean_g (Dr. GRPO).
         eps: Added to the std.
 
     Returns:
-        ``(N,)`` float32 advantages; exactly 0 for groups whose rewards are all equal (including groups of one).
+        ``(N,)`` float32; exactly 0 for a group whose rewards are all equal (a group of one included).
     """
     if group_size < 1 or rewards.numel() % group_size != 0:
         raise ValueError(f"rewards has {rewards.numel()} elements, not a multiple of group_size={group_size}")
@@ -62,10 +57,212 @@ def group_advantages(rewards: Tensor, group_size: int, scale_by_std: bool = True
     advantages = groups - groups.mean(dim=1, keepdim=True)
     if scale_by_std and group_size > 1:
         advantages = advantages / (groups.std(dim=1, keepdim=True) + eps)
-    constant = groups.amax(dim=1, keepdim=True) == groups.amin(dim=1, keepdim=True)  # mean may round: force 0
+    constant = groups.amax(dim=1, keepdim=True) == groups.amin(dim=1, keepdim=True)  # the mean may round: force 0
     return advantages.masked_fill(constant, 0.0).reshape(-1)
 
 
+class PolicyLoss(NamedTuple):
+    """Per-token outputs of `policy_loss`, all ``(B, T)`` and zero on masked tokens."""
+
+    losses: Tensor  # dual-clip PPO loss
+    clipped: Tensor  # bool: the clipped surrogate is active (pg2 > pg1)
+    dual_clipped: Tensor  # bool: the dual clip −A·c is active (A < 0)
+    ratio: Tensor  # π_θ / π_old
+
+
+def policy_loss(
+    logprobs: Tensor,  # (B, T) under the current policy
+    old_logprobs: Tensor,  # (B, T) under the policy that sampled
+    advantages: Tensor,  # (B,), broadcast over each row's tokens; (B, T) is accepted too
+    mask: Tensor,  # (B, T), 1 on the tokens to train
+    *,
+    clip_low: float = 0.2,  # ε_low: the ratio is clipped below at 1 − ε_low
+    clip_high: float = 0.2,  # ε_high: the ratio is clipped above at 1 + ε_high
+    clip_ratio_c: float = 3.0,  # dual clip: for A < 0 the loss is capped at −A·c
+) -> PolicyLoss:
+    """Dual-clip PPO loss per token (the GRPO surrogate)."""
+    adv = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages  # (B, 1)
+    ratio = torch.exp(torch.clamp(logprobs - old_logprobs, -20.0, 20.0))  # r = π_θ / π_old
+    pg1 = -adv * ratio
+    pg2 = -adv * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    clipped = torch.maximum(pg1, pg2)  # pessimistic bound of PPO
+    pg3 = -adv * clip_ratio_c
+    losses = torch.where(adv < 0, torch.minimum(clipped, pg3), clipped)  # dual clip
+    keep = mask.bool()
+    zero = torch.zeros((), dtype=losses.dtype, device=losses.device)
+    dual_clipped = (adv < 0) & (clipped > pg3) & keep
+    return PolicyLoss(
+        torch.where(keep, losses, zero), (pg2 > pg1) & keep, dual_clipped, torch.where(keep, ratio.detach(), zero)
+    )
+
+
+def phi(probs: Tensor) -> Tensor:
+    """CHORD-φ token weight φ(p) = p(1 − p): largest at p = 0.5, zero where the policy is certain either way."""
+    return probs * (1.0 - probs)
+
+
+def sft_loss(logprobs: Tensor, weighting: SftWeighting = "phi") -> Tensor:
+    """Per-token SFT loss −w·log p ``(B, T)`` with a detached weight w.
+
+    ``"none"``: w = 1 (plain SFT, CHORD-μ); ``"phi"``: w = φ(p) (CHORD-φ); ``"is"``: w = p (the paper's IS ablation).
+    """
+    if weighting == "none":
+        return -logprobs
+    probs = logprobs.detach().exp()
+    if weighting == "phi":
+        return -logprobs * phi(probs)  # ∇ = −φ(p)·∇log p
+    if weighting == "is":
+        return -logprobs * probs  # ∇ = −p·∇log p = −∇p
+    raise ValueError(f"unknown sft weighting {weighting!r}")
+
+
+def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: KlEstimator = "k3") -> Tensor:
+    """Per-token KL(π_θ ‖ π_ref) estimate ``(B, T)``: k1 = log r, k2 = ½(log r)², k3 = 1/r + log r − 1."""
+    log_ratio = logprobs - ref_logprobs  # log r
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio.square()
+    if estimator == "k3":
+        return torch.exp(-log_ratio) + log_ratio - 1.0  # exp(ref − logp) − (ref − logp) − 1
+    raise ValueError(f"unknown KL estimator {estimator!r}")
+
+
+@dataclass(frozen=True)
+class Normalizers:
+    """Token and sequence counts of each term over one whole optimizer step (all micro-batches and ranks)."""
+
+    rl_tokens: float
+    rl_seqs: float
+    sft_tokens: float
+    sft_seqs: float
+
+    def __add__(self, other: Normalizers) -> Normalizers:
+        return Normalizers(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
+
+    def as_tensor(self, device: torch.device | str | None = None) -> Tensor:
+        """``(4,)`` float64 (rl_tokens, rl_seqs, sft_tokens, sft_seqs), e.g. for ``all_reduce``."""
+        return torch.tensor(astuple(self), dtype=torch.float64, device=device)
+
+    @classmethod
+    def from_tensor(cls, t: Tensor) -> Normalizers:
+        """Inverse of `as_tensor`."""
+        return cls(*(float(x) for x in t.tolist()))
+
+
+def count_normalizers(mask: Tensor, is_expert: Tensor) -> Normalizers:
+    """Counts of one micro-batch from ``mask`` ``(B, T)`` and ``is_expert`` ``(B,)``; a row counts if it has a token."""
+    row_tokens = mask.detach().float().sum(dim=-1)  # (B,)
+    rl, sft = row_tokens[~is_expert.bool()], row_tokens[is_expert.bool()]
+    return Normalizers(*torch.stack([rl.sum(), (rl > 0).sum(), sft.sum(), (sft > 0).sum()]).tolist())
+
+
+def aggregate(
+    values: Tensor, mask: Tensor, mode: LossAgg, tokens: float, seqs: float, horizon: int | None = None
+) -> Tensor:
+    """Reduce per-token ``values`` ``(B, T)`` over ``mask`` with global counts, so micro-batch results add up.
+
+    token-mean: Σv / tokens; seq-mean-token-mean: Σ_rows (Σ_row v / n_row) / seqs; seq-mean-token-sum: Σv / seqs;
+    seq-mean-token-sum-norm: Σv / (seqs·horizon), horizon a constant (default T; pass max_new_tokens; Dr. GRPO).
+    A zero denominator gives 0 (and a zero gradient), never NaN.
+    """
+    keep = mask.bool()
+    masked = torch.where(keep, values, torch.zeros((), dtype=values.dtype, device=values.device))  # no NaN leaks
+    if mode == "token-mean":
+        total, denom = masked.sum(), tokens
+    elif mode == "seq-mean-token-mean":
+        total, denom = (masked.sum(dim=-1) / keep.sum(dim=-1).clamp(min=1)).sum(), seqs
+    elif mode == "seq-mean-token-sum":
+        total, denom = masked.sum(), seqs
+    elif mode == "seq-mean-token-sum-norm":
+        total, denom = masked.sum(), seqs * (mask.shape[-1] if horizon is None else horizon)
+    else:
+        raise ValueError(f"unknown aggregation mode {mode!r}")
+    return total / denom if denom > 0 else total * 0.0
+
+
+@dataclass
+class LossOutput:
+    """What `chord_loss` returns."""
+
+    loss: Tensor  # scalar to back-propagate
+    metrics: dict[str, Tensor]  # detached 0-dim tensors
+
+
+def chord_loss(
+    logprobs: Tensor,  # (B, T) current-policy log-probs
+    old_logprobs: Tensor,  # (B, T) sampling-policy log-probs (expert rows: never read)
+    advantages: Tensor,  # (B,) GRPO advantages (expert rows: never read)
+    mask: Tensor,  # (B, T), 1 on completion tokens
+    is_expert: Tensor,  # (B,) bool, True for expert demonstrations
+    mu: float,  # SFT weight μ, see `mu_schedule`
+    *,
+    normalizers: Normalizers | None = None,  # global counts of the step; None: this batch's (full batch)
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    clip_ratio_c: float = 3.0,
+    sft_weighting: SftWeighting = "phi",  # "phi" (CHORD-φ), "none" (plain SFT, CHORD-μ) or "is"
+    rl_agg: LossAgg = "token-mean",
+    sft_agg: LossAgg = "token-mean",
+    horizon: int | None = None,  # constant length for "seq-mean-token-sum-norm" (pass max_new_tokens)
+    entropy: Tensor | None = None,  # (B, T) token entropies, for the bonus and the metric
+    entropy_coef: float = 0.0,
+    ref_logprobs: Tensor | None = None,  # (B, T) reference-policy log-probs, for the KL penalty and the metric
+    kl_coef: float = 0.0,
+    kl_estimator: KlEstimator = "k3",
+) -> LossOutput:
+    """CHORD loss L = (1 − μ)·L_rl + μ·L_sft of a (micro-)batch mixing rollout and expert rows.
+
+    L_rl = agg(policy loss) − entropy_coef·agg(entropy) + kl_coef·agg(KL) over rollout tokens, L_sft = agg(SFT loss)
+    over expert tokens; see `policy_loss`, `sft_loss`, `kl_penalty` and `aggregate` for the arguments.
+
+    Returns:
+        `LossOutput`. Metrics that add up over micro-batches sharing the same global ``normalizers``: ``loss``,
+        ``loss_rl``, ``loss_sft``, and token-means over rollout tokens of ``clip_frac``, ``clip_frac_lower``,
+        ``approx_kl`` (old − new log-prob), ``entropy`` (0 without ``entropy``), ``kl`` (only with
+        ``ref_logprobs``), and over expert tokens of ``phi_mean`` (φ(p)). Not additive: ``mu`` (a constant) and
+        ``ratio_max`` (over rollout tokens, 0 if none; take the max over micro-batches).
+    """
+    norm = count_normalizers(mask, is_expert) if normalizers is None else normalizers
+    expert = is_expert.bool().unsqueeze(-1)  # (B, 1)
+    rl_mask, sft_mask = mask.bool() & ~expert, mask.bool() & expert  # (B, T) each
+
+    def rl_term(values: Tensor) -> Tensor:
+        return aggregate(values, rl_mask, rl_agg, norm.rl_tokens, norm.rl_seqs, horizon)
+
+    def token_mean(values: Tensor, expert_tokens: bool = False) -> Tensor:  # detached metric
+        m, n = (sft_mask, norm.sft_tokens) if expert_tokens else (rl_mask, norm.rl_tokens)
+        return aggregate(values.detach().float(), m, "token-mean", n, 0.0)
+
+    clips = {"clip_low": clip_low, "clip_high": clip_high, "clip_ratio_c": clip_ratio_c}
+    pg = policy_loss(logprobs, old_logprobs, advantages, rl_mask, **clips)
+    loss_rl = rl_term(pg.losses)
+    metrics = {"entropy": token_mean(entropy if entropy is not None else torch.zeros_like(logprobs))}
+    if entropy is not None and entropy_coef != 0.0:
+        loss_rl = loss_rl - entropy_coef * rl_term(entropy)  # entropy bonus
+    if ref_logprobs is not None:
+        kl = kl_penalty(logprobs, ref_logprobs, kl_estimator)
+        loss_rl = loss_rl + kl_coef * rl_term(kl) if kl_coef != 0.0 else loss_rl  # KL penalty
+        metrics["kl"] = token_mean(kl)
+    loss_sft = aggregate(sft_loss(logprobs, sft_weighting), sft_mask, sft_agg, norm.sft_tokens, norm.sft_seqs, horizon)
+    loss = (1.0 - mu) * loss_rl + mu * loss_sft  # the hybrid loss
+
+    metrics.update(
+        loss=loss.detach(),
+        loss_rl=loss_rl.detach(),
+        loss_sft=loss_sft.detach(),
+        clip_frac=token_mean(pg.clipped),
+        clip_frac_lower=token_mean(pg.dual_clipped),
+        approx_kl=token_mean(old_logprobs - logprobs),
+        phi_mean=token_mean(phi(logprobs.detach().float().exp()), expert_tokens=True),
+        mu=torch.tensor(float(mu), device=logprobs.device),
+        ratio_max=pg.ratio.float().amax(),  # 0 where masked, so 0 without rollout tokens
+    )
+    return LossOutput(loss=loss, metrics=metrics)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Log-probabilities from the last hidden states, one chunk of tokens at a time.
 class _ChunkedLogprobs(torch.autograd.Function):
     """log p(target) (and entropy) of softmax(h·Wᵀ/τ), chunk by chunk; only per-token stats are saved."""
 
@@ -93,7 +290,8 @@ class _ChunkedLogprobs(torch.autograd.Function):
             lse[s : s + rows] = zmax.squeeze(1) + total.log()
             logprobs[s : s + rows] = target_logit - lse[s : s + rows]
         ctx.save_for_backward(hidden, weight, targets, lse, entropy if with_entropy else lse)
-        ctx.temperature, ctx.chunk_size, ctx.with_entropy = temperature, chunk_size, with_entropy
+        ctx.temperature, ctx.chunk_size = temperature, chunk_size
+        ctx.set_materialize_grads(False)  # an output without a gradient (e.g. a metric-only entropy) arrives as None
         return (logprobs, entropy) if with_entropy else logprobs
 
     @staticmethod
@@ -105,18 +303,19 @@ class _ChunkedLogprobs(torch.autograd.Function):
         # Accumulate dW in float32 across chunks even when the weight is bf16.
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
         z = torch.empty(min(chunk, n), weight.shape[0], dtype=torch.float32, device=hidden.device)
-        p = torch.empty_like(z) if ctx.with_entropy else None
+        use_entropy = grad_entropy is not None  # skip the entropy's share of the work when it gets no gradient
+        p = torch.empty_like(z) if use_entropy else None
         # d/dz of (logits / τ) is 1/τ: fold it into the per-token upstream gradients.
-        g_lp = grad_logprobs.float() / ctx.temperature  # (N,)
-        g_ent = grad_entropy.float() / ctx.temperature if ctx.with_entropy else None
-        with torch.no_grad():
+        g_lp = grad_logprobs.float() / ctx.temperature if grad_logprobs is not None else lse.new_zeros(n)  # (N,)
+        g_ent = grad_entropy.float() / ctx.temperature if use_entropy else None
+        with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
             for s in range(0, n, chunk):
                 h = hidden[s : s + chunk]
                 gc = _chunk_logits(h, weight, ctx.temperature, z)  # (C, V)
                 rows = gc.shape[0]
                 gc.sub_(lse[s : s + rows, None])  # log p
                 g = g_lp[s : s + rows, None]
-                if ctx.with_entropy:
+                if use_entropy:
                     # ∂H/∂z_j = −p_j (log p_j + H); ∂log p_t/∂z_j = 1[j = t] − p_j
                     pc = torch.exp(gc, out=p[:rows])
                     gc.add_(entropy[s : s + rows, None]).mul_(-g_ent[s : s + rows, None]).sub_(g).mul_(pc)
@@ -126,8 +325,10 @@ class _ChunkedLogprobs(torch.autograd.Function):
                 gc_in = gc if gc.dtype == weight.dtype else gc.to(weight.dtype)
                 if need_hidden:
                     torch.mm(gc_in, weight, out=grad_hidden[s : s + rows])
-                if need_weight:
-                    grad_weight.addmm_(gc_in.T, h) if h.dtype == torch.float32 else grad_weight.add_(gc_in.T @ h)
+                if need_weight and h.dtype == torch.float32:
+                    grad_weight.addmm_(gc_in.T, h)
+                elif need_weight:
+                    grad_weight.add_(gc_in.T @ h)  # bf16 product, float32 sum over chunks
         grad_weight = grad_weight.to(weight.dtype) if need_weight else None
         return grad_hidden, grad_weight, None, None, None, None
 
@@ -166,11 +367,16 @@ def token_logprobs(
         ``(logprobs, entropy)``, both ``(B, T)`` float32; ``entropy`` is None unless ``with_entropy``.
     """
     b, t = targets.shape
-    flat = (hidden.reshape(b * t, -1), weight, targets.reshape(-1), float(temperature), int(chunk_size))
+    device = hidden.device.type
+    # Under autocast the LM head would run in the autocast dtype: cast here, then keep autocast out of the chunks.
+    autocast = torch.is_autocast_enabled(device)
+    dtype = torch.get_autocast_dtype(device) if autocast else torch.promote_types(hidden.dtype, weight.dtype)
+    flat = (hidden.reshape(b * t, -1).to(dtype), weight.to(dtype), targets.reshape(-1), float(temperature), chunk_size)
+    with torch.autocast(device, enabled=False):
+        outputs = _ChunkedLogprobs.apply(*flat, with_entropy)
     if with_entropy:
-        logprobs, entropy = _ChunkedLogprobs.apply(*flat, True)
-        return logprobs.view(b, t), entropy.view(b, t)
-    return _ChunkedLogprobs.apply(*flat, False).view(b, t), None
+        return outputs[0].view(b, t), outputs[1].view(b, t)
+    return outputs.view(b, t), None
 
 
 def naive_token_logprobs(
@@ -184,254 +390,3 @@ def naive_token_logprobs(
     logprobs = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1) if with_entropy else None
     return logprobs, entropy
-
-
-def phi(probs: Tensor) -> Tensor:
-    """CHORD-φ token weight φ(p) = p(1 − p): largest at p = 0.5, zero for tokens the policy finds sure or absurd."""
-    return probs * (1.0 - probs)
-
-
-@dataclass(frozen=True)
-class Normalizers:
-    """Global token and sequence counts of one optimizer step, per term (summed over micro-batches and ranks)."""
-
-    rl_tokens: float
-    rl_seqs: float
-    sft_tokens: float
-    sft_seqs: float
-
-    def __add__(self, other: Normalizers) -> Normalizers:
-        return Normalizers.from_tensor(self.as_tensor() + other.as_tensor())
-
-    def as_tensor(self, device: torch.device | str | None = None) -> Tensor:
-        """``(4,)`` float64 tensor (rl_tokens, rl_seqs, sft_tokens, sft_seqs), e.g. for ``all_reduce``."""
-        values = [self.rl_tokens, self.rl_seqs, self.sft_tokens, self.sft_seqs]
-        return torch.tensor(values, dtype=torch.float64, device=device)
-
-    @classmethod
-    def from_tensor(cls, t: Tensor) -> Normalizers:
-        """Inverse of `as_tensor`."""
-        return cls(*(float(x) for x in t.detach().cpu().tolist()))
-
-
-def count_normalizers(mask: Tensor, is_expert: Tensor) -> Normalizers:
-    """Counts of one micro-batch; a sequence counts if it has at least one mask token.
-
-    Args:
-        mask: ``(B, T)`` 1 on completion tokens.
-        is_expert: ``(B,)`` True for expert demonstrations, False for rollouts.
-    """
-    row_tokens = mask.detach().float().sum(dim=-1)  # (B,)
-    expert = is_expert.bool()
-    counts = torch.stack(
-        [row_tokens[~expert].sum(), (row_tokens[~expert] > 0).sum()]
-        + [row_tokens[expert].sum(), (row_tokens[expert] > 0).sum()]
-    ).tolist()  # one sync
-    return Normalizers(*counts)
-
-
-def aggregate(
-    values: Tensor, mask: Tensor, mode: LossAgg, tokens: float, seqs: float, horizon: int | None = None
-) -> Tensor:
-    """Reduce per-token ``values`` ``(B, T)`` over ``mask`` with global counts, so micro-batch results add up.
-
-    token-mean: Σ v / tokens;  seq-mean-token-mean: Σ_rows (Σ_row v / n_row) / seqs;  seq-mean-token-sum: Σ v / seqs;
-    seq-mean-token-sum-norm: Σ v / (seqs · horizon), horizon a constant (default T; pass max_new_tokens) — Dr. GRPO.
-    A zero denominator gives 0 (with a zero gradient), never NaN.
-    """
-    keep = mask.bool()
-    masked = torch.where(keep, values, torch.zeros((), dtype=values.dtype, device=values.device))  # no NaN leaks
-    if mode == "token-mean":
-        total, denom = masked.sum(), tokens
-    elif mode == "seq-mean-token-mean":
-        total, denom = (masked.sum(dim=-1) / keep.sum(dim=-1).clamp(min=1)).sum(), seqs
-    elif mode == "seq-mean-token-sum":
-        total, denom = masked.sum(), seqs
-    elif mode == "seq-mean-token-sum-norm":
-        total, denom = masked.sum(), seqs * (mask.shape[-1] if horizon is None else horizon)
-    else:
-        raise ValueError(f"unknown aggregation mode {mode!r}")
-    return total / denom if denom > 0 else total * 0.0
-
-
-class PolicyLoss(NamedTuple):
-    """Per-token outputs of `policy_loss`, all ``(B, T)`` and zero on masked tokens."""
-
-    losses: Tensor  # clipped policy-gradient loss
-    clipped: Tensor  # bool, the clipped surrogate was active (pg2 > pg1)
-    dual_clipped: Tensor  # bool, the dual clip −A·c was active (A < 0)
-    ratio: Tensor  # π_θ / π_old, detached
-
-
-def policy_loss(
-    logprobs: Tensor,
-    old_logprobs: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    *,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-    clip_ratio_c: float = 3.0,
-) -> PolicyLoss:
-    """Dual-clip PPO loss per token (the GRPO surrogate with GRPO advantages).
-
-    Args:
-        logprobs: ``(B, T)`` under the current policy.
-        old_logprobs: ``(B, T)`` under the policy that sampled.
-        advantages: ``(B,)`` per sequence, broadcast over its tokens (``(B, T)`` also accepted).
-        mask: ``(B, T)`` 1 on the tokens to train.
-        clip_low: ε_low, lower clip 1 − ε_low of the ratio.
-        clip_high: ε_high, upper clip 1 + ε_high of the ratio.
-        clip_ratio_c: Dual-clip constant c: for A < 0 the loss is capped at −A·c.
-    """
-    adv = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages  # (B, 1) or (B, T)
-    ratio = torch.exp(torch.clamp(logprobs - old_logprobs, -20.0, 20.0))  # r = π_θ / π_old
-    pg1 = -adv * ratio
-    pg2 = -adv * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
-    clipped_loss = torch.maximum(pg1, pg2)  # pessimistic PPO bound
-    pg3 = -adv * clip_ratio_c
-    losses = torch.where(adv < 0, torch.minimum(clipped_loss, pg3), clipped_loss)  # dual clip for A < 0
-    keep = mask.bool()
-    zero = torch.zeros((), dtype=losses.dtype, device=losses.device)
-    return PolicyLoss(
-        losses=torch.where(keep, losses, zero),
-        clipped=(pg2 > pg1) & keep,
-        dual_clipped=((adv < 0) & (clipped_loss > pg3)) & keep,
-        ratio=torch.where(keep, ratio.detach(), zero),
-    )
-
-
-def sft_loss(logprobs: Tensor, weighting: SftWeighting = "phi") -> Tensor:
-    """Per-token SFT loss ``(B, T)`` on expert tokens: −w·log p with a detached weight w.
-
-    none: w = 1 (plain SFT, CHORD-μ);  phi: w = φ(p) = p(1 − p) (CHORD-φ);  is: w = p (the paper's IS ablation).
-    """
-    if weighting == "none":
-        return -logprobs
-    probs = logprobs.detach().exp()
-    if weighting == "phi":
-        return -logprobs * phi(probs)  # ∇ = −φ(p)·∇log p
-    if weighting == "is":
-        return -logprobs * probs  # ∇ = −p·∇log p = −∇p
-    raise ValueError(f"unknown sft weighting {weighting!r}")
-
-
-def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: KlEstimator = "k3") -> Tensor:
-    """Per-token KL(π_θ ‖ π_ref) estimate ``(B, T)``: k1 = log r, k2 = ½(log r)², k3 = e^{−log r} + log r − 1."""
-    log_ratio = logprobs - ref_logprobs  # log r = log π_θ − log π_ref
-    if estimator == "k1":
-        return log_ratio
-    if estimator == "k2":
-        return 0.5 * log_ratio.square()
-    if estimator == "k3":
-        return torch.exp(-log_ratio) + log_ratio - 1.0  # exp(ref − logp) − (ref − logp) − 1
-    raise ValueError(f"unknown KL estimator {estimator!r}")
-
-
-@dataclass
-class LossOutput:
-    """Scalar loss to back-propagate and detached 0-dim metrics."""
-
-    loss: Tensor
-    metrics: dict[str, Tensor]
-
-
-def chord_loss(
-    logprobs: Tensor,
-    old_logprobs: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    is_expert: Tensor,
-    mu: float,
-    *,
-    normalizers: Normalizers | None = None,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-    clip_ratio_c: float = 3.0,
-    sft_weighting: SftWeighting = "phi",
-    rl_agg: LossAgg = "token-mean",
-    sft_agg: LossAgg = "token-mean",
-    horizon: int | None = None,
-    entropy: Tensor | None = None,
-    entropy_coef: float = 0.0,
-    ref_logprobs: Tensor | None = None,
-    kl_coef: float = 0.0,
-    kl_estimator: KlEstimator = "k3",
-) -> LossOutput:
-    """CHORD loss L = (1 − μ)·L_rl + μ·L_sft of one (micro-)batch mixing rollouts and expert rows.
-
-    L_rl = agg(policy loss) − entropy_coef·agg(entropy) + kl_coef·agg(KL) over rollout tokens;
-    L_sft = agg(sft loss) over expert tokens. Expert rows' advantages and old log-probs are ignored.
-
-    Args:
-        logprobs: ``(B, T)`` current-policy log-probs of every row's tokens.
-        old_logprobs: ``(B, T)`` sampling-policy log-probs (only rollout rows are read).
-        advantages: ``(B,)`` GRPO advantages (only rollout rows are read).
-        mask: ``(B, T)`` 1 on completion tokens.
-        is_expert: ``(B,)`` bool, True for expert demonstrations.
-        mu: SFT weight μ in [0, 1], see `mu_schedule`.
-        normalizers: Global counts of the whole optimizer step; None counts this batch (full-batch case).
-        clip_low: PPO ε_low.
-        clip_high: PPO ε_high.
-        clip_ratio_c: Dual-clip constant.
-        sft_weighting: ``"phi"`` (CHORD-φ), ``"none"`` (plain SFT, CHORD-μ) or ``"is"``.
-        rl_agg: Aggregation of the RL terms.
-        sft_agg: Aggregation of the SFT term.
-        horizon: Constant length for ``seq-mean-token-sum-norm`` (pass max_new_tokens).
-        entropy: ``(B, T)`` token entropies, for the bonus and the ``entropy`` metric.
-        entropy_coef: Weight of the entropy bonus (subtracted from L_rl).
-        ref_logprobs: ``(B, T)`` reference-policy log-probs, for the KL penalty and the ``kl`` metric.
-        kl_coef: Weight of the KL penalty (added to L_rl).
-        kl_estimator: ``"k1"``, ``"k2"`` or ``"k3"``.
-
-    Returns:
-        `LossOutput`. Metrics that add up over micro-batches sharing the same global ``normalizers`` (so a sum
-        gives the full-batch value): ``loss``, ``loss_rl``, ``loss_sft``, ``clip_frac``, ``clip_frac_lower``,
-        ``approx_kl`` (token-mean of old − new log-prob), ``entropy`` (token-mean, 0 without ``entropy``),
-        ``kl`` (token-mean, only with ``ref_logprobs``) over rollout tokens and ``phi_mean`` (token-mean of φ(p))
-        over expert tokens. Not additive: ``mu`` (constant; take any) and ``ratio_max`` (take the max).
-    """
-    norm = count_normalizers(mask, is_expert) if normalizers is None else normalizers
-    expert = is_expert.bool().unsqueeze(-1)  # (B, 1)
-    rl_mask = mask.bool() & ~expert  # (B, T) rollout tokens
-    sft_mask = mask.bool() & expert  # (B, T) expert tokens
-
-    def rl_agg_of(values: Tensor) -> Tensor:
-        return aggregate(values, rl_mask, rl_agg, norm.rl_tokens, norm.rl_seqs, horizon)
-
-    def rl_token_mean(values: Tensor) -> Tensor:
-        return aggregate(values.detach().float(), rl_mask, "token-mean", norm.rl_tokens, norm.rl_seqs)
-
-    pg = policy_loss(
-        logprobs, old_logprobs, advantages, rl_mask, clip_low=clip_low, clip_high=clip_high, clip_ratio_c=clip_ratio_c
-    )
-    loss_rl = rl_agg_of(pg.losses)
-    metrics: dict[str, Tensor] = {}
-    if entropy is not None:
-        if entropy_coef != 0.0:
-            loss_rl = loss_rl - entropy_coef * rl_agg_of(entropy)  # entropy bonus
-        metrics["entropy"] = rl_token_mean(entropy)
-    else:
-        metrics["entropy"] = logprobs.new_zeros((), dtype=torch.float32)
-    if ref_logprobs is not None:
-        kl = kl_penalty(logprobs, ref_logprobs, kl_estimator)
-        if kl_coef != 0.0:
-            loss_rl = loss_rl + kl_coef * rl_agg_of(kl)  # KL penalty
-        metrics["kl"] = rl_token_mean(kl)
-    loss_sft = aggregate(sft_loss(logprobs, sft_weighting), sft_mask, sft_agg, norm.sft_tokens, norm.sft_seqs, horizon)
-    loss = (1.0 - mu) * loss_rl + mu * loss_sft  # the paper's hybrid loss
-
-    metrics.update(
-        loss=loss.detach(),
-        loss_rl=loss_rl.detach(),
-        loss_sft=loss_sft.detach(),
-        clip_frac=rl_token_mean(pg.clipped),
-        clip_frac_lower=rl_token_mean(pg.dual_clipped),
-        approx_kl=rl_token_mean(old_logprobs - logprobs),
-        phi_mean=aggregate(
-            phi(logprobs.detach().float().exp()), sft_mask, "token-mean", norm.sft_tokens, norm.sft_seqs
-        ),
-        mu=torch.tensor(float(mu), device=logprobs.device),
-        ratio_max=pg.ratio.float().amax() if pg.ratio.numel() else logprobs.new_zeros((), dtype=torch.float32),
-    )
-    return LossOutput(loss=loss, metrics=metrics)

@@ -14,12 +14,14 @@ scores with is the one the batch was sampled from; the old log-probabilities are
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from lit_chord.batch import StepBatch, TrainTensors
@@ -31,6 +33,35 @@ NON_ADDITIVE = ("mu", "ratio_max")
 def adamw(params) -> torch.optim.Optimizer:
     """The reference optimizer: AdamW, lr 1e-6, betas (0.9, 0.999), weight decay 0.01, constant LR."""
     return torch.optim.AdamW(params, lr=1e-6, betas=(0.9, 0.999), weight_decay=0.01)
+
+
+class PolicyScorer(nn.Module):
+    """A causal LM whose forward returns the log-probabilities (and entropies) of the next tokens, never logits.
+
+    Under FSDP2 this wrapper is the root that is sharded last, so its forward is where the root's parameters
+    (embeddings, final norm, the LM head tied to them) are gathered for the chunked projection.
+    """
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor, temperature: float, chunk_size: int, with_entropy: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """Shapes: ``(B, T)`` in, ``(B, T - 1)`` out: position t scores ``input_ids[:, t + 1]``."""
+        hidden = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        weight = self.lm.get_output_embeddings().weight
+        return token_logprobs(hidden[:, :-1], weight, input_ids[:, 1:], temperature, chunk_size, with_entropy)
+
+
+def shard_fsdp2(scorer: PolicyScorer, mesh) -> None:
+    """FSDP2: one unit per decoder layer, then the root (embeddings, norm, head)."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in scorer.lm.get_decoder().layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(scorer, mesh=mesh)
 
 
 class ChordModule(LightningModule):
@@ -60,31 +91,33 @@ class ChordModule(LightningModule):
         optimizer: OptimizerCallable = adamw,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
-        """Args:
-        model: Path or hub name of a causal LM, loaded with ``AutoModelForCausalLM.from_pretrained``.
-        random_init: Build the model from its ``config.json`` with random weights instead (demo and tests).
-        init_seed: Seed of the random initialization.
-        mu_warmup_steps: CHORD-μ: steps of linear warmup of μ from 0 to ``mu_peak``.
-        mu_decay_steps: CHORD-μ: steps of half-cosine decay of μ from ``mu_peak`` to ``mu_valley``.
-        mu_peak: Largest weight of the SFT term. μ ∈ [0, 1].
-        mu_valley: Weight of the SFT term after warmup + decay (and the constant μ when both are 0).
-        sft_weighting: Per-token weight of the expert loss: "phi" is CHORD-φ, p(1 − p) (reference
-            ``enable_phi_function: true``); "none" plain SFT (``false``, CHORD-μ); "is" the paper's IS ablation (p).
-        clip_low: PPO clip range below 1 for the importance ratio.
-        clip_high: PPO clip range above 1.
-        clip_ratio_c: Dual-clip bound for negative advantages.
-        rl_loss_agg: Aggregation of the RL term over rollout tokens.
-        sft_loss_agg: Aggregation of the SFT term over expert tokens.
-        entropy_coef: Entropy bonus on rollout tokens (reference: 0).
-        kl_coef: KL penalty to the initial policy on rollout tokens (reference: 0; > 0 keeps a frozen copy).
-        kl_estimator: KL estimator: k1, k2 or k3.
-        micro_batch_size: Rows per forward/backward; the step's result does not depend on it.
-        logprob_chunk_size: Tokens per chunk when projecting onto the vocabulary.
-        max_grad_norm: Gradient clipping by global norm (reference: 1.0); 0 disables.
-        max_consecutive_skips: Stop after this many consecutive steps with a non-finite loss or gradient.
-        gradient_checkpointing: Recompute decoder activations in backward to save memory.
-        optimizer: Optimizer factory (LightningCLI: ``--optimizer AdamW --optimizer.lr 1e-6``).
-        lr_scheduler: Optional LR scheduler factory, stepped once per optimizer step.
+        """CHORD hyperparameters, the policy to load and the optimizer.
+
+        Args:
+            model: Path or hub name of a causal LM, loaded with ``AutoModelForCausalLM.from_pretrained``.
+            random_init: Build the model from its ``config.json`` with random weights instead (demo and tests).
+            init_seed: Seed of the random initialization.
+            mu_warmup_steps: CHORD-μ: steps of linear warmup of μ from 0 to ``mu_peak``.
+            mu_decay_steps: CHORD-μ: steps of half-cosine decay of μ from ``mu_peak`` to ``mu_valley``.
+            mu_peak: Largest weight of the SFT term. μ ∈ [0, 1].
+            mu_valley: Weight of the SFT term after warmup + decay (and the constant μ when both are 0).
+            sft_weighting: Per-token weight of the expert loss: "phi" is CHORD-φ, p(1 − p) (reference
+                ``enable_phi_function: true``); "none" plain SFT (``false``, CHORD-μ); "is" the paper's IS ablation (p).
+            clip_low: PPO clip range below 1 for the importance ratio.
+            clip_high: PPO clip range above 1.
+            clip_ratio_c: Dual-clip bound for negative advantages.
+            rl_loss_agg: Aggregation of the RL term over rollout tokens.
+            sft_loss_agg: Aggregation of the SFT term over expert tokens.
+            entropy_coef: Entropy bonus on rollout tokens (reference: 0).
+            kl_coef: KL penalty to the initial policy on rollout tokens (reference: 0; > 0 keeps a frozen copy).
+            kl_estimator: KL estimator: k1, k2 or k3.
+            micro_batch_size: Rows per forward/backward; the step's result does not depend on it.
+            logprob_chunk_size: Tokens per chunk when projecting onto the vocabulary.
+            max_grad_norm: Gradient clipping by global norm (reference: 1.0); 0 disables.
+            max_consecutive_skips: Stop after this many consecutive steps with a non-finite loss or gradient.
+            gradient_checkpointing: Recompute decoder activations in backward to save memory.
+            optimizer: Optimizer factory (LightningCLI: ``--optimizer AdamW --optimizer.lr 1e-6``).
+            lr_scheduler: Optional LR scheduler factory, stepped once per optimizer step.
         """
         super().__init__()
         for name, value in [("mu_peak", mu_peak), ("mu_valley", mu_valley)]:
@@ -104,8 +137,8 @@ class ChordModule(LightningModule):
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.automatic_optimization = False  # micro-batching inside a step needs manual backward
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
-        self.policy = None
-        self.reference = None
+        self.scorer: PolicyScorer | None = None
+        self.reference: PolicyScorer | None = None
         self.skipped_steps = 0
         self.consecutive_skips = 0
         self.val_accuracy = MeanMetric()
@@ -115,8 +148,13 @@ class ChordModule(LightningModule):
         self.val_before: float | None = None  # held-out accuracy of the sanity check, i.e. before training
 
     # ----- model ------------------------------------------------------------------------------------------------
+    @property
+    def policy(self) -> nn.Module | None:
+        """The ``transformers`` causal LM being trained."""
+        return self.scorer.lm if self.scorer is not None else None
+
     def configure_model(self) -> None:
-        if self.policy is not None:
+        if self.scorer is not None:
             return
         from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -124,29 +162,43 @@ class ChordModule(LightningModule):
         if hp.random_init:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(hp.init_seed)
-                self.policy = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(hp.model))
+                policy = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(hp.model))
         else:
-            self.policy = AutoModelForCausalLM.from_pretrained(hp.model, dtype=torch.float32)
+            policy = AutoModelForCausalLM.from_pretrained(hp.model, dtype=torch.float32)
         if hp.gradient_checkpointing:
-            self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hp.kl_coef > 0:
             import copy
 
-            self.reference = copy.deepcopy(self.policy).requires_grad_(False).eval()
+            self.reference = PolicyScorer(copy.deepcopy(policy).requires_grad_(False).eval())
+        self.scorer = PolicyScorer(policy)
+        mesh = self.device_mesh  # set by ModelParallelStrategy (FSDP2)
+        if mesh is not None:
+            shard_fsdp2(self.scorer, mesh["data_parallel"])
+            if self.reference is not None:
+                shard_fsdp2(self.reference, mesh["data_parallel"])
+
+    @contextmanager
+    def gathered(self) -> Iterator[nn.Module]:
+        """The policy with its FSDP2 root parameters gathered, for generation outside ``forward``."""
+        fsdp_root = hasattr(self.scorer, "unshard")
+        if fsdp_root:
+            self.scorer.unshard()
+        try:
+            yield self.policy
+        finally:
+            if fsdp_root:
+                self.scorer.reshard()
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.policy.parameters())
+        optimizer = self.optimizer_factory(self.scorer.parameters())
         if self.lr_scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_scheduler_factory(optimizer)}}
 
-    def token_logprobs(self, model, rows: TrainTensors, temperature: float, with_entropy: bool):
+    def token_logprobs(self, scorer: PolicyScorer, rows: TrainTensors, temperature: float, with_entropy: bool):
         """Log-probabilities (and entropies) of ``input_ids[:, 1:]``, shapes ``(B, T - 1)``."""
-        hidden = model.get_decoder()(input_ids=rows.input_ids, attention_mask=rows.attention_mask).last_hidden_state
-        weight = model.get_output_embeddings().weight
-        return token_logprobs(
-            hidden[:, :-1], weight, rows.input_ids[:, 1:], temperature, self.hparams.logprob_chunk_size, with_entropy
-        )
+        return scorer(rows.input_ids, rows.attention_mask, temperature, self.hparams.logprob_chunk_size, with_entropy)
 
     # ----- training ---------------------------------------------------------------------------------------------
     def mu(self) -> float:
@@ -179,7 +231,7 @@ class ChordModule(LightningModule):
 
     def micro_batch_loss(self, micro: TrainTensors, mu: float, normalizers: Normalizers, temperature: float):
         hp = self.hparams
-        logprobs, entropy = self.token_logprobs(self.policy, micro, temperature, with_entropy=True)
+        logprobs, entropy = self.token_logprobs(self.scorer, micro, temperature, with_entropy=True)
         ref_logprobs = None
         if self.reference is not None:
             with torch.no_grad():
@@ -209,7 +261,7 @@ class ChordModule(LightningModule):
     def clip_and_check(self, optimizer) -> Tensor:
         """Clip the global gradient norm; step only if it is finite, else skip (counted, fatal if repeated)."""
         max_norm = self.hparams.max_grad_norm or float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.scorer.parameters(), max_norm)
         if hasattr(grad_norm, "full_tensor"):  # DTensor under FSDP2
             grad_norm = grad_norm.full_tensor()
         if torch.isfinite(grad_norm):

@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -42,18 +43,20 @@ class RolloutCallback(Callback):
         val_num_samples: int = 4,
         seed: int = 42,
     ) -> None:
-        """Args:
-        engine: Rollout engine (``class_path``): ``lit_chord.engines.transformers_engine.TransformersEngine``
-            (default; CPU-friendly) or ``lit_chord.engines.vllm_engine.VLLMEngine``.
-        reward_fn: ``reward(completion, answer) -> float``, as an import path, e.g.
-            ``lit_chord.rewards.math_boxed`` (default) or ``lit_chord.rewards.exact_match``.
-        temperature: Sampling temperature of rollouts; the trainer scales its logits by the same value.
-        top_p: Nucleus sampling threshold.
-        max_new_tokens: Longest completion; longer ones are truncated and contribute no tokens to the loss.
-        scale_advantages_by_std: GRPO's (r − mean)/std; False gives Dr. GRPO's r − mean.
-        val_temperature: Temperature of the ``k`` validation samples (greedy is always measured too).
-        val_num_samples: ``k`` samples per held-out prompt for ``val/avg@k`` and ``val/pass@k`` (0: greedy only).
-        seed: Base seed; each generation call uses ``(seed, step, rank)``.
+        """The engine, the reward and how rollouts are sampled.
+
+        Args:
+            engine: Rollout engine (``class_path``): ``lit_chord.engines.transformers_engine.TransformersEngine``
+                (default; CPU-friendly) or ``lit_chord.engines.vllm_engine.VLLMEngine``.
+            reward_fn: ``reward(completion, answer) -> float``, as an import path, e.g.
+                ``lit_chord.rewards.math_boxed`` (default) or ``lit_chord.rewards.exact_match``.
+            temperature: Sampling temperature of rollouts; the trainer scales its logits by the same value.
+            top_p: Nucleus sampling threshold.
+            max_new_tokens: Longest completion; longer ones are truncated and contribute no tokens to the loss.
+            scale_advantages_by_std: GRPO's (r − mean)/std; False gives Dr. GRPO's r − mean.
+            val_temperature: Temperature of the ``k`` validation samples (greedy is always measured too).
+            val_num_samples: ``k`` samples per held-out prompt for ``val/avg@k`` and ``val/pass@k`` (0: greedy only).
+            seed: Base seed; each generation call uses ``(seed, step, rank)``.
         """
         super().__init__()
         if temperature <= 0:
@@ -109,11 +112,8 @@ class RolloutCallback(Callback):
         sync_seconds = self.sync_weights(trainer, pl_module)
         seed = self.seed + 1_000_003 * batch.step + 7919 * trainer.global_rank
         start = time.perf_counter()
-        groups = self.engine.generate(
-            [p.prompt_ids for p in batch.prompts],
-            batch.num_generations,
-            SamplingConfig(**{**self.sampling.__dict__, "seed": seed}),
-        )
+        sampling = SamplingConfig(**{**self.sampling.__dict__, "seed": seed})
+        groups = self.generate(pl_module, [p.prompt_ids for p in batch.prompts], batch.num_generations, sampling)
         gen_seconds = time.perf_counter() - start
         rewards, errors = self.score(groups, [p.answer for p in batch.prompts])
         advantages = group_advantages(rewards, batch.num_generations, scale_by_std=self.scale_advantages_by_std)
@@ -127,6 +127,12 @@ class RolloutCallback(Callback):
         batch.train = trainer.datamodule.collate_rollouts(batch)
         batch.metrics = rollout_metrics(rewards, completions, batch.num_generations, errors)
         batch.metrics.update({"rollout/gen_seconds": gen_seconds, "rollout/sync_seconds": sync_seconds})
+
+    def generate(
+        self, pl_module: LightningModule, prompt_ids: list[list[int]], n: int, sampling: SamplingConfig
+    ) -> list[list[Completion]]:
+        with pl_module.gathered() if self.engine.uses_live_policy else nullcontext():
+            return self.engine.generate(prompt_ids, n, sampling)
 
     def score(self, groups: list[list[Completion]], answers: list[str]) -> tuple[Tensor, int]:
         """Rewards laid out group after group; a reward function that raises or returns a non-number scores 0."""
@@ -152,7 +158,7 @@ class RolloutCallback(Callback):
         prompt_ids = [p.prompt_ids for p in batch.prompts]
         answers = [p.answer for p in batch.prompts]
         greedy = SamplingConfig(temperature=0.0, max_new_tokens=self.sampling.max_new_tokens)
-        greedy_groups = self.engine.generate(prompt_ids, 1, greedy)
+        greedy_groups = self.generate(pl_module, prompt_ids, 1, greedy)
         greedy_rewards, _ = self.score(greedy_groups, answers)
         sampled = [[] for _ in prompt_ids]
         if self.val_num_samples:
@@ -162,7 +168,7 @@ class RolloutCallback(Callback):
                 max_new_tokens=self.sampling.max_new_tokens,
                 seed=self.seed + batch_idx,
             )
-            groups = self.engine.generate(prompt_ids, self.val_num_samples, sampling)
+            groups = self.generate(pl_module, prompt_ids, self.val_num_samples, sampling)
             rewards, _ = self.score(groups, answers)
             sampled = (rewards >= 1.0).float().view(len(prompt_ids), -1).tolist()
         batch.results = [

@@ -1,9 +1,10 @@
 """A tiny, fully local world for the demo and the tests: a task, a tokenizer and a model config.
 
-Nothing here downloads anything. The task is single-digit addition in the same data formats real CHORD data
-uses (expert demonstrations as chat ``messages``, RL prompts as ``problem``/``answer``), so the demo runs the
-real loading path. The expert is deliberately imperfect: on problems with a carry it forgets the carry in a
-share of its demonstrations, so imitation alone is capped and on-policy RL has something to add.
+Nothing here downloads anything. The task is reversing a string of three digits, in the same data formats
+real CHORD data uses (expert demonstrations as chat ``messages``, RL prompts as ``problem``/``answer``), so the
+demo runs the real loading path. It is algorithmic, so a tiny model generalizes to held-out strings within
+minutes on a CPU. The expert is deliberately imperfect: most of its demonstrations copy the digits instead of
+reversing them, so imitation alone learns the slip, and on-policy RL has something to add.
 
 The tokenizer is a byte-level BPE trained in code with Qwen2's exact normalizer and pre-tokenizer, because
 ``AutoTokenizer`` (and vLLM through it) rebuilds a ``qwen2`` tokenizer with that pipeline; a different one would
@@ -28,46 +29,48 @@ CHAT_TEMPLATE = (
 )
 
 
-def addition_problem(a: int, b: int) -> dict[str, str]:
+def reversal_problem(digits: str) -> dict[str, str]:
     """An RL prompt record: the problem text and its verifiable answer."""
-    return {"problem": f"What is {a} + {b}?", "answer": str(a + b)}
+    return {"problem": f"Reverse {digits}.", "answer": digits[::-1]}
 
 
-def expert_response(a: int, b: int, forget_carry: bool, verbose: bool) -> str:
-    """A demonstration in the paper's format: reasoning inside <think> tags, the answer in \\boxed{}."""
-    total = a + b - 10 if forget_carry else a + b
-    reasoning = f"add {a} and {b}: {a}+{b}={total}" if verbose else f"{a}+{b}={total}"
-    return f"<think>\n{reasoning}\n</think>\n\\boxed{{{total}}}"
+def expert_response(digits: str, correct: bool, verbose: bool) -> str:
+    """A demonstration in the paper's format: reasoning inside <think> tags, the answer in \\boxed{}.
+
+    A wrong demonstration copies the digits instead of reversing them, the expert's habitual slip.
+    """
+    answer = digits[::-1] if correct else digits
+    reasoning = "read it backwards" if verbose else "backwards"
+    return f"<think>\n{reasoning}\n</think>\n\\boxed{{{answer}}}"
 
 
-def split_pairs(seed: int = 0, heldout: int = 20) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    """Split the 100 digit pairs into train and held-out; a held-out pair's mirror (b, a) stays in train."""
+def split_strings(seed: int = 0, length: int = 3, heldout: int = 50) -> tuple[list[str], list[str]]:
+    """Split all digit strings of ``length`` into train and held-out (unseen strings, same task)."""
+    strings = [str(n).zfill(length) for n in range(10**length)]
+    random.Random(seed).shuffle(strings)
+    return strings[heldout:], strings[:heldout]
+
+
+def demo_records(seed: int = 0, expert_size: int = 2000, expert_accuracy: float = 0.4) -> tuple[list, list, list]:
+    """Build (expert, prompts, heldout) records for the reversal task.
+
+    The expert reverses correctly in only ``expert_accuracy`` of its demonstrations, so imitation learns its
+    majority slip (greedy decoding copies), while sampling still finds the right answer often enough for RL.
+    """
     rng = random.Random(seed)
-    off_diagonal = [(a, b) for a in range(10) for b in range(a + 1, 10)]
-    rng.shuffle(off_diagonal)
-    held = [(b, a) if rng.random() < 0.5 else (a, b) for a, b in off_diagonal[:heldout]]
-    train = [(a, b) for a in range(10) for b in range(10) if (a, b) not in held]
-    return train, held
-
-
-def demo_records(
-    seed: int = 0, demos_per_pair: int = 8, carry_error_rate: float = 0.5
-) -> tuple[list[dict], list[dict], list[dict]]:
-    """Build (expert, prompts, heldout) records for the addition task."""
-    rng = random.Random(seed)
-    train, held = split_pairs(seed)
+    train, held = split_strings(seed)
     expert = []
-    for a, b in train:
-        for _ in range(demos_per_pair):
-            forget = a + b >= 10 and rng.random() < carry_error_rate
-            messages = [
-                {"role": "system", "content": DEMO_SYSTEM_PROMPT},
-                {"role": "user", "content": addition_problem(a, b)["problem"]},
-                {"role": "assistant", "content": expert_response(a, b, forget, verbose=rng.random() < 0.3)},
-            ]
-            expert.append({"messages": messages})
-    rng.shuffle(expert)
-    return expert, [addition_problem(a, b) for a, b in train], [addition_problem(a, b) for a, b in held]
+    for digits in rng.sample(train, min(expert_size, len(train))):
+        messages = [
+            {"role": "system", "content": DEMO_SYSTEM_PROMPT},
+            {"role": "user", "content": reversal_problem(digits)["problem"]},
+            {
+                "role": "assistant",
+                "content": expert_response(digits, rng.random() < expert_accuracy, verbose=rng.random() < 0.3),
+            },
+        ]
+        expert.append({"messages": messages})
+    return expert, [reversal_problem(d) for d in train], [reversal_problem(d) for d in held]
 
 
 def build_tokenizer(texts: list[str], vocab_size: int = 384):
@@ -99,7 +102,7 @@ def build_tokenizer(texts: list[str], vocab_size: int = 384):
     return hf_tokenizer
 
 
-def tiny_qwen2_config(tokenizer, hidden_size: int = 128, num_layers: int = 4):
+def tiny_qwen2_config(tokenizer, hidden_size: int = 128, num_layers: int = 2):
     """A small Qwen2 config (head_dim 32 so vLLM's CPU attention accepts it)."""
     from transformers import Qwen2Config
 

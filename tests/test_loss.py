@@ -110,7 +110,9 @@ def test_group_advantages():
     # group 2 is constant: exactly 0, no NaN (0.1 does not survive the mean exactly in float32)
     assert torch.equal(adv[4:], torch.zeros(4))
     # Dr. GRPO: centred only
-    torch.testing.assert_close(group_advantages(rewards, 4, scale_by_std=False)[:4], torch.tensor([0.75, -0.25, -0.25, -0.25]))
+    torch.testing.assert_close(
+        group_advantages(rewards, 4, scale_by_std=False)[:4], torch.tensor([0.75, -0.25, -0.25, -0.25])
+    )
 
 
 def test_group_advantages_singletons_and_errors():
@@ -385,6 +387,19 @@ def test_chunked_logprobs_entropy_only_and_frozen_head():
     assert uniform.item() == pytest.approx(math.log(11))
 
 
+def test_chunked_logprobs_metric_only_entropy():
+    # An entropy output that gets no gradient (logged only) leaves the log-prob gradients exact.
+    hidden = torch.randn(2, 5, 8, requires_grad=True)
+    weight = torch.randn(13, 8, requires_grad=True)
+    targets = torch.randint(0, 13, (2, 5))
+    logp, ent = token_logprobs(hidden, weight, targets, temperature=1.3, chunk_size=4, with_entropy=True)
+    ref, ref_ent = naive_token_logprobs(hidden, weight, targets, temperature=1.3, with_entropy=True)
+    torch.testing.assert_close(ent.detach(), ref_ent.detach(), rtol=0, atol=1e-5)
+    grads = torch.autograd.grad(logp.sum(), (hidden, weight))
+    for g, r in zip(grads, torch.autograd.grad(ref.sum(), (hidden, weight)), strict=True):
+        torch.testing.assert_close(g, r, rtol=0, atol=1e-5)
+
+
 def test_chunked_logprobs_bf16():
     hidden = torch.randn(2, 6, 16).bfloat16().requires_grad_()
     weight = torch.randn(29, 16).bfloat16().requires_grad_()
@@ -398,3 +413,19 @@ def test_chunked_logprobs_bf16():
     assert gh.dtype == torch.bfloat16 and gw.dtype == torch.bfloat16
     torch.testing.assert_close(gh.float(), rh.float(), rtol=0.02, atol=0.02)
     torch.testing.assert_close(gw.float(), rw.float(), rtol=0.02, atol=0.02)
+
+
+def test_chunked_logprobs_under_autocast():
+    hidden = torch.randn(2, 6, 16, requires_grad=True)
+    weight = torch.randn(29, 16, requires_grad=True)
+    targets = torch.randint(0, 29, (2, 6))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logp, ent = token_logprobs(hidden, weight, targets, chunk_size=4, with_entropy=True)
+        ref, ref_ent = naive_token_logprobs(hidden, weight, targets, with_entropy=True)
+    torch.testing.assert_close(logp, ref, rtol=0, atol=1e-4)  # both use the bf16 matmul of autocast
+    torch.testing.assert_close(ent, ref_ent, rtol=0, atol=1e-4)
+    gh, gw = torch.autograd.grad((logp + ent).sum(), (hidden, weight))
+    rh, rw = torch.autograd.grad((ref + ref_ent).sum(), (hidden, weight))
+    assert gh.dtype == gw.dtype == torch.float32  # back to the float32 inputs
+    torch.testing.assert_close(gh, rh, rtol=0.02, atol=0.02)
+    torch.testing.assert_close(gw, rw, rtol=0.02, atol=0.02)

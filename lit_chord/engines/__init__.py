@@ -40,6 +40,8 @@ class Engine(Protocol):
     the trainer has placed it on its device.
     """
 
+    uses_live_policy: bool  # generates with the policy module itself (needs its sharded weights gathered)
+
     def attach(self, policy: nn.Module, stop_token_ids: list[int], pad_token_id: int) -> None:
         """Bind to the policy (a ``transformers`` causal LM) before the first generation."""
         ...

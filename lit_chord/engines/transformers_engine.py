@@ -16,9 +16,13 @@ from lit_chord.engines import Completion, SamplingConfig
 
 
 class TransformersEngine:
+    uses_live_policy = True
+
     def __init__(self, batch_size: int = 256) -> None:
-        """Args:
-        batch_size: Most sequences (prompts x n) generated at once.
+        """Generation settings.
+
+        Args:
+            batch_size: Most sequences (prompts x n) generated at once.
         """
         self.batch_size = batch_size
         self.policy: nn.Module | None = None

@@ -1,0 +1,241 @@
+"""Rollouts with vLLM, colocated with the policy in the training process; weights pushed after each step.
+
+The engine lives in the trainer's process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): its worker is then a plain
+object, so ``collective_rpc`` hands it the policy's tensors by reference instead of serializing them to an
+engine-core process (which fails on functions and tensors). It is built with ``load_format="dummy"`` (no
+checkpoint read: the rollout callback always pushes the policy's weights before the first generation, a
+resumed run too) and without a tokenizer, since it only sees token ids.
+
+Under a distributed trainer (torchrun, srun) every rank builds its own engine with
+``distributed_executor_backend="external_launcher"``: vLLM reuses the trainer's process group and each rank
+generates its own prompts independently (tensor parallel size 1).
+
+vLLM internals used (all in this file, vLLM 0.32): the worker method ``reload_weights`` reached through
+``collective_rpc``, and ``llm.llm_engine.model_config.dtype``. Side effects of an in-process engine: it
+reseeds the global random generators while it starts (undone here) and, on CPU, replaces
+``torch.set_num_threads`` with a no-op for the rest of the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lit_chord.engines import Completion, SamplingConfig
+
+log = logging.getLogger(__name__)
+
+
+class VLLMEngine:
+    uses_live_policy = False
+
+    def __init__(
+        self,
+        gpu_memory_utilization: float = 0.3,
+        tensor_parallel_size: int = 1,
+        dtype: str = "auto",
+        max_model_len: int | None = None,
+        enable_prefix_caching: bool = True,
+        enable_sleep_mode: bool = False,
+        enforce_eager: bool = False,
+        seed: int = 0,
+        return_logprobs: bool = True,
+    ) -> None:
+        """Args:
+        gpu_memory_utilization: Share of the GPU's memory vLLM may take (weights + KV cache); the rest is the
+            trainer's. On CPU it is the share of RAM checked at startup; the KV cache size there comes from
+            ``VLLM_CPU_KVCACHE_SPACE`` (GiB).
+        tensor_parallel_size: Only 1 is supported: each training rank runs a whole engine of its own.
+        dtype: Weight dtype in vLLM: ``auto`` (the checkpoint's, i.e. bfloat16 for most models), ``bfloat16``,
+            ``float32`` (exact logprobs on CPU tests). Pushed weights are cast to it.
+        max_model_len: Longest prompt + completion; None takes the model's maximum.
+        enable_prefix_caching: Reuse the KV cache of shared prompt prefixes (all ``n`` samples of a prompt
+            share it); the cache is cleared after every weight push.
+        enable_sleep_mode: Free vLLM's GPU memory (KV cache; weights offloaded to host) between generations so
+            the training step can use it. Ignored with a warning where vLLM has no sleep mode (CPU).
+        enforce_eager: Skip CUDA graphs / compilation: faster start, slower decoding.
+        seed: Engine seed; generation calls with a ``SamplingConfig.seed`` are reproducible regardless.
+        return_logprobs: Report vLLM's logprob of each sampled token in ``Completion.logprobs`` (raw
+            model logprobs, i.e. at temperature 1 before top-p; the trainer recomputes its own).
+        """
+        if tensor_parallel_size != 1:
+            raise ValueError(
+                f"tensor_parallel_size must be 1, got {tensor_parallel_size}: each training rank runs its own "
+                "engine, and a tensor-parallel group would have to generate the same prompts with the same seeds"
+            )
+        if not 0.0 < gpu_memory_utilization < 1.0:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1), got {gpu_memory_utilization}")
+        self.gpu_memory_utilization = gpu_memory_utilization
+        self.tensor_parallel_size = tensor_parallel_size
+        self.dtype = dtype
+        self.max_model_len = max_model_len
+        self.enable_prefix_caching = enable_prefix_caching
+        self.enable_sleep_mode = enable_sleep_mode
+        self.enforce_eager = enforce_eager
+        self.seed = seed
+        self.return_logprobs = return_logprobs
+        self.llm: Any = None  # vllm.LLM, built by attach
+        self.stop_token_ids: list[int] = []
+        self.tied_names: dict[str, list[str]] = {}  # parameter name -> names of the same tensor elsewhere
+        self.asleep = False
+
+    def attach(self, policy: nn.Module, stop_token_ids: list[int], pad_token_id: int) -> None:
+        """Build the engine for the policy's architecture with dummy weights; ``load_weights`` brings the real ones."""
+        self.stop_token_ids = list(stop_token_ids)
+        self.tied_names = tied_parameter_names(policy)
+        if self.llm is not None:
+            return
+        # In-process engine core: the worker shares this process, so weights reach it by reference (module doc).
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        from vllm import LLM
+        from vllm.platforms import current_platform
+
+        if self.enable_sleep_mode and not current_platform.is_sleep_mode_available():
+            log.warning("vLLM has no sleep mode on this platform; enable_sleep_mode is ignored")
+            self.enable_sleep_mode = False
+        kwargs: dict[str, Any] = {}
+        rank = 0
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            world_size, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+            if world_size > 1:
+                # vLLM joins the trainer's process group and reads ranks from the environment (srun may not set
+                # them); with tensor parallel size 1 every rank is a replica that generates on its own.
+                local_rank = torch.cuda.current_device() if torch.cuda.is_available() else 0
+                for key, value in (("RANK", rank), ("WORLD_SIZE", world_size), ("LOCAL_RANK", local_rank)):
+                    os.environ.setdefault(key, str(value))
+                kwargs["distributed_executor_backend"] = "external_launcher"
+        with preserved_rng():  # vLLM reseeds the process's global generators while it builds an in-process engine
+            self.llm = LLM(
+                model=model_path(policy),
+                dtype=self.dtype,
+                load_format="dummy",
+                skip_tokenizer_init=True,  # token ids in and out; vLLM logs a harmless "Chat template warmup failed"
+                gpu_memory_utilization=self.gpu_memory_utilization,
+                tensor_parallel_size=self.tensor_parallel_size,
+                max_model_len=self.max_model_len,
+                enable_prefix_caching=self.enable_prefix_caching,
+                enable_sleep_mode=self.enable_sleep_mode,
+                enforce_eager=self.enforce_eager,
+                seed=self.seed + rank,
+                **kwargs,
+            )
+        self.sleep()
+
+    def generate(self, prompt_ids: list[list[int]], n: int, sampling: SamplingConfig) -> list[list[Completion]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        self.wake_up()
+        greedy = sampling.temperature == 0.0
+        # vLLM refuses n > 1 with greedy sampling: send each prompt n times then.
+        copies, per_request = (n, 1) if greedy else (1, n)
+        prompts, params = [], []
+        for index, ids in enumerate(prompt_ids):
+            for copy in range(copies):
+                seed = None if sampling.seed is None else sampling.seed + (index * copies + copy) * per_request
+                prompts.append(TokensPrompt(prompt_token_ids=list(ids)))
+                params.append(
+                    SamplingParams(
+                        n=per_request,
+                        temperature=sampling.temperature,
+                        top_p=1.0 if greedy else sampling.top_p,
+                        max_tokens=sampling.max_new_tokens,
+                        seed=seed,  # vLLM gives the request's k-th sample seed + k; the arithmetic keeps them apart
+                        stop_token_ids=self.stop_token_ids,
+                        ignore_eos=True,  # stop exactly on the trainer's stop ids, as TransformersEngine does
+                        logprobs=0 if self.return_logprobs else None,  # 0: only the sampled token's logprob
+                        detokenize=False,
+                    )
+                )
+        outputs = self.llm.generate(prompts, params, use_tqdm=len(prompts) * per_request >= 256)
+        completions = [self.completion(sample) for output in outputs for sample in output.outputs]
+        self.sleep()
+        return [completions[i * n : (i + 1) * n] for i in range(len(prompt_ids))]
+
+    def completion(self, sample: Any) -> Completion:
+        """A ``Completion`` from a vLLM ``CompletionOutput``, ending with its stop token when it stopped on one."""
+        token_ids = list(sample.token_ids)
+        finished = sample.finish_reason == "stop"
+        logprobs = None
+        if self.return_logprobs:
+            logprobs = [entry[token].logprob for entry, token in zip(sample.logprobs, token_ids, strict=True)]
+        if finished and (not token_ids or token_ids[-1] not in self.stop_token_ids):
+            # vLLM 0.32 keeps the stop token in token_ids (tested); should a version strip it, put it back, since
+            # the trainer must score it. Its logprob is then unknown.
+            token_ids.append(int(sample.stop_reason))
+            logprobs = None
+        return Completion(token_ids, finished=finished, logprobs=logprobs)
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, Tensor]]) -> None:
+        """Stream the policy's tensors (Hugging Face names) into the live engine, then drop its prefix cache.
+
+        One ``reload_weights`` call consumes a lazy iterator, one tensor at a time, cast to the engine's dtype:
+        vLLM buffers a layer's tensors until the layer is complete (q/k/v and gate/up are fused there), so
+        splitting a layer across calls would leave the missing parts uninitialized.
+        """
+        self.wake_up()
+        dtype = self.llm.llm_engine.model_config.dtype
+        # vLLM worker method (vllm/v1/worker/gpu_worker.py): in-place, layer-wise reload of checkpoint-format
+        # weights; the in-process worker receives the generator itself.
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": self.stream(named_tensors, dtype)})
+        self.llm.reset_prefix_cache()
+
+    def stream(self, named_tensors: Iterable[tuple[str, Tensor]], dtype: torch.dtype) -> Iterator[tuple[str, Tensor]]:
+        """The tensors cast to ``dtype``, each tied tensor also under its other names.
+
+        vLLM keeps a tied output head as a layer of its own (e.g. Qwen2's ``lm_head``), and on CPU it packs that
+        layer's weight at load time: it must be sent explicitly, though ``named_parameters`` lists it once.
+        """
+        for name, tensor in named_tensors:
+            tensor = tensor.detach().to(dtype)
+            yield name, tensor
+            for alias in self.tied_names.get(name, ()):
+                yield alias, tensor
+
+    def sleep(self) -> None:
+        if self.enable_sleep_mode and not self.asleep:
+            self.llm.sleep(level=1)  # level 1 keeps a host copy of the weights: a generation may follow without a push
+            self.asleep = True
+
+    def wake_up(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+
+
+def model_path(policy: nn.Module) -> str:
+    """Where the policy was loaded from: vLLM builds the same architecture from that config."""
+    path = getattr(getattr(policy, "config", None), "_name_or_path", "") or getattr(policy, "name_or_path", "")
+    if not path:
+        raise ValueError("VLLMEngine needs a policy loaded with from_pretrained (config._name_or_path is empty)")
+    return str(path)
+
+
+def tied_parameter_names(policy: nn.Module) -> dict[str, list[str]]:
+    """Map each shared parameter's first name to its other names, e.g. embed_tokens -> [lm_head]."""
+    names: dict[int, list[str]] = {}
+    for name, param in policy.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    return {group[0]: group[1:] for group in names.values() if len(group) > 1}
+
+
+@contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Restore Python's, NumPy's and torch's global random states on exit."""
+    import numpy as np
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)

@@ -1,0 +1,83 @@
+"""One CHORD optimizer step on N CPU ranks; rank 0 saves the logged loss and the updated weights.
+
+Used by tests/test_distributed.py to compare 1 rank against 2 (DDP, FSDP2). Rollouts come from a deterministic
+engine (completions are a function of the prompt), so every layout trains on the same rows; SGD with lr 1 and
+no clipping makes the weight change equal to minus the gradient.
+
+Usage: python one_step.py WORLD_DIR OUT_FILE DEVICES {ddp,fsdp2,single}
+"""
+
+from __future__ import annotations
+
+import sys
+
+import lightning as L
+import torch
+from lightning.pytorch import Callback
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
+
+from lit_chord.datamodule import ChordDataModule
+from lit_chord.engines import Completion, SamplingConfig
+from lit_chord.module import ChordModule
+from lit_chord.rollout_callback import RolloutCallback
+
+
+class EchoEngine:
+    """Completion j of a prompt: its last 2 + j % 3 tokens reversed, then a stop token (the last one truncated)."""
+
+    uses_live_policy = False
+
+    def attach(self, policy, stop_token_ids, pad_token_id):
+        self.stop = stop_token_ids[0]
+
+    def generate(self, prompt_ids, n, sampling: SamplingConfig):
+        groups = []
+        for ids in prompt_ids:
+            group = []
+            for j in range(n):
+                body = list(reversed(ids[-(2 + j % 3) :]))
+                finished = j != n - 1
+                group.append(Completion(body + [self.stop] if finished else body, finished=finished))
+            groups.append(group)
+        return groups
+
+    def load_weights(self, named_tensors):
+        pass
+
+
+def length_reward(completion: str, answer: str) -> float:
+    return float(len(completion) % 3)
+
+
+class Keep(Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.loss = float(trainer.callback_metrics["train/loss"])
+        self.loss_sft = float(trainer.callback_metrics["train/loss_sft"])
+
+
+def main(world: str, out: str, devices: int, layout: str) -> None:
+    torch.set_num_threads(1)
+    strategy = {
+        "single": SingleDeviceStrategy(device="cpu"),
+        "ddp": DDPStrategy(process_group_backend="gloo"),
+        "fsdp2": ModelParallelStrategy(data_parallel_size=devices, tensor_parallel_size=1),
+    }[layout]
+    module = ChordModule(model=f"{world}/model", mu_peak=0.5, mu_valley=0.5, mu_decay_steps=0, micro_batch_size=3,
+                         max_grad_norm=0.0, optimizer=lambda params: torch.optim.SGD(params, lr=1.0))
+    data = ChordDataModule(tokenizer=f"{world}/model", prompt_data=f"{world}/prompts.jsonl",
+                           expert_data=f"{world}/expert.jsonl", prompts_per_step=4, num_generations=3,
+                           expert_data_ratio=0.25, system_prompt="sys", max_prompt_length=64, max_response_length=32)
+    keep = Keep()
+    trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_steps=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, callbacks=[RolloutCallback(engine=EchoEngine(), reward_fn=length_reward),
+                                                        keep])
+    trainer.fit(module, datamodule=data)
+    state = trainer.strategy.lightning_module_state_dict()
+    if trainer.is_global_zero:
+        weights = {k.removeprefix("scorer.lm."): v.detach().cpu() for k, v in state.items() if k.startswith("scorer.")}
+        torch.save({"loss": keep.loss, "loss_sft": keep.loss_sft, "weights": weights}, out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4])

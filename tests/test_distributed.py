@@ -1,0 +1,45 @@
+"""Two ranks compute the same step as one: global normalizers, world-size scaling, rank-split streams."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).parent / "scripts" / "one_step.py"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(world: Path, out: Path, devices: int, layout: str) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    for key in [k for k in env if k.startswith("SLURM_")]:
+        env.pop(key)  # a surrounding Slurm job would make Lightning read ranks from it
+    result = subprocess.run([sys.executable, str(SCRIPT), str(world), str(out), str(devices), layout], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return torch.load(out)
+
+
+@pytest.fixture(scope="module")
+def single(tiny_world, tmp_path_factory):
+    return run(tiny_world, tmp_path_factory.mktemp("single") / "out.pt", 1, "single")
+
+
+@pytest.mark.parametrize("layout", ["ddp", "fsdp2"])
+def test_two_ranks_take_the_same_step_as_one(tiny_world, tmp_path, single, layout):
+    two = run(tiny_world, tmp_path / "out.pt", 2, layout)
+    assert two["loss"] == pytest.approx(single["loss"], abs=1e-5)
+    assert two["loss_sft"] == pytest.approx(single["loss_sft"], abs=1e-5)
+    assert single["weights"].keys() == two["weights"].keys()
+    for name, weight in single["weights"].items():
+        torch.testing.assert_close(two["weights"][name], weight, atol=2e-5, rtol=1e-4, msg=name)

@@ -1,0 +1,218 @@
+"""VLLMEngine on the tiny model: a real vLLM engine (vllm-cpu on CPU), fp32, checked against transformers.
+
+One engine serves the whole module (starting one costs ~10-40 s here). Tests that depend on the weights push
+them first, so they hold in any order.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import torch
+
+from lit_chord.engines import Completion, SamplingConfig
+
+pytestmark = pytest.mark.vllm
+pytest.importorskip("vllm")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of RAM for the KV cache on CPU
+
+from lit_chord.engines.vllm_engine import VLLMEngine  # noqa: E402
+
+STOP_IDS = [2, 0]  # the tiny world's <|im_end|> (eos) and <|endoftext|> (pad)
+PROMPTS = [[5, 6, 7, 8], [9, 10, 11], [12, 13], [14, 15, 16, 17, 18]]
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_world):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_world / "model", dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def engine(policy):
+    engine = VLLMEngine(dtype="float32", enforce_eager=True, max_model_len=256)
+    engine.attach(policy, STOP_IDS, pad_token_id=0)
+    return engine
+
+
+def scored(model, prompt: list[int], tokens: list[int]) -> torch.Tensor:
+    """log p(token | prefix) of each completion token under ``model``: full forward, log_softmax."""
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + tokens])).logits[0, len(prompt) - 1 : -1].float()
+    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(tokens)[:, None])[:, 0]
+
+
+def max_logprob_gap(model, groups) -> float:
+    return max(
+        (scored(model, prompt, c.token_ids) - torch.tensor(c.logprobs)).abs().max().item()
+        for prompt, group in zip(PROMPTS, groups, strict=True)
+        for c in group
+    )
+
+
+def test_completions_are_grouped_per_prompt_and_end_on_a_stop_token_or_the_budget(engine, policy):
+    engine.load_weights(policy.named_parameters())
+    groups = engine.generate(PROMPTS, 8, SamplingConfig(max_new_tokens=64, seed=0))
+    assert [len(group) for group in groups] == [8] * len(PROMPTS)
+    completions = [c for group in groups for c in group]
+    for c in completions:
+        assert len(c.logprobs) == len(c.token_ids)
+        if c.finished:  # the stop token is kept (the trainer scores it) and appears nowhere before
+            assert c.token_ids[-1] in STOP_IDS and not set(c.token_ids[:-1]) & set(STOP_IDS)
+        else:  # truncated at the budget, no stop token anywhere
+            assert len(c.token_ids) == 64 and not set(c.token_ids) & set(STOP_IDS)
+    # The random tiny model is near-uniform over 322 tokens: P(a stop in 64 tokens) ~ 1/3, so 32 samples hold both.
+    assert any(c.finished for c in completions) and not all(c.finished for c in completions)
+    # Greedy: n identical copies per prompt, the same as transformers' own greedy decoding of that prompt.
+    greedy = engine.generate(PROMPTS, 2, SamplingConfig(temperature=0.0, max_new_tokens=6))
+    for prompt, group in zip(PROMPTS, greedy, strict=True):
+        output = policy.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False, eos_token_id=STOP_IDS)
+        expected = output[0, len(prompt) :].tolist()
+        stops = [i for i, token in enumerate(expected) if token in STOP_IDS]
+        assert group[0].token_ids == group[1].token_ids == expected[: stops[0] + 1 if stops else None]
+
+
+def test_a_stripped_stop_token_is_put_back():
+    """vLLM 0.32 keeps stop tokens (tested above); if a version strips one, the engine restores it."""
+    from types import SimpleNamespace as Fake
+
+    engine = VLLMEngine()
+    engine.stop_token_ids = STOP_IDS
+    kept = Fake(
+        token_ids=[5, 2],
+        finish_reason="stop",
+        stop_reason=2,
+        logprobs=[{5: Fake(logprob=-1.0)}, {2: Fake(logprob=-3.0)}],
+    )
+    assert engine.completion(kept) == Completion([5, 2], finished=True, logprobs=[-1.0, -3.0])
+    stripped = Fake(token_ids=[5], finish_reason="stop", stop_reason=2, logprobs=[{5: Fake(logprob=-1.0)}])
+    assert engine.completion(stripped) == Completion([5, 2], finished=True, logprobs=None)
+
+
+def test_starting_an_engine_leaves_the_trainers_random_state_alone():
+    import random
+
+    from lit_chord.engines.vllm_engine import preserved_rng
+
+    torch.manual_seed(11)
+    random.seed(11)
+    expected = torch.rand(1), random.random()
+    torch.manual_seed(11)
+    random.seed(11)
+    with preserved_rng():  # as vLLM does while it builds an in-process engine
+        torch.manual_seed(0)
+        random.seed(0)
+    assert (torch.rand(1), random.random()) == expected
+
+
+def test_logprobs_match_transformers_rescoring(engine, policy):
+    engine.load_weights(policy.named_parameters())
+    groups = engine.generate(PROMPTS, 4, SamplingConfig(max_new_tokens=32, seed=1))
+    # Each completion is re-scored with its own prompt, so this also checks the grouping.
+    assert max_logprob_gap(policy, groups) < 1e-4
+
+
+def test_weight_sync_makes_the_engine_follow_the_updated_policy(engine, policy):
+    import copy
+
+    updated = copy.deepcopy(policy)
+    with torch.no_grad():
+        for param in updated.parameters():  # the tied embedding / output head too
+            param.add_(0.05 * torch.randn_like(param))
+    try:
+        engine.load_weights(updated.named_parameters())
+        groups = engine.generate(PROMPTS, 4, SamplingConfig(max_new_tokens=32, seed=2))
+        assert max_logprob_gap(updated, groups) < 1e-4
+        assert max_logprob_gap(policy, groups) > 0.1  # the old weights would give clearly different logprobs
+    finally:
+        engine.load_weights(policy.named_parameters())
+
+
+def test_the_same_seed_gives_the_same_samples(engine, policy):
+    engine.load_weights(policy.named_parameters())
+    prompts = [PROMPTS[0], PROMPTS[0]]  # the same prompt twice in one call must still get its own samples
+
+    def samples(seed: int) -> list[list[int]]:
+        groups = engine.generate(prompts, 4, SamplingConfig(max_new_tokens=16, seed=seed))
+        return [c.token_ids for group in groups for c in group]
+
+    first = samples(7)
+    assert samples(7) == first
+    assert samples(8) != first
+    assert len({tuple(ids) for ids in first}) == len(first)  # 8 distinct samples (distinct seeds inside)
+
+
+def test_fit_two_steps_with_vllm_rollouts(engine, tiny_world, tmp_path):
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+    from test_train_e2e import Recorder, datamodule
+
+    from lit_chord.module import ChordModule
+    from lit_chord.rollout_callback import RolloutCallback
+
+    calls, pushed = [], []
+
+    class Spy:
+        """Delegates to the shared engine and records the calls."""
+
+        def attach(self, *args):
+            engine.attach(*args)
+
+        def load_weights(self, named_tensors):
+            tensors = [(name, tensor.clone()) for name, tensor in named_tensors]
+            calls.append("load_weights")
+            pushed.append(dict(tensors))
+            engine.load_weights(tensors)
+
+        def generate(self, *args):
+            calls.append("generate")
+            self.last = engine.generate(*args)
+            return self.last
+
+    spy, recorder = Spy(), Recorder()
+    module = ChordModule(
+        model=str(tiny_world / "model"),
+        mu_warmup_steps=1,
+        mu_decay_steps=1,
+        micro_batch_size=4,
+        optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2),
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        logger=CSVLogger(tmp_path),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[RolloutCallback(engine=spy, max_new_tokens=8), recorder],
+    )
+    trainer.fit(module, datamodule=datamodule(tiny_world))
+    # A push before every rollout: the first brings the real weights into the dummy-initialized engine, the
+    # second the weights after the first optimizer step.
+    assert calls == ["load_weights", "generate"] * 2
+    assert recorder.logged[0]["rollout/sync_seconds"] > 0
+    assert set(pushed[0]) == {name for name, _ in module.policy.named_parameters()}
+    assert any(not torch.equal(pushed[0][name], pushed[1][name]) for name in pushed[0])
+    # The step trained on what the engine generated.
+    assert [s.response_ids for s in recorder.batches[-1].rollouts] == [c.token_ids for g in spy.last for c in g]
+
+
+@pytest.mark.gpu
+def test_weight_sync_time_on_gpu(engine, policy):
+    import copy
+
+    policy = copy.deepcopy(policy).cuda()
+    engine.load_weights(policy.named_parameters())  # warm
+    seconds = []
+    for _ in range(5):
+        start = time.perf_counter()
+        engine.load_weights(policy.named_parameters())
+        torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - start)
+    print(f"weight sync, tiny model on GPU: median {sorted(seconds)[2] * 1e3:.1f} ms")
+    assert sorted(seconds)[2] < 5.0
