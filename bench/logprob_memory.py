@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lit_chord.loss import naive_token_logprobs, token_logprobs  # noqa: E402
+from lit_chord.logprobs import naive_token_logprobs, token_logprobs  # noqa: E402
 
 
 def rss_bytes() -> tuple[int, int]:

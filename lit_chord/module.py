@@ -25,7 +25,8 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from lit_chord.batch import StepBatch, TrainTensors
-from lit_chord.loss import LossAgg, Normalizers, chord_loss, count_normalizers, mu_schedule, token_logprobs
+from lit_chord.logprobs import token_logprobs
+from lit_chord.loss import LossAgg, Normalizers, chord_loss, count_normalizers, mu_schedule
 
 NON_ADDITIVE = ("mu", "ratio_max")
 
@@ -217,11 +218,12 @@ class ChordModule(LightningModule):
         hp, mu = self.hparams, self.mu()
         rows = batch.train.to(self.device)
         normalizers = self.global_normalizers(rows)
+        horizon = rows.input_ids.shape[1] - 1  # one constant per step for seq-mean-token-sum-norm
         optimizer = self.optimizers()
         optimizer.zero_grad(set_to_none=True)
         totals: dict[str, Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
         for micro in rows.micro_batches(hp.micro_batch_size):
-            out = self.micro_batch_loss(micro, mu, normalizers, batch.temperature)
+            out = self.micro_batch_loss(micro, mu, normalizers, batch.temperature, horizon)
             # Strategies average gradients over ranks; the normalizers already divide by the global count.
             self.manual_backward(out.loss * self.trainer.world_size)
             for key, value in out.metrics.items():
@@ -229,7 +231,9 @@ class ChordModule(LightningModule):
         grad_norm = self.clip_and_check(optimizer)
         self.log_step(totals, mu, grad_norm, batch)
 
-    def micro_batch_loss(self, micro: TrainTensors, mu: float, normalizers: Normalizers, temperature: float):
+    def micro_batch_loss(
+        self, micro: TrainTensors, mu: float, normalizers: Normalizers, temperature: float, horizon: int | None = None
+    ):
         hp = self.hparams
         logprobs, entropy = self.token_logprobs(self.scorer, micro, temperature, with_entropy=True)
         ref_logprobs = None
@@ -250,7 +254,7 @@ class ChordModule(LightningModule):
             sft_weighting=hp.sft_weighting,
             rl_agg=hp.rl_loss_agg,
             sft_agg=hp.sft_loss_agg,
-            horizon=micro.input_ids.shape[1],
+            horizon=horizon,
             entropy=entropy,
             entropy_coef=hp.entropy_coef,
             ref_logprobs=ref_logprobs,

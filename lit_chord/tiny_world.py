@@ -21,7 +21,6 @@ import random
 import sys
 from pathlib import Path
 
-DEMO_SYSTEM_PROMPT = "Think in <think> </think>, then give the answer in \\boxed{}."
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -62,11 +61,10 @@ def demo_records(seed: int = 0, expert_size: int = 2000, expert_accuracy: float 
     expert = []
     for digits in rng.sample(train, min(expert_size, len(train))):
         messages = [
-            {"role": "system", "content": DEMO_SYSTEM_PROMPT},
             {"role": "user", "content": reversal_problem(digits)["problem"]},
             {
                 "role": "assistant",
-                "content": expert_response(digits, rng.random() < expert_accuracy, verbose=rng.random() < 0.3),
+                "content": expert_response(digits, rng.random() < expert_accuracy, verbose=False),
             },
         ]
         expert.append({"messages": messages})

@@ -24,8 +24,13 @@ def run(world: Path, out: Path, devices: int, layout: str) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
     for key in [k for k in env if k.startswith("SLURM_")]:
         env.pop(key)  # a surrounding Slurm job would make Lightning read ranks from it
-    result = subprocess.run([sys.executable, str(SCRIPT), str(world), str(out), str(devices), layout], env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), str(world), str(out), str(devices), layout],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return torch.load(out)
 

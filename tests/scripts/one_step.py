@@ -62,16 +62,39 @@ def main(world: str, out: str, devices: int, layout: str) -> None:
         "ddp": DDPStrategy(process_group_backend="gloo"),
         "fsdp2": ModelParallelStrategy(data_parallel_size=devices, tensor_parallel_size=1),
     }[layout]
-    module = ChordModule(model=f"{world}/model", mu_peak=0.5, mu_valley=0.5, mu_decay_steps=0, micro_batch_size=3,
-                         max_grad_norm=0.0, optimizer=lambda params: torch.optim.SGD(params, lr=1.0))
-    data = ChordDataModule(tokenizer=f"{world}/model", prompt_data=f"{world}/prompts.jsonl",
-                           expert_data=f"{world}/expert.jsonl", prompts_per_step=4, num_generations=3,
-                           expert_data_ratio=0.25, system_prompt="sys", max_prompt_length=64, max_response_length=32)
+    module = ChordModule(
+        model=f"{world}/model",
+        mu_peak=0.5,
+        mu_valley=0.5,
+        mu_decay_steps=0,
+        micro_batch_size=3,
+        max_grad_norm=0.0,
+        optimizer=lambda params: torch.optim.SGD(params, lr=1.0),
+    )
+    data = ChordDataModule(
+        tokenizer=f"{world}/model",
+        prompt_data=f"{world}/prompts.jsonl",
+        expert_data=f"{world}/expert.jsonl",
+        prompts_per_step=4,
+        num_generations=3,
+        expert_data_ratio=0.25,
+        system_prompt="sys",
+        max_prompt_length=64,
+        max_response_length=32,
+    )
     keep = Keep()
-    trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_steps=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=0, callbacks=[RolloutCallback(engine=EchoEngine(), reward_fn=length_reward),
-                                                        keep])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy=strategy,
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[RolloutCallback(engine=EchoEngine(), reward_fn=length_reward), keep],
+    )
     trainer.fit(module, datamodule=data)
     state = trainer.strategy.lightning_module_state_dict()
     if trainer.is_global_zero:
