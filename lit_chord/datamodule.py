@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, IterableDataset
 
 from lit_chord.batch import Prompt, Sequence, StepBatch, TrainTensors, ValBatch, pad_sequences
@@ -30,6 +31,7 @@ PAPER_SYSTEM_PROMPT = (
     "<think>\n ...your reasoning process here... </think>\n first. You should always include your final answer in "
     "\\boxed{} as closed-form results."
 )
+ROLES = ("system", "user", "assistant", "tool")
 
 
 class DataError(ValueError):
@@ -38,40 +40,98 @@ class DataError(ValueError):
 
 def load_records(source: str) -> list[dict]:
     """Read a JSON/JSONL/parquet file or a ``datasets`` hub name (``name`` or ``name:split``) into dicts."""
-    import datasets
+    return [record for _, record in located_records(source)]
 
+
+def located_records(source: str) -> list[tuple[str, dict]]:
+    """Records with where each came from (``file:line`` for JSON Lines, ``source: record i`` otherwise).
+
+    JSON and JSON Lines are parsed here rather than by ``datasets``, whose errors name neither line nor cause (a
+    malformed ``.json`` raises ``DatasetGenerationError``, an empty file ``StopIteration``).
+    """
     path = Path(source)
-    if path.suffix in (".json", ".jsonl", ".parquet"):
-        if not path.exists():
-            raise DataError(f"{source}: file not found")
-        if path.suffix == ".jsonl":
-            _check_jsonl(path)
-        builder = "parquet" if path.suffix == ".parquet" else "json"
-        dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
+    if path.suffix in (".json", ".jsonl"):
+        located = _read_json(path)
     else:
+        if path.exists() and path.suffix != ".parquet":
+            raise DataError(f"{source}: unsupported file type {path.suffix!r}; use .jsonl, .json or .parquet")
+        if path.suffix == ".parquet" and not path.exists():
+            raise DataError(f"{source}: file not found")
+        import datasets
+
         name, _, split = source.partition(":")
-        dataset = datasets.load_dataset(name, split=split or "train")
-    records = dataset.to_list()
-    if not records:
+        if path.suffix == ".parquet":
+            dataset = datasets.load_dataset("parquet", data_files=source, split="train")
+        else:
+            dataset = datasets.load_dataset(name, split=split or "train")
+        located = [(f"{source}: record {i}", r) for i, r in enumerate(dataset.to_list(), start=1)]
+    if not located:
         raise DataError(f"{source}: no records")
-    return records
+    return located
 
 
-def _check_jsonl(path: Path) -> None:
-    """Locate malformed lines ourselves: ``datasets`` reports them without a line number."""
+def json_type(value) -> str:
+    """A value's type in JSON's words, for error messages: "null", "a string", "an array", ..."""
+    names = {type(None): "null", bool: "a boolean", int: "a number", float: "a number", str: "a string"}
+    names[list] = "an array"
+    return names.get(type(value), "an object" if isinstance(value, dict) else f"a {type(value).__name__}")
+
+
+def _read_json(path: Path) -> list[tuple[str, dict]]:
+    """JSON Lines (one object per line, blank lines skipped); a ``.json`` file may instead hold one array of
+    objects (or one object)."""
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    data = path.read_bytes()
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 ({err})") from err
+        line = data.count(b"\n", 0, err.start) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 (byte {data[err.start]:#04x} at offset {err.start})") from err
+    lines = text.split("\n")  # not splitlines(): JSON strings may hold U+2028 and other separators verbatim
+    content = [line for line in lines if line.strip()]
+    if path.suffix == ".json" and content and not _is_json_object(content[0]):
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{err.lineno}:{err.colno}: malformed JSON ({err.msg})") from err
+        if isinstance(document, dict):
+            return [(str(path), document)]
+        if not isinstance(document, list):
+            raise DataError(f"{path}: expected a JSON array of objects (or JSON Lines), got {json_type(document)}")
+        for index, record in enumerate(document, start=1):
+            if not isinstance(record, dict):
+                raise DataError(f"{path}: record {index}: expected a JSON object, got {json_type(record)}")
+        return [(f"{path}: record {i}", r) for i, r in enumerate(document, start=1)]
+    located = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{number}: malformed JSON ({err.msg})") from err
+            raise DataError(f"{path}:{number}: malformed JSON ({err.msg} at column {err.colno})") from err
         if not isinstance(record, dict):
-            raise DataError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+            raise DataError(f"{path}:{number}: expected a JSON object, got {json_type(record)}")
+        located.append((f"{path}:{number}", record))
+    return located
+
+
+def _text_field_problem(record: dict, key: str) -> str | None:
+    """Why ``record[key]`` is not a usable string or number, or None if it is."""
+    if key not in record:
+        return "missing"
+    value = record[key]
+    if value is None or isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return f"is {json_type(value)}"
+    return None if str(value).strip() else "is empty"
+
+
+def _is_json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except json.JSONDecodeError:
+        return False
 
 
 class StepStream(IterableDataset):
@@ -134,9 +194,16 @@ class ChordDataModule(LightningDataModule):
         super().__init__()
         if not 0.0 <= expert_data_ratio < 1.0:
             raise ValueError(f"data.expert_data_ratio must lie in [0, 1), got {expert_data_ratio}")
-        for name, value in [("prompts_per_step", prompts_per_step), ("num_generations", num_generations)]:
+        for name, value in [
+            ("prompts_per_step", prompts_per_step),
+            ("num_generations", num_generations),
+            ("max_prompt_length", max_prompt_length),
+            ("max_response_length", max_response_length),
+        ]:
             if value < 1:
                 raise ValueError(f"data.{name} must be >= 1, got {value}")
+        if val_size is not None and val_size < 0:
+            raise ValueError(f"data.val_size must be >= 0 or null, got {val_size}")
         self.save_hyperparameters()
         self.prompts_per_step = prompts_per_step
         self.num_generations = num_generations
@@ -166,6 +233,11 @@ class ChordDataModule(LightningDataModule):
             self.expert = self._load_expert(hp.expert_data)
         if hp.val_data:
             self.val_prompts = self._load_prompts(hp.val_data, "val_data")[: hp.val_size]
+        for name, count in self.filtered.items():
+            limits = f"max_prompt_length={hp.max_prompt_length}"
+            if name == "expert_data":
+                limits += f" or max_response_length={hp.max_response_length}"
+            rank_zero_info(f"data.{name}: {count} records longer than {limits} tokens were filtered out")
 
     def _chat_ids(self, messages: list[dict], generation_prompt: bool) -> list[int]:
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
@@ -177,12 +249,12 @@ class ChordDataModule(LightningDataModule):
     def _load_prompts(self, source: str, field_name: str) -> list[Prompt]:
         hp = self.hparams
         prompts = []
-        for index, record in enumerate(load_records(source)):
+        for where, record in located_records(source):
             for key in (hp.prompt_key, hp.answer_key):
-                if not isinstance(record.get(key), (str, int, float)) or record.get(key) == "":
+                if problem := _text_field_problem(record, key):
                     raise DataError(
-                        f"{source}: record {index}: field {key!r} missing or not a string/number "
-                        f"(data.{field_name} expects {hp.prompt_key!r} and {hp.answer_key!r})"
+                        f"{where}: field {key!r} {problem}; expected a string or number "
+                        f"(data.{field_name} records need {hp.prompt_key!r} and {hp.answer_key!r})"
                     )
             messages = [*self._system(), {"role": "user", "content": str(record[hp.prompt_key])}]
             ids = self._chat_ids(messages, generation_prompt=True)
@@ -194,24 +266,39 @@ class ChordDataModule(LightningDataModule):
             raise DataError(f"{source}: no prompt fits max_prompt_length={hp.max_prompt_length}")
         return prompts
 
-    def expert_messages(self, record: dict, source: str, index: int) -> list[dict]:
+    def expert_messages(self, record: dict, where: str) -> list[dict]:
         """Normalize an expert record to chat messages whose last turn is the assistant's response."""
         hp = self.hparams
-        if hp.messages_key in record and record[hp.messages_key] is not None:
+        if record.get(hp.messages_key) is not None:
             messages = record[hp.messages_key]
-            if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            if not isinstance(messages, list):
+                hint = " (JSON-encoded? store the list itself)" if isinstance(messages, str) else ""
                 raise DataError(
-                    f"{source}: record {index}: {hp.messages_key!r} must be a list of "
-                    "{'role': ..., 'content': ...} objects"
+                    f"{where}: field {hp.messages_key!r} must be a list of {{'role': ..., 'content': ...}} "
+                    f"objects, got {json_type(messages)}{hint}"
                 )
-            for m in messages:
-                if m.get("role") not in ("system", "user", "assistant", "tool"):
-                    raise DataError(f"{source}: record {index}: unknown chat role {m.get('role')!r}")
+            for number, m in enumerate(messages, start=1):
+                if not isinstance(m, dict):
+                    raise DataError(f"{where}: message {number}: expected an object, got {json_type(m)}")
+                if m.get("role") not in ROLES:
+                    role = "'role' missing" if "role" not in m else f"unknown chat role {m['role']!r}"
+                    raise DataError(f"{where}: message {number}: {role}; expected one of {', '.join(ROLES)}")
                 if not isinstance(m.get("content"), str):
-                    raise DataError(f"{source}: record {index}: message content must be a string")
-            if not messages or messages[-1]["role"] != "assistant":
-                raise DataError(f"{source}: record {index}: the last message must be the assistant's response")
-        elif isinstance(record.get(hp.prompt_key), str) and isinstance(record.get(hp.response_key), str):
+                    raise DataError(
+                        f"{where}: message {number}: 'content' must be a string, got {json_type(m.get('content'))}"
+                    )
+            if not messages:
+                raise DataError(f"{where}: field {hp.messages_key!r} is empty")
+            if messages[-1]["role"] != "assistant":
+                raise DataError(
+                    f"{where}: no assistant turn at the end: the last message (role {messages[-1]['role']!r}) "
+                    "must be the assistant's response"
+                )
+        elif hp.prompt_key in record or hp.response_key in record:
+            for key in (hp.prompt_key, hp.response_key):
+                if not isinstance(record.get(key), str):
+                    got = "missing" if key not in record else f"is {json_type(record[key])}"
+                    raise DataError(f"{where}: field {key!r} {got}; expected a string")
             messages = [
                 *self._system(),
                 {"role": "user", "content": record[hp.prompt_key]},
@@ -219,25 +306,25 @@ class ChordDataModule(LightningDataModule):
             ]
         else:
             raise DataError(
-                f"{source}: record {index}: expected {hp.messages_key!r} (chat messages) or string "
-                f"fields {hp.prompt_key!r} and {hp.response_key!r}"
+                f"{where}: expected field {hp.messages_key!r} (chat messages) or string fields {hp.prompt_key!r} "
+                f"and {hp.response_key!r}; found {', '.join(map(repr, record)) or 'no fields'}"
             )
         if not messages[-1]["content"].strip():
-            raise DataError(f"{source}: record {index}: empty assistant response")
+            raise DataError(f"{where}: empty assistant response")
         return messages
 
     def _load_expert(self, source: str) -> list[Sequence]:
         hp = self.hparams
         eos = self.tokenizer.eos_token_id
         expert = []
-        for index, record in enumerate(load_records(source)):
-            messages = self.expert_messages(record, source, index)
+        for where, record in located_records(source):
+            messages = self.expert_messages(record, where)
             prompt_ids = self._chat_ids(messages[:-1], generation_prompt=True)
             prompt_text = self.tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
             full_text = self.tokenizer.apply_chat_template(messages, tokenize=False)
             if not full_text.startswith(prompt_text):
                 raise DataError(
-                    f"{source}: record {index}: the chat template does not render the prompt as a "
+                    f"{where}: the chat template does not render the prompt as a "
                     "prefix of the conversation; cannot locate the assistant tokens"
                 )
             response_ids = self.tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
@@ -248,7 +335,10 @@ class ChordDataModule(LightningDataModule):
                 continue
             expert.append(Sequence(prompt_ids, response_ids, is_expert=True))
         if not expert:
-            raise DataError(f"{source}: no expert sample fits the length limits")
+            raise DataError(
+                f"{source}: no expert sample fits max_prompt_length={hp.max_prompt_length} and "
+                f"max_response_length={hp.max_response_length}"
+            )
         return expert
 
     # ----- streams ----------------------------------------------------------------------------------------------
@@ -275,6 +365,26 @@ class ChordDataModule(LightningDataModule):
             expert=self._draw(self.expert, self.experts_per_step, step, 1, rank, world_size) if self.expert else [],
             num_generations=self.num_generations,
         )
+
+    # ----- resume -----------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Nothing to restore (the streams are a function of the step); kept to check that a resume sees the same
+        streams."""
+        return {
+            "seed": self.hparams.seed,
+            "prompts_per_step": self.prompts_per_step,
+            "experts_per_step": self.experts_per_step,
+            "num_prompts": len(self.prompts),
+            "num_expert": len(self.expert),
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        changed = [f"{k} {v} -> {self.state_dict()[k]}" for k, v in state_dict.items() if self.state_dict()[k] != v]
+        if changed:
+            rank_zero_warn(
+                f"Resuming with different data streams than the checkpoint's ({'; '.join(changed)}): steps after "
+                "the resume draw other prompts and expert samples than the interrupted run would have."
+            )
 
     def collate_rollouts(self, batch: StepBatch) -> TrainTensors:
         """Pad the step's expert rows and rollout rows into one ``TrainTensors``."""

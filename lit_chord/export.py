@@ -24,11 +24,9 @@ class PolicyExport(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         run_dir = Path(trainer.log_dir or trainer.default_root_dir)
         self.path = run_dir / self.dirname
-        state = trainer.strategy.lightning_module_state_dict()  # full weights, gathered if sharded
+        state = {name: tensor.cpu() for name, tensor in pl_module.full_parameters()}  # collective if sharded
         if trainer.is_global_zero:
-            prefix = "scorer.lm."
-            policy_state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-            pl_module.policy.save_pretrained(self.path, state_dict=policy_state)
+            pl_module.policy.save_pretrained(self.path, state_dict=state)
             trainer.datamodule.tokenizer.save_pretrained(self.path)
         self.report(trainer, pl_module, run_dir)
 

@@ -166,6 +166,7 @@ class ChordModule(LightningModule):
                 policy = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(hp.model))
         else:
             policy = AutoModelForCausalLM.from_pretrained(hp.model, dtype=torch.float32)
+        policy.train()  # from_pretrained returns eval mode
         if hp.gradient_checkpointing:
             policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hp.kl_coef > 0:
@@ -190,6 +191,15 @@ class ChordModule(LightningModule):
         finally:
             if fsdp_root:
                 self.scorer.reshard()
+
+    def full_parameters(self) -> Iterator[tuple[str, Tensor]]:
+        """The policy's parameters under their Hugging Face names, one at a time, gathered if sharded.
+
+        Under FSDP2 each ``full_tensor()`` is a collective: every rank must iterate in step.
+        """
+        for name, param in self.policy.named_parameters():
+            tensor = param.detach()
+            yield name, tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.scorer.parameters())
@@ -278,7 +288,9 @@ class ChordModule(LightningModule):
             optimizer.zero_grad(set_to_none=True)
             self.skipped_steps += 1
             self.consecutive_skips += 1
-            # Count the step anyway, so μ, the data streams and the schedule stay aligned with global_step.
+            # Count the step anyway, so μ and the data streams stay aligned with global_step: the two hooks that
+            # LightningOptimizer.step runs around a real step (progress ready/completed, profiler start/stop).
+            optimizer._on_before_step()
             optimizer._on_after_step()
             if self.consecutive_skips >= self.hparams.max_consecutive_skips:
                 raise RuntimeError(
@@ -322,5 +334,20 @@ class ChordModule(LightningModule):
             self.log("val/pass@k", self.val_pass_at_k, on_epoch=True, batch_size=len(batch.results))
 
     def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking and self.val_accuracy.update_count:
+        if self.trainer.sanity_checking and self.val_accuracy.update_count and self.val_before is None:
             self.val_before = float(self.val_accuracy.compute())
+
+    # ----- checkpoint -------------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Counters a resumed run continues from (μ, the streams and the generation seeds follow global_step)."""
+        checkpoint["chord"] = {
+            "skipped_steps": self.skipped_steps,
+            "consecutive_skips": self.consecutive_skips,
+            "val_before": self.val_before,  # the sanity check of a resumed run sees trained weights, not the start
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("chord", {})
+        self.skipped_steps = state.get("skipped_steps", 0)
+        self.consecutive_skips = state.get("consecutive_skips", 0)
+        self.val_before = state.get("val_before")

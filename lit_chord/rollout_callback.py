@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
@@ -96,7 +96,7 @@ class RolloutCallback(Callback):
         if trainer.global_step == self.last_synced_step:
             return 0.0
         start = time.perf_counter()
-        self.engine.load_weights(full_parameters(pl_module.policy))
+        self.engine.load_weights(pl_module.full_parameters())
         self.last_synced_step = trainer.global_step
         return time.perf_counter() - start
 
@@ -136,18 +136,24 @@ class RolloutCallback(Callback):
 
     def score(self, groups: list[list[Completion]], answers: list[str]) -> tuple[Tensor, int]:
         """Rewards laid out group after group; a reward function that raises or returns a non-number scores 0."""
-        rewards, errors = [], 0
+        rewards, errors, first_error = [], 0, None
         for group, answer in zip(groups, answers, strict=True):
             for completion in group:
                 text = self.tokenizer.decode(completion.token_ids, skip_special_tokens=True)
                 try:
-                    reward = float(self.reward_fn(text, answer))
+                    value = self.reward_fn(text, answer)
+                    if isinstance(value, (str, bytes)):  # float("1") would pass silently
+                        raise TypeError(f"reward_fn returned {value!r}, not a number")
+                    reward = float(value)
                     if not math.isfinite(reward):
                         raise ValueError(f"non-finite reward {reward}")
                 except Exception as err:  # a bad reward must not kill a long run; it is logged and counted
-                    log.warning("reward_fn failed on a completion (scored 0): %r", err)
-                    reward, errors = 0.0, errors + 1
+                    reward, errors, first_error = 0.0, errors + 1, first_error or err
                 rewards.append(reward)
+        if errors:
+            log.warning(
+                "reward_fn failed on %d of %d completions (scored 0); first: %r", errors, len(rewards), first_error
+            )
         return torch.tensor(rewards, dtype=torch.float32), errors
 
     # ----- validation -------------------------------------------------------------------------------------------
@@ -195,10 +201,3 @@ def rollout_metrics(rewards: Tensor, completions: list[Completion], group_size: 
         "rollout/zero_std_groups": (grouped.max(-1).values == grouped.min(-1).values).float().sum().item(),
         "rollout/reward_errors": float(errors),
     }
-
-
-def full_parameters(policy: torch.nn.Module) -> Iterator[tuple[str, Tensor]]:
-    """Yield the policy's parameters one at a time, gathered to full tensors when sharded (FSDP2 DTensors)."""
-    for name, param in policy.named_parameters():
-        tensor = param.detach()
-        yield name, tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor

@@ -28,8 +28,8 @@ def test_expert_is_imperfect_as_designed():
     records = [json.loads(line) for line in (DEMO / "expert.jsonl").read_text().splitlines()]
     correct = 0
     for record in records:
-        digits = record["messages"][1]["content"].removeprefix("Reverse ").removesuffix(".")
-        correct += record["messages"][2]["content"].endswith(f"\\boxed{{{digits[::-1]}}}")
+        digits = record["messages"][-2]["content"].removeprefix("Reverse ").removesuffix(".")
+        correct += record["messages"][-1]["content"].endswith(f"\\boxed{{{digits[::-1]}}}")
     # 40% of demonstrations reverse (palindromes count as right either way); allow sampling noise.
     assert 0.35 < correct / len(records) < 0.5
 

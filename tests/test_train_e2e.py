@@ -137,3 +137,18 @@ def test_generation_is_reproducible_from_seed_and_step(tiny_world, tmp_path):
     _, second = fit(tiny_world, tmp_path / "b", steps=2)
     for a, b in zip(first.batches, second.batches, strict=True):
         assert [s.response_ids for s in a.rollouts] == [s.response_ids for s in b.rollouts]
+
+
+def test_export_loads_with_from_pretrained(tiny_world, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lit_chord.export import PolicyExport
+
+    export = PolicyExport()
+    module, _ = fit(tiny_world, tmp_path, steps=1, callbacks=[export])
+    loaded = AutoModelForCausalLM.from_pretrained(export.path)
+    for (name, trained), (_, reloaded) in zip(
+        module.policy.state_dict().items(), loaded.state_dict().items(), strict=True
+    ):
+        assert torch.equal(trained, reloaded), name
+    assert AutoTokenizer.from_pretrained(export.path).chat_template

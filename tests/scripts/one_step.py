@@ -96,9 +96,9 @@ def main(world: str, out: str, devices: int, layout: str) -> None:
         callbacks=[RolloutCallback(engine=EchoEngine(), reward_fn=length_reward), keep],
     )
     trainer.fit(module, datamodule=data)
-    state = trainer.strategy.lightning_module_state_dict()
+    weights = dict(module.full_parameters())  # a collective under FSDP2: every rank takes part
     if trainer.is_global_zero:
-        weights = {k.removeprefix("scorer.lm."): v.detach().cpu() for k, v in state.items() if k.startswith("scorer.")}
+        weights = {name: tensor.cpu() for name, tensor in weights.items()}
         torch.save({"loss": keep.loss, "loss_sft": keep.loss_sft, "weights": weights}, out)
 
 

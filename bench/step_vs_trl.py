@@ -1,0 +1,451 @@
+"""Seconds per optimizer step: lit_chord (Lightning + RolloutCallback + TransformersEngine) vs TRL's GRPOTrainer, CPU.
+
+Both frameworks load the same model from disk with ``from_pretrained`` (the tiny world's random Qwen2, or a ~10M one
+with ``--model-size 10m``), take the tiny world's prompts through the same chat template (no system prompt), sample
+``--generations`` completions for each of ``--prompts`` prompts per step (temperature 1, top-p 1, no top-k) up to
+``--max-new-tokens`` tokens, stopping at the same two ids (``<|im_end|>``, ``<|endoftext|>``), score them with the
+same reward (``lit_chord.rewards.exact_match`` on the boxed answer), and take one AdamW step (same learning rate,
+no weight decay, constant schedule, gradient clipping at 1.0) per batch, with one forward/backward over the whole
+batch. TRL: ``beta=0``, ``num_iterations=1``, ``gradient_accumulation_steps=1``,
+``per_device_train_batch_size = prompts × generations``, ``use_vllm=False``, ``use_cpu=True``, ``bf16=False``.
+lit_chord: μ = 0 (pure GRPO: no expert rows, ``mu_peak = mu_valley = 0``), and separately the full CHORD step
+(expert rows at ``--expert-ratio``, μ = ``--chord-mu``, φ weighting) against the same TRL GRPO step.
+
+A step's time runs from the framework's step-begin hook to its step-end hook (lit_chord: ``on_train_batch_start``
+of a timer registered before the rollout callback, so generation is inside; TRL: ``on_step_begin`` →
+``on_step_end``, generation happens inside ``training_step``). The first ``--warmup`` steps of every run are
+dropped. Every round runs each framework once in this process, rotating the order, so changes in machine load hit
+all alike; the figures are medians over all measured steps. Completions per step and mean completion length are
+printed for each framework so the work can be checked to be the same.
+
+    python bench/step_vs_trl.py                                  # defaults: ~4 min on the shared 2-core VM
+    python bench/step_vs_trl.py --model-size 10m --rounds 2 --steps 3
+    python bench/step_vs_trl.py --rounds 1 --steps 2 --no-chord --no-profile   # smoke test
+
+The last line is ``grpo_step_speedup_vs_trl=<TRL s/step ÷ lit_chord s/step>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import logging
+import os
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from lit_chord.rewards import exact_match  # noqa: E402
+from lit_chord.tiny_world import build_tiny_world  # noqa: E402
+
+
+# ----- the shared world ---------------------------------------------------------------------------------------------
+def build_world(root: Path, model_size: str, max_positions: int) -> Path:
+    """Tiny-world data and tokenizer; the model weights (tiny or ~10M) and a generation config that stops at both
+    stop ids, which TRL reads from ``generation_config.eos_token_id`` and lit_chord from the tokenizer."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, Qwen2Config
+
+    world = build_tiny_world(root, with_weights=True)
+    model_dir = world / "model"
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    config = AutoConfig.from_pretrained(model_dir)
+    if model_size == "10m":
+        config = Qwen2Config(
+            vocab_size=len(tokenizer),
+            hidden_size=384,
+            intermediate_size=1024,
+            num_hidden_layers=6,
+            num_attention_heads=6,  # head_dim 64
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.pad_token_id,
+        )
+    config.max_position_embeddings = max(config.max_position_embeddings, max_positions)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir) if model_size == "tiny" else None
+    if model is None:
+        model = AutoModelForCausalLM.from_config(config)
+    model.config.max_position_embeddings = config.max_position_embeddings
+    model.generation_config = GenerationConfig(
+        eos_token_id=[tokenizer.eos_token_id, tokenizer.pad_token_id], pad_token_id=tokenizer.pad_token_id
+    )
+    model.save_pretrained(model_dir)
+    print(f"model: {model_size}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {model_dir}")
+    return world
+
+
+def problems(world: Path) -> list[dict]:
+    return [json.loads(line) for line in (world / "prompts.jsonl").read_text().splitlines()]
+
+
+class StepClock:
+    """Per measured step: the window from the step-begin hook to the step-end hook, and the interval since the previous
+    step's end (everything: data, loop, logging). Turns the profiler on over exactly the measured intervals."""
+
+    def __init__(self, args: argparse.Namespace, profiler: cProfile.Profile | None) -> None:
+        self.warmup, self.last, self.profiler = args.warmup, args.warmup + args.steps, profiler
+        self.begin, self.ends, self.windows = 0.0, [], []
+
+    def step_begin(self) -> None:
+        self.begin = time.perf_counter()
+
+    def step_end(self, completed: int) -> None:
+        """``completed``: optimizer steps done, this one included."""
+        now = time.perf_counter()
+        self.ends.append(now)
+        if completed > self.warmup:
+            self.windows.append(now - self.begin)
+        if self.profiler is not None and completed == self.warmup:
+            self.profiler.enable()
+        if self.profiler is not None and completed == self.last:
+            self.profiler.disable()
+
+    def result(self, **extra) -> dict:
+        intervals = [b - a for a, b in zip(self.ends[self.warmup - 1 : -1], self.ends[self.warmup :], strict=True)]
+        return {"windows": self.windows, "intervals": intervals, **extra}
+
+
+# ----- lit_chord ----------------------------------------------------------------------------------------------------
+def run_lit(
+    world: Path, args: argparse.Namespace, seed: int, chord: bool, profiler: cProfile.Profile | None = None
+) -> dict:
+    """One Lightning run of ``warmup + steps`` optimizer steps."""
+    import lightning as L
+    from lightning.pytorch import Callback
+
+    from lit_chord.datamodule import ChordDataModule
+    from lit_chord.module import ChordModule
+    from lit_chord.rollout_callback import RolloutCallback
+
+    clock = StepClock(args, profiler)
+    measured: dict[str, list] = {"gen_seconds": [], "rollout_seconds": [], "lengths": [], "rows": []}
+
+    class StepTimer(Callback):
+        """First in the callback list: its batch-start hook runs before the rollout callback generates."""
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            clock.step_begin()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            clock.step_end(batch_idx + 1)
+            if batch_idx >= args.warmup:
+                measured["gen_seconds"].append(batch.metrics["rollout/gen_seconds"])
+                measured["rollout_seconds"].append(rollout_done.at - clock.begin)
+                measured["lengths"].append(batch.metrics["rollout/response_len"])
+                measured["rows"].append((len(batch.rollouts), len(batch.expert)))
+
+    class RolloutDone(Callback):
+        """After the rollout callback: marks the end of generation + reward + collation."""
+
+        at = 0.0
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.at = time.perf_counter()
+
+    rows = args.prompts * args.generations
+    data = ChordDataModule(
+        tokenizer=str(world / "model"),
+        prompt_data=str(world / "prompts.jsonl"),
+        expert_data=str(world / "expert.jsonl") if chord else None,
+        prompts_per_step=args.prompts,
+        num_generations=args.generations,
+        expert_data_ratio=args.expert_ratio if chord else 0.0,
+        system_prompt=None,
+        max_response_length=args.max_new_tokens,
+        seed=seed,
+    )
+    mu = args.chord_mu if chord else 0.0
+    module = ChordModule(
+        model=str(world / "model"),
+        mu_warmup_steps=0,
+        mu_decay_steps=0,
+        mu_peak=mu,
+        mu_valley=mu,
+        sft_weighting="phi",
+        micro_batch_size=rows + data.experts_per_step,  # one forward/backward per step, as TRL does
+        max_grad_norm=1.0,
+        optimizer=lambda params: torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0),
+    )
+    rollout_done = RolloutDone()
+    rollout = RolloutCallback(
+        reward_fn=exact_match, temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens, seed=seed
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=args.warmup + args.steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[StepTimer(), rollout, rollout_done],
+    )
+    trainer.fit(module, datamodule=data)
+    return clock.result(
+        gen_seconds=measured["gen_seconds"],
+        rollout_seconds=measured["rollout_seconds"],
+        response_len=statistics.mean(measured["lengths"]),
+        rows=measured["rows"][0],
+    )
+
+
+# ----- TRL ----------------------------------------------------------------------------------------------------------
+def run_trl(
+    world: Path, args: argparse.Namespace, seed: int, out_dir: Path, profiler: cProfile.Profile | None = None
+) -> dict:
+    """One GRPOTrainer run of ``warmup + steps`` optimizer steps."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer, TrainerCallback
+    from transformers.trainer_callback import PrinterCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    clock = StepClock(args, profiler)
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args_, state, control, **kwargs):
+            clock.step_begin()
+
+        def on_step_end(self, args_, state, control, **kwargs):
+            clock.step_end(state.global_step)  # already incremented; logging follows this hook
+
+    def reward(completions, answer, **kwargs) -> list[float]:
+        return [exact_match(c[0]["content"], a) for c, a in zip(completions, answer, strict=True)]
+
+    records = problems(world)
+    dataset = Dataset.from_dict(
+        {
+            "prompt": [[{"role": "user", "content": r["problem"]}] for r in records],
+            "answer": [r["answer"] for r in records],
+        }
+    )
+    config = GRPOConfig(
+        output_dir=str(out_dir),
+        use_cpu=True,
+        bf16=False,
+        use_vllm=False,
+        beta=0.0,
+        num_iterations=1,
+        gradient_accumulation_steps=1,
+        per_device_train_batch_size=args.prompts * args.generations,
+        num_generations=args.generations,
+        max_completion_length=args.max_new_tokens,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        learning_rate=args.lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        optim="adamw_torch",
+        max_grad_norm=1.0,
+        max_steps=args.warmup + args.steps,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=seed,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(world / "model")
+    trainer = GRPOTrainer(
+        model=str(world / "model"),
+        reward_funcs=reward,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[StepTimer()],
+    )
+    trainer.remove_callback(PrinterCallback)
+    lengths, generate_seconds = [], []
+    generate_single_turn = trainer._generate_single_turn
+
+    def timed_generate(*a, **kw):
+        start = time.perf_counter()
+        completion_ids, logprobs = generate_single_turn(*a, **kw)
+        generate_seconds.append(time.perf_counter() - start)
+        lengths.append(statistics.mean(len(c) for c in completion_ids))
+        return completion_ids, logprobs
+
+    trainer._generate_single_turn = timed_generate
+    trainer.train()
+    if sorted(trainer.eos_token_ids) != sorted({tokenizer.eos_token_id, tokenizer.pad_token_id}):
+        raise RuntimeError(f"TRL stops at {trainer.eos_token_ids}, lit_chord at eos and pad")
+    return clock.result(
+        gen_seconds=generate_seconds[args.warmup :],
+        response_len=statistics.mean(lengths[args.warmup :]),
+        rows=(args.prompts * args.generations, 0),
+    )
+
+
+# ----- report -------------------------------------------------------------------------------------------------------
+# Where a step's time goes: (file suffix, function) whose cumulative time is the phase, per framework. Phases are
+# disjoint calls, so "other" (the framework's loop, hooks, metric gathering) is the profiled total minus their sum.
+PHASES = {
+    "lit_chord GRPO": [
+        ("generate (HF generate, KV cache)", "lit_chord/engines/transformers_engine.py", "generate"),
+        ("reward", "lit_chord/rollout_callback.py", "score"),
+        ("collate rows", "lit_chord/datamodule.py", "collate_rollouts"),
+        ("forward (log-probs)", "lit_chord/module.py", "forward"),
+        ("loss", "lit_chord/loss.py", "chord_loss"),
+        ("backward", "torch/_tensor.py", "backward"),
+        ("clip grad norm", "torch/nn/utils/clip_grad.py", "clip_grad_norm_"),
+        ("optimizer step", "lightning/pytorch/core/optimizer.py", "step"),
+        ("log metrics", "lit_chord/module.py", "log_step"),
+    ],
+    "TRL GRPO": [
+        ("generate (HF generate, KV cache)", "trl/trainer/grpo_trainer.py", "_generate_single_turn"),
+        ("reward", "trl/trainer/grpo_trainer.py", "_calculate_rewards"),
+        ("forward (log-probs)", "trl/trainer/grpo_trainer.py", "_get_per_token_logps_and_entropies"),
+        ("backward", "accelerate/accelerator.py", "backward"),
+        ("clip grad norm", "accelerate/accelerator.py", "clip_grad_norm_"),
+        ("optimizer step", "accelerate/optimizer.py", "step"),
+        ("log metrics", "transformers/trainer.py", "_maybe_log_save_evaluate"),
+    ],
+}
+
+
+def phase_seconds(profiler: cProfile.Profile, framework: str, steps: int) -> dict[str, float]:
+    """Seconds per step of each phase in ``PHASES`` (cumulative time of its function), plus "other" and "total"."""
+    stats = pstats.Stats(profiler).stats
+    phases = {}
+    for label, suffix, function in PHASES[framework]:
+        # the outermost frame of each phase: its cumulative time already holds any recursive/inner calls
+        times = [v[3] for (file, _, name), v in stats.items() if file.endswith(suffix) and name == function]
+        phases[label] = max(times, default=0.0) / steps
+    total = sum(v[2] for v in stats.values()) / steps
+    phases["other (loop, hooks, bookkeeping)"] = total - sum(phases.values())
+    phases["total (under cProfile)"] = total
+    return phases
+
+
+def print_profiles(profiles: dict[str, dict[str, float]], top_lit: str) -> None:
+    labels = list(dict.fromkeys(label for phases in profiles.values() for label in phases))
+    print("\nprofile, seconds per step (cProfile; its overhead inflates Python-heavy parts such as generation):")
+    print(f"{'phase':34s}" + "".join(f"{name:>17s}" for name in profiles))
+    for label in labels:
+        print(f"{label:34s}" + "".join(f"{p[label]:17.3f}" if label in p else f"{'-':>17s}" for p in profiles.values()))
+    print("\nlit_chord GRPO, top functions by self time:\n" + top_lit)
+
+
+def top_functions(profiler: cProfile.Profile, steps: int, top: int) -> str:
+    stream = io.StringIO()
+    pstats.Stats(profiler, stream=stream).sort_stats("tottime").print_stats(top)
+    text = stream.getvalue()
+    return text[text.index("ncalls") :] if "ncalls" in text else text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-size", choices=["tiny", "10m"], default="tiny")
+    parser.add_argument("--steps", type=int, default=4, help="measured steps per run")
+    parser.add_argument("--warmup", type=int, default=1, help="dropped steps at the start of every run (>= 1)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--prompts", type=int, default=8, help="prompts per step")
+    parser.add_argument("--generations", type=int, default=8, help="completions per prompt (GRPO group)")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--expert-ratio", type=float, default=0.2, help="CHORD run: share of expert rows")
+    parser.add_argument("--chord-mu", type=float, default=0.5, help="CHORD run: constant μ")
+    parser.add_argument("--seed", type=int, default=0, help="round r runs both frameworks with seed + r")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads; 0 keeps torch's default (nproc)")
+    parser.add_argument("--no-chord", action="store_true", help="skip the full CHORD step")
+    parser.add_argument("--no-profile", action="store_true", help="skip the profiled runs")
+    args = parser.parse_args()
+    if args.warmup < 1:
+        parser.error("--warmup must be >= 1 (the first measured interval starts at the end of a warm-up step)")
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "transformers", "trl", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        world = build_world(Path(tmp) / "world", args.model_size, max_positions=64 + args.max_new_tokens)
+        print(
+            f"per step: {args.prompts} prompts x {args.generations} completions, max_new_tokens={args.max_new_tokens}, "
+            f"lr={args.lr}; {args.rounds} rounds x ({args.warmup} warm-up + {args.steps} measured) steps; "
+            f"torch threads {torch.get_num_threads()}"
+        )
+        runners = {
+            "lit_chord GRPO": lambda seed, prof=None: run_lit(world, args, seed, chord=False, profiler=prof),
+            "TRL GRPO": lambda seed, prof=None: run_trl(world, args, seed, Path(tmp) / "trl", profiler=prof),
+        }
+        if not args.no_chord:
+            runners["lit_chord CHORD"] = lambda seed, prof=None: run_lit(world, args, seed, chord=True, profiler=prof)
+        results: dict[str, list[dict]] = {name: [] for name in runners}
+        names = list(runners)
+        for r in range(args.rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate the order round by round
+                result = runners[name](args.seed + r)
+                results[name].append(result)
+                print(
+                    f"round {r + 1} {name:16s} s/step {' '.join(f'{s:.3f}' for s in result['intervals'])}"
+                    f"  (mean completion length {result['response_len']:.1f})",
+                    flush=True,
+                )
+        profiles, top_lit = {}, ""
+        if not args.no_profile:
+            for name in ("lit_chord GRPO", "TRL GRPO"):
+                profiler = cProfile.Profile()
+                runners[name](args.seed, profiler)
+                profiles[name] = phase_seconds(profiler, name, args.steps)
+                if name == "lit_chord GRPO":
+                    top_lit = top_functions(profiler, args.steps, top=15)
+
+    medians = report(results)
+    if profiles:
+        print_profiles(profiles, top_lit)
+    window = {name: statistics.median(s for r in runs for s in r["windows"]) for name, runs in results.items()}
+    print(
+        "\nhook-window medians (step-begin -> step-end hook; TRL logs after its step-end hook): "
+        + ", ".join(f"{name} {s:.3f} s" for name, s in window.items())
+        + f"; TRL/lit_chord GRPO {window['TRL GRPO'] / window['lit_chord GRPO']:.3f}"
+    )
+    if "lit_chord CHORD" in medians:
+        print(f"chord_step_speedup_vs_trl_grpo={medians['TRL GRPO'] / medians['lit_chord CHORD']:.3f}")
+    print(f"grpo_step_speedup_vs_trl={medians['TRL GRPO'] / medians['lit_chord GRPO']:.3f}")
+
+
+def report(results: dict[str, list[dict]]) -> dict[str, float]:
+    """Print the table of medians; return each framework's median seconds per step (end-to-end interval)."""
+    medians = {}
+    print(
+        f"\n{'framework':16s} {'rows/step':>12s} {'completion len':>15s} {'s/step':>8s} {'generate s':>11s}"
+        f" {'rest s':>7s} {'steps':>6s}"
+    )
+    for name, runs in results.items():
+        intervals = [s for r in runs for s in r["intervals"]]
+        medians[name] = statistics.median(intervals)
+        generate = statistics.median(s for r in runs for s in r["gen_seconds"])
+        rollouts, experts = runs[0]["rows"]
+        rows = f"{rollouts}" + (f" + {experts} exp" if experts else "")
+        length = statistics.mean(r["response_len"] for r in runs)
+        print(
+            f"{name:16s} {rows:>12s} {length:15.1f} {medians[name]:8.3f} {generate:11.3f}"
+            f" {medians[name] - generate:7.3f} {len(intervals):6d}"
+        )
+    return medians
+
+
+if __name__ == "__main__":
+    main()

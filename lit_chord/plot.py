@@ -1,0 +1,92 @@
+"""Training curves from CSV logs: ``python -m lit_chord.plot RUN_DIR [RUN_DIR ...] [-o curves.png]``.
+
+Each run directory is a Lightning ``CSVLogger`` folder (holding ``metrics.csv``) or any folder above one; several
+runs are overlaid, labelled by their folder names. Missing metrics are skipped, so SFT-only or RL-only runs plot
+too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+from pathlib import Path
+
+PANELS = [
+    ("rollout/reward_mean", "reward"),
+    ("train/mu", "μ"),
+    ("train/loss_rl", "RL loss"),
+    ("train/loss_sft", "SFT loss"),
+    ("train/clip_frac", "clip fraction"),
+    ("train/entropy", "entropy (rollout tokens)"),
+    ("rollout/response_len", "response length"),
+    ("val/accuracy", "held-out accuracy (greedy)"),
+]
+
+
+def read_metrics(run: Path) -> dict[str, list[tuple[int, float]]]:
+    """``metric -> [(step, value), ...]`` from the newest ``metrics.csv`` under ``run``."""
+    files = [run] if run.is_file() else sorted(run.rglob("metrics.csv"), key=lambda p: p.stat().st_mtime)
+    if not files:
+        raise FileNotFoundError(f"{run}: no metrics.csv found (expected a CSVLogger run directory)")
+    series: dict[str, list[tuple[int, float]]] = {}
+    with files[-1].open() as handle:
+        for row in csv.DictReader(handle):
+            step = int(float(row.get("step") or 0))
+            for key, value in row.items():
+                if key not in ("step", "epoch") and value not in ("", None):
+                    series.setdefault(key, []).append((step, float(value)))
+    return series
+
+
+def smooth(values: list[float], window: int) -> list[float]:
+    """Trailing moving average, so noisy per-step metrics stay readable."""
+    out, total = [], 0.0
+    for index, value in enumerate(values):
+        total += value - (values[index - window] if index >= window else 0.0)
+        out.append(total / min(index + 1, window))
+    return out
+
+
+def plot_runs(runs: list[Path], out: Path, window: int = 10) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = {run.name or str(run): read_metrics(run) for run in runs}
+    panels = [(k, t) for k, t in PANELS if any(k in series for series in data.values())]
+    cols = 4
+    fig, axes = plt.subplots(
+        math.ceil(len(panels) / cols), cols, figsize=(4 * cols, 3 * math.ceil(len(panels) / cols)), squeeze=False
+    )
+    for ax, (key, title) in zip(axes.flat, panels, strict=False):
+        for label, series in data.items():
+            if key in series:
+                steps, values = zip(*series[key], strict=True)
+                ys = list(values) if key.startswith("val/") else smooth(list(values), window)
+                ax.plot(steps, ys, label=label, marker="o" if key.startswith("val/") else None, markersize=3)
+        ax.set_title(title)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="CSVLogger run directories (or metrics.csv files)")
+    parser.add_argument("-o", "--output", type=Path, default=Path("curves.png"), help="PNG to write")
+    parser.add_argument("--smooth", type=int, default=10, help="moving-average window for per-step metrics")
+    args = parser.parse_args(argv)
+    print(plot_runs(args.runs, args.output, args.smooth))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""Exact resume: a run stopped after step k and resumed from its checkpoint logs, step for step, what an
+uninterrupted run logs. Bit-identical on CPU (the kernels are deterministic there), so the comparisons use ==.
+
+What has to come back for that: the weights, AdamW's moments, the LR scheduler, μ (from ``global_step``), both
+data streams (a pure function of the step), the generation seeds ((seed, step, rank)), the skipped-step counter,
+and the engine must receive the restored weights before the first rollout.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lit_chord.datamodule import ChordDataModule
+from lit_chord.engines.transformers_engine import TransformersEngine
+from lit_chord.module import ChordModule
+from lit_chord.rollout_callback import RolloutCallback
+
+REPO = Path(__file__).parent.parent
+TIMING = ("rollout/gen_seconds", "rollout/sync_seconds")
+
+
+class SpyEngine(TransformersEngine):
+    """Records the seed of every generation and the weights of every ``load_weights``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seeds: list[int] = []
+        self.loads: list[torch.Tensor] = []
+
+    def generate(self, prompt_ids, n, sampling):
+        self.seeds.append(sampling.seed)
+        return super().generate(prompt_ids, n, sampling)
+
+    def load_weights(self, named_tensors) -> None:
+        self.loads.append(torch.cat([t.detach().flatten() for _, t in named_tensors]).clone())
+
+
+class Recorder(Callback):
+    def __init__(self) -> None:
+        self.logged: dict[int, dict[str, float]] = {}
+        self.rollouts: dict[int, list[list[int]]] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k not in TIMING}
+        self.logged[trainer.global_step] = metrics
+        self.rollouts[trainer.global_step] = [s.response_ids for s in batch.rollouts]
+
+
+class NanGradientAt(Callback):
+    """Poisons one gradient with NaN at a 1-based step, so the run holds a skipped step before the checkpoint."""
+
+    def __init__(self, step: int) -> None:
+        self.step, self.handle = step, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step + 1 == self.step:
+            weight = pl_module.policy.get_decoder().norm.weight
+            self.handle = weight.register_hook(lambda grad: torch.full_like(grad, float("nan")))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+
+
+class StallAt(Callback):
+    """For the subprocess test: at the start of (0-based) step ``step``, after the checkpoint of the step before
+    was written, write ``marker`` and wait to be killed."""
+
+    def __init__(self, step: int | None = None, marker: str = "") -> None:
+        self.step, self.marker = step, marker
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            Path(self.marker).write_text(str(os.getpid()))
+            time.sleep(300)
+
+
+def fit(world: Path, root: Path, max_steps: int, global_seed: int, ckpt_path: str | None = None):
+    torch.manual_seed(global_seed)  # a resumed process starts from another global RNG state: nothing may depend on it
+    module = ChordModule(
+        model=str(world / "model"),
+        mu_warmup_steps=2,
+        mu_decay_steps=2,
+        mu_peak=0.8,
+        mu_valley=0.2,
+        micro_batch_size=4,
+        optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2),
+        lr_scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.7),
+    )
+    engine, recorder = SpyEngine(), Recorder()
+    checkpoint = ModelCheckpoint(dirpath=root, save_last=True, every_n_train_steps=2, save_top_k=-1)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=max_steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[RolloutCallback(engine=engine, max_new_tokens=8), recorder, NanGradientAt(2), checkpoint],
+    )
+    datamodule = ChordDataModule(
+        tokenizer=str(world / "model"),
+        prompt_data=str(world / "prompts.jsonl"),
+        expert_data=str(world / "expert.jsonl"),
+        prompts_per_step=2,
+        num_generations=4,
+        expert_data_ratio=0.2,
+        system_prompt=None,
+        max_prompt_length=64,
+        max_response_length=32,
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    return module, engine, recorder
+
+
+def test_fit_resumed_from_a_checkpoint_equals_an_uninterrupted_fit(tiny_world, tmp_path):
+    _, engine_a, whole = fit(tiny_world, tmp_path / "a", max_steps=4, global_seed=1)
+    fit(tiny_world, tmp_path / "b", max_steps=2, global_seed=2)
+    module, engine_b, resumed = fit(
+        tiny_world, tmp_path / "b", 4, global_seed=3, ckpt_path=str(tmp_path / "b/last.ckpt")
+    )
+
+    assert sorted(resumed.logged) == [3, 4]
+    for step in (3, 4):
+        assert resumed.rollouts[step] == whole.rollouts[step]  # same prompts, same weights, same sampling seed
+        assert resumed.logged[step] == whole.logged[step]  # bit-identical: loss, rewards, μ, lr, grad norm, ...
+    # The skipped step 2 was counted before the checkpoint and is still counted after it.
+    assert [resumed.logged[s]["train/skipped_steps"] for s in (3, 4)] == [1.0, 1.0]
+    assert len({whole.logged[s]["train/lr"] for s in (1, 3, 4)}) == 3  # the scheduler moves: restoring it matters
+    # Seeds are a function of (seed, step, rank): distinct per step, and the resumed run reuses steps 3-4's.
+    assert len(set(engine_a.seeds)) == 4 and engine_b.seeds == engine_a.seeds[2:]
+    # The engine receives the restored weights (not the initial ones) before the resumed run's first rollout.
+    assert torch.equal(engine_b.loads[0], engine_a.loads[2]) and not torch.equal(engine_b.loads[0], engine_a.loads[0])
+
+
+# ----- a real process, killed -------------------------------------------------------------------------------------
+def write_config(path: Path, world: Path, root: Path, seed: int, stall_at: int | None = None) -> Path:
+    """A small CHORD run; the ModelCheckpoint has an explicit ``dirpath`` so that ``--ckpt_path last`` finds it."""
+    config = {
+        "seed_everything": seed,
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_steps": 4,
+            "log_every_n_steps": 1,
+            "limit_val_batches": 0,
+            "num_sanity_val_steps": 0,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "default_root_dir": str(root),
+            "logger": [
+                {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(root), "name": ""}}
+            ],
+            "callbacks": [
+                {"class_path": "lit_chord.rollout_callback.RolloutCallback", "init_args": {"max_new_tokens": 8}},
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"dirpath": str(root / "checkpoints"), "save_last": True, "every_n_train_steps": 2},
+                },
+                {"class_path": "test_resume.StallAt", "init_args": {"step": stall_at, "marker": str(root / "stalled")}},
+            ],
+        },
+        "model": {
+            "model": str(world / "model"),
+            "mu_warmup_steps": 2,
+            "mu_decay_steps": 2,
+            "mu_peak": 0.8,
+            "mu_valley": 0.2,
+            "micro_batch_size": 4,
+            "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.01}},
+            "lr_scheduler": {
+                "class_path": "torch.optim.lr_scheduler.StepLR",
+                "init_args": {"step_size": 1, "gamma": 0.7},
+            },
+        },
+        "data": {
+            "tokenizer": str(world / "model"),
+            "prompt_data": str(world / "prompts.jsonl"),
+            "expert_data": str(world / "expert.jsonl"),
+            "prompts_per_step": 2,
+            "num_generations": 4,
+            "expert_data_ratio": 0.2,
+            "system_prompt": None,
+            "max_prompt_length": 64,
+            "max_response_length": 32,
+        },
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def launch(config: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "lit_chord", "fit", "--config", str(config), *args]
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process: subprocess.Popen, timeout: float = 240) -> str:
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output[-3000:]
+    return output
+
+
+def step_rows(metrics_csv: Path) -> dict[str, dict[str, str]]:
+    """Training rows of a CSVLogger file by step, as the exact strings written (float repr: exact)."""
+    with metrics_csv.open() as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
+    return {r["step"]: {k: v for k, v in r.items() if k not in TIMING} for r in rows}
+
+
+@pytest.mark.slow
+def test_killed_cli_run_resumed_with_ckpt_path_last_equals_an_uninterrupted_run(tiny_world, tmp_path):
+    whole_root, killed_root = tmp_path / "whole", tmp_path / "killed"
+    whole = launch(write_config(tmp_path / "whole.yaml", tiny_world, whole_root, seed=1))
+    killed = launch(write_config(tmp_path / "killed.yaml", tiny_world, killed_root, seed=2, stall_at=2))
+    deadline = time.monotonic() + 240
+    while not (killed_root / "stalled").exists():
+        assert killed.poll() is None, killed.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, "the run never reached step 3"
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)  # no clean-up, no exception hooks, no on-exception checkpoint
+    killed.communicate(timeout=30)
+    assert killed.returncode == -signal.SIGKILL
+    assert torch.load(killed_root / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 2
+
+    resume_config = write_config(tmp_path / "resume.yaml", tiny_world, killed_root, seed=3)
+    output = finish(launch(resume_config, "--ckpt_path", "last"))
+    assert "Restored all states from the checkpoint" in output
+    finish(whole)
+
+    expected = step_rows(whole_root / "version_0/metrics.csv")
+    after_resume = step_rows(killed_root / "version_1/metrics.csv")
+    assert len(expected) == 4 and len(after_resume) == 2
+    assert after_resume == {step: expected[step] for step in after_resume}
