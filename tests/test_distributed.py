@@ -48,3 +48,40 @@ def test_two_ranks_take_the_same_step_as_one(tiny_world, tmp_path, single, layou
     assert single["weights"].keys() == two["weights"].keys()
     for name, weight in single["weights"].items():
         torch.testing.assert_close(two["weights"][name], weight, atol=2e-5, rtol=1e-4, msg=name)
+
+
+def test_ranks_come_from_slurm_variables(tiny_world, tmp_path, single):
+    """Two processes started the way srun starts them (SLURM_* variables, no torchrun): Lightning's
+    SLURMEnvironment must take ranks and the rendezvous from Slurm, and the step must equal one rank's."""
+    port = free_port()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    base.update(
+        OMP_NUM_THREADS="1",
+        SLURM_NTASKS="2",
+        SLURM_NTASKS_PER_NODE="2",
+        SLURM_NNODES="1",
+        SLURM_NODEID="0",
+        SLURM_NODELIST="127.0.0.1",
+        SLURM_JOB_NAME="lit_chord_test",
+        SLURM_JOB_ID=str(port),
+        MASTER_PORT=str(port),
+    )
+    base.pop("MASTER_ADDR", None)
+    out = tmp_path / "out.pt"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(SCRIPT), str(tiny_world), str(out), "2", "slurm"],
+            env={**base, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), logs[0][-3000:] + logs[1][-3000:]
+    assert "SLURMEnvironment" in logs[0]
+    two = torch.load(out)
+    assert two["loss"] == pytest.approx(single["loss"], abs=1e-5)
+    for name, weight in single["weights"].items():
+        torch.testing.assert_close(two["weights"][name], weight, atol=2e-5, rtol=1e-4, msg=name)

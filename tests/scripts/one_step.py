@@ -4,7 +4,7 @@ Used by tests/test_distributed.py to compare 1 rank against 2 (DDP, FSDP2). Roll
 engine (completions are a function of the prompt), so every layout trains on the same rows; SGD with lr 1 and
 no clipping makes the weight change equal to minus the gradient.
 
-Usage: python one_step.py WORLD_DIR OUT_FILE DEVICES {ddp,fsdp2,single}
+Usage: python one_step.py WORLD_DIR OUT_FILE DEVICES {ddp,fsdp2,single,slurm}
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ def main(world: str, out: str, devices: int, layout: str) -> None:
     strategy = {
         "single": SingleDeviceStrategy(device="cpu"),
         "ddp": DDPStrategy(process_group_backend="gloo"),
+        "slurm": DDPStrategy(process_group_backend="gloo"),  # launched by srun (or as srun would): no re-spawn
         "fsdp2": ModelParallelStrategy(data_parallel_size=devices, tensor_parallel_size=1),
     }[layout]
     module = ChordModule(
@@ -95,6 +96,8 @@ def main(world: str, out: str, devices: int, layout: str) -> None:
         limit_val_batches=0,
         callbacks=[RolloutCallback(engine=EchoEngine(), reward_fn=length_reward), keep],
     )
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    print("cluster environment:", type(environment).__name__, flush=True)
     trainer.fit(module, datamodule=data)
     weights = dict(module.full_parameters())  # a collective under FSDP2: every rank takes part
     if trainer.is_global_zero:
