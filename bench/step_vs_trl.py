@@ -1,28 +1,35 @@
 """Seconds per optimizer step: lit_chord (Lightning + RolloutCallback + TransformersEngine) vs TRL's GRPOTrainer, CPU.
 
-Both frameworks load the same model from disk with ``from_pretrained`` (the tiny world's random Qwen2, or a ~10M one
-with ``--model-size 10m``), take the tiny world's prompts through the same chat template (no system prompt), sample
-``--generations`` completions for each of ``--prompts`` prompts per step (temperature 1, top-p 1, no top-k) up to
-``--max-new-tokens`` tokens, stopping at the same two ids (``<|im_end|>``, ``<|endoftext|>``), score them with the
-same reward (``lit_chord.rewards.exact_match`` on the boxed answer), and take one AdamW step (same learning rate,
-no weight decay, constant schedule, gradient clipping at 1.0) per batch, with one forward/backward over the whole
-batch. TRL: ``beta=0``, ``num_iterations=1``, ``gradient_accumulation_steps=1``,
-``per_device_train_batch_size = prompts × generations``, ``use_vllm=False``, ``use_cpu=True``, ``bf16=False``.
-lit_chord: μ = 0 (pure GRPO: no expert rows, ``mu_peak = mu_valley = 0``), and separately the full CHORD step
-(expert rows at ``--expert-ratio``, μ = ``--chord-mu``, φ weighting) against the same TRL GRPO step.
+The same work in both: the same model loaded from disk with ``from_pretrained`` (the tiny world's random Qwen2, or
+a ~10M one with ``--model-size 10m``); the tiny world's prompts through the same chat template (no system prompt);
+``--generations`` completions for each of ``--prompts`` prompts per step, sampled with HF ``generate`` and its KV
+cache at temperature 1 (top-p 1, no top-k) up to ``--max-new-tokens`` tokens, stopping at the same two ids
+(``<|im_end|>``, ``<|endoftext|>``; checked); the same reward (``lit_chord.rewards.exact_match`` on the boxed
+answer); then one forward/backward over the whole batch and one AdamW step (same learning rate, no weight decay,
+constant schedule, clipping at 1.0, no gradient checkpointing). TRL: ``beta=0``, ``num_iterations=1``,
+``gradient_accumulation_steps=1``, ``per_device_train_batch_size = prompts × generations``, ``use_vllm=False``,
+``use_cpu=True``, ``bf16=False``, ``gradient_checkpointing=False`` (GRPOConfig's default is True).
+lit_chord: μ = 0 (pure GRPO: no expert rows, ``mu_peak = mu_valley = 0``); and separately the full CHORD step
+(expert rows at ``--expert-ratio``, constant μ = ``--chord-mu``, φ weighting) against the same TRL GRPO step.
 
-A step's time runs from the framework's step-begin hook to its step-end hook (lit_chord: ``on_train_batch_start``
-of a timer registered before the rollout callback, so generation is inside; TRL: ``on_step_begin`` →
-``on_step_end``, generation happens inside ``training_step``). The first ``--warmup`` steps of every run are
-dropped. Every round runs each framework once in this process, rotating the order, so changes in machine load hit
-all alike; the figures are medians over all measured steps. Completions per step and mean completion length are
-printed for each framework so the work can be checked to be the same.
+Time per step: the wall-clock interval from the end of the previous step to the end of this one (step-end hooks:
+lit_chord ``on_train_batch_end``, TRL ``on_step_end``), so it holds everything a step costs: data, generation,
+reward, forward/backward, optimizer, logging (TRL logs after its step-end hook, so a hook-to-hook window would miss
+it; those windows are printed too). The first ``--warmup`` steps of every run are dropped. Every round runs each
+framework once in this process with seed ``--seed + round``, rotating the order, so changes in machine load hit all
+alike; the figures are medians over all measured steps. The mean completion length is printed for each framework
+to check the work is the same. Then one profiled run of each framework (cProfile over the measured steps) splits
+a step into phases.
 
-    python bench/step_vs_trl.py                                  # defaults: ~4 min on the shared 2-core VM
-    python bench/step_vs_trl.py --model-size 10m --rounds 2 --steps 3
+Threads: ``--threads 1`` by default. On the shared 2-core VM, torch's default of 2 OpenMP threads turns every small
+kernel into a wait for a descheduled thread whenever another job runs (a 64×128×384 linear: ~70 µs with one
+thread, 0.9–15 ms with two); ``--threads 0`` keeps torch's default.
+
+    python bench/step_vs_trl.py                                  # defaults: ~3 min on the shared 2-core VM
+    python bench/step_vs_trl.py --model-size 10m --prompts 4 --generations 4 --max-new-tokens 32
     python bench/step_vs_trl.py --rounds 1 --steps 2 --no-chord --no-profile   # smoke test
 
-The last line is ``grpo_step_speedup_vs_trl=<TRL s/step ÷ lit_chord s/step>``.
+The last line is ``grpo_step_speedup_vs_trl=<TRL s/step ÷ lit_chord GRPO s/step>``.
 """
 
 from __future__ import annotations
@@ -76,10 +83,11 @@ def build_world(root: Path, model_size: str, max_positions: int) -> Path:
         )
     config.max_position_embeddings = max(config.max_position_embeddings, max_positions)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(model_dir) if model_size == "tiny" else None
-    if model is None:
-        model = AutoModelForCausalLM.from_config(config)
-    model.config.max_position_embeddings = config.max_position_embeddings
+    model = (
+        AutoModelForCausalLM.from_config(config)
+        if model_size == "10m"
+        else AutoModelForCausalLM.from_pretrained(model_dir, config=config)
+    )
     model.generation_config = GenerationConfig(
         eos_token_id=[tokenizer.eos_token_id, tokenizer.pad_token_id], pad_token_id=tokenizer.pad_token_id
     )
@@ -254,6 +262,8 @@ def run_trl(
         weight_decay=0.0,
         optim="adamw_torch",
         max_grad_norm=1.0,
+        # GRPOConfig defaults to True (recompute in backward); False is lit_chord's default, so the compute is the same
+        gradient_checkpointing=args.trl_gradient_checkpointing,
         max_steps=args.warmup + args.steps,
         logging_steps=1,
         report_to="none",
@@ -365,6 +375,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="round r runs both frameworks with seed + r")
     parser.add_argument("--threads", type=int, default=1, help="torch threads; 0 keeps torch's default (nproc)")
     parser.add_argument("--no-chord", action="store_true", help="skip the full CHORD step")
+    parser.add_argument(
+        "--trl-gradient-checkpointing", action="store_true", help="TRL with GRPOConfig's default (more compute)"
+    )
     parser.add_argument("--no-profile", action="store_true", help="skip the profiled runs")
     args = parser.parse_args()
     if args.warmup < 1:

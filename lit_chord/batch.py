@@ -117,12 +117,14 @@ class StepBatch:
 
 @dataclass
 class ValResult:
-    """How the policy answered one held-out prompt: greedy, and ``k`` samples."""
+    """How the policy answered one held-out prompt: greedy, and ``n`` samples."""
 
     greedy_correct: float
     greedy_length: int
     sample_correct: list[float] = field(default_factory=list)
-    completion: str = ""
+    completion: str = ""  # the greedy completion, decoded
+    greedy_reward: float = 0.0
+    pass_at_k: float | None = None  # unbiased pass@k from the samples (None without samples)
 
 
 @dataclass

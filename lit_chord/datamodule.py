@@ -134,6 +134,30 @@ def _is_json_object(line: str) -> bool:
         return False
 
 
+def val_set_sources(val_data: str | list[str] | dict[str, str] | None) -> dict[str, str]:
+    """Name each held-out source: a single one is "heldout", a list's by file stem, a mapping's by its keys."""
+    if not val_data:
+        return {}
+    if isinstance(val_data, str):
+        return {"heldout": val_data}
+    if isinstance(val_data, dict):
+        named = dict(val_data)
+    else:
+        named = {}
+        for source in val_data:
+            name = Path(source.partition(":")[0]).stem  # "data/math500.jsonl" -> "math500", "org/ds:test" -> "ds"
+            if name in named:
+                raise ValueError(
+                    f"data.val_data: {named[name]!r} and {source!r} would both be named {name!r}; "
+                    "name the sets with a mapping instead, e.g. {name_a: path_a, name_b: path_b}"
+                )
+            named[name] = source
+    for name in named:
+        if not name or "/" in name:
+            raise ValueError(f"data.val_data: set name {name!r} must be non-empty and without '/'")
+    return named
+
+
 class StepStream(IterableDataset):
     """Yields one ``StepBatch`` per optimizer step, starting at ``start_step``, forever."""
 
@@ -153,7 +177,7 @@ class ChordDataModule(LightningDataModule):
         tokenizer: str,
         prompt_data: str,
         expert_data: str | None = None,
-        val_data: str | None = None,
+        val_data: str | list[str] | dict[str, str] | None = None,
         prompts_per_step: int = 32,
         num_generations: int = 8,
         expert_data_ratio: float = 0.2,
@@ -175,7 +199,10 @@ class ChordDataModule(LightningDataModule):
                 ``answer_key`` fields.
             expert_data: Expert demonstrations, same sources; records with ``messages_key`` (chat messages, the last
                 one from the assistant) or ``prompt_key`` + ``response_key``. None trains pure GRPO.
-            val_data: Held-out prompts (same format as ``prompt_data``) for validation.
+            val_data: Held-out prompts (same format as ``prompt_data``) for validation: one source (the set
+                "heldout"), a list of sources (each named by its file stem) or a mapping name -> source. Each set is
+                a validation dataloader of its own and logs ``val/<name>/greedy_acc``, ``avg@k``, ``pass@k``;
+                ``val/accuracy`` is the first set's greedy accuracy.
             prompts_per_step: Prompts per optimizer step across all ranks (reference: 32).
             num_generations: Rollouts per prompt, the GRPO group size (reference: 8).
             expert_data_ratio: Share of the step's sequences that are expert demonstrations (reference: 0.2, i.e.
@@ -188,7 +215,7 @@ class ChordDataModule(LightningDataModule):
             response_key: Field with the response in prompt/response expert records.
             max_prompt_length: Prompts longer than this (in tokens) are filtered out and counted.
             max_response_length: Expert responses longer than this are filtered out and counted (reference).
-            val_size: Use only the first ``val_size`` held-out prompts (None: all).
+            val_size: Use only the first ``val_size`` prompts of each held-out set (None: all).
             seed: Seed of the per-epoch shuffles.
         """
         super().__init__()
@@ -202,6 +229,7 @@ class ChordDataModule(LightningDataModule):
         ]:
             if value < 1:
                 raise ValueError(f"data.{name} must be >= 1, got {value}")
+        self.val_sources = val_set_sources(val_data)
         if val_size is not None and val_size < 0:
             raise ValueError(f"data.val_size must be >= 0 or null, got {val_size}")
         self.save_hyperparameters()
@@ -212,7 +240,7 @@ class ChordDataModule(LightningDataModule):
         self.experts_per_step = math.ceil(expert_data_ratio * rollouts / (1 - expert_data_ratio) - 1e-9)
         self.prompts: list[Prompt] = []
         self.expert: list[Sequence] = []
-        self.val_prompts: list[Prompt] = []
+        self.val_sets: dict[str, list[Prompt]] = {}  # name -> prompts, one validation dataloader each
         self.filtered: dict[str, int] = {}
         self.tokenizer = None
 
@@ -231,8 +259,9 @@ class ChordDataModule(LightningDataModule):
         self.prompts = self._load_prompts(hp.prompt_data, "prompt_data")
         if hp.expert_data and self.experts_per_step:
             self.expert = self._load_expert(hp.expert_data)
-        if hp.val_data:
-            self.val_prompts = self._load_prompts(hp.val_data, "val_data")[: hp.val_size]
+        for name, source in self.val_sources.items():
+            field_name = "val_data" if isinstance(hp.val_data, str) else f"val_data.{name}"
+            self.val_sets[name] = self._load_prompts(source, field_name)[: hp.val_size]
         for name, count in self.filtered.items():
             limits = f"max_prompt_length={hp.max_prompt_length}"
             if name == "expert_data":
@@ -395,7 +424,15 @@ class ChordDataModule(LightningDataModule):
         stream = StepStream(self, trainer.global_step, trainer.global_rank, trainer.world_size)
         return DataLoader(stream, batch_size=None, num_workers=0)
 
-    def val_dataloader(self) -> DataLoader:
+    @property
+    def val_set_names(self) -> list[str]:
+        """Names of the held-out sets, in dataloader order (``dataloader_idx``)."""
+        return list(self.val_sources)
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        mine = self.val_prompts[rank::world]
-        return DataLoader(mine, batch_size=max(1, min(64, len(mine))), collate_fn=ValBatch, num_workers=0)
+        loaders = []
+        for prompts in self.val_sets.values() or [[]]:
+            mine = prompts[rank::world]
+            loaders.append(DataLoader(mine, batch_size=max(1, min(64, len(mine))), collate_fn=ValBatch, num_workers=0))
+        return loaders[0] if len(loaders) == 1 else loaders

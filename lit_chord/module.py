@@ -27,6 +27,7 @@ from torchmetrics import MeanMetric
 from lit_chord.batch import StepBatch, TrainTensors
 from lit_chord.logprobs import token_logprobs
 from lit_chord.loss import LossAgg, Normalizers, chord_loss, count_normalizers, mu_schedule
+from lit_chord.metrics import HeldOutMetrics
 
 NON_ADDITIVE = ("mu", "ratio_max")
 
@@ -142,10 +143,8 @@ class ChordModule(LightningModule):
         self.reference: PolicyScorer | None = None
         self.skipped_steps = 0
         self.consecutive_skips = 0
-        self.val_accuracy = MeanMetric()
-        self.val_sample_accuracy = MeanMetric()
-        self.val_pass_at_k = MeanMetric()
-        self.val_response_len = MeanMetric()
+        self.val_accuracy = MeanMetric()  # "val/accuracy": the first held-out set's greedy accuracy
+        self.val_metrics = nn.ModuleDict()  # str(dataloader_idx) -> HeldOutMetrics, made on first use
         self.val_before: float | None = None  # held-out accuracy of the sanity check, i.e. before training
 
     # ----- model ------------------------------------------------------------------------------------------------
@@ -319,19 +318,21 @@ class ChordModule(LightningModule):
         )
 
     # ----- validation -------------------------------------------------------------------------------------------
-    def validation_step(self, batch, batch_idx: int) -> None:
-        """Held-out prompts arrive already answered by the rollout callback (greedy and sampled)."""
-        for result in batch.results:
-            self.val_accuracy.update(result.greedy_correct)
-            self.val_response_len.update(result.greedy_length)
-            if result.sample_correct:
-                self.val_sample_accuracy.update(sum(result.sample_correct) / len(result.sample_correct))
-                self.val_pass_at_k.update(float(any(result.sample_correct)))
-        self.log("val/accuracy", self.val_accuracy, on_epoch=True, prog_bar=True, batch_size=len(batch.results))
-        self.log("val/response_len", self.val_response_len, on_epoch=True, batch_size=len(batch.results))
-        if self.val_sample_accuracy.update_count:
-            self.log("val/avg@k", self.val_sample_accuracy, on_epoch=True, batch_size=len(batch.results))
-            self.log("val/pass@k", self.val_pass_at_k, on_epoch=True, batch_size=len(batch.results))
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Held-out prompts arrive already answered by the rollout callback (greedy and sampled); one dataloader
+        per named set, logged as ``val/<set>/...`` (``lit_chord.metrics``)."""
+        names = getattr(self.trainer.datamodule, "val_set_names", None) or ["heldout"]
+        key, size = str(dataloader_idx), len(batch.results)
+        if key not in self.val_metrics:
+            self.val_metrics[key] = HeldOutMetrics().to(self.device)
+        self.val_metrics[key].update(batch.results)
+        for suffix, attribute, metric in self.val_metrics[key].updated():
+            name, path = f"val/{names[dataloader_idx]}/{suffix}", f"val_metrics.{key}.{attribute}"
+            self.log(name, metric, batch_size=size, add_dataloader_idx=False, metric_attribute=path)
+        if dataloader_idx == 0:
+            for result in batch.results:
+                self.val_accuracy.update(result.greedy_correct)
+            self.log("val/accuracy", self.val_accuracy, prog_bar=True, batch_size=size, add_dataloader_idx=False)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking and self.val_accuracy.update_count and self.val_before is None:

@@ -24,6 +24,7 @@ from torch import Tensor
 from lit_chord.batch import Sequence, StepBatch, ValBatch, ValResult
 from lit_chord.engines import Completion, Engine, SamplingConfig
 from lit_chord.loss import group_advantages
+from lit_chord.metrics import pass_at_k
 from lit_chord.rewards import math_boxed
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class RolloutCallback(Callback):
         scale_advantages_by_std: bool = True,
         val_temperature: float = 1.0,
         val_num_samples: int = 4,
+        val_pass_k: int | None = None,
         seed: int = 42,
     ) -> None:
         """The engine, the reward and how rollouts are sampled.
@@ -54,8 +56,10 @@ class RolloutCallback(Callback):
             top_p: Nucleus sampling threshold.
             max_new_tokens: Longest completion; longer ones are truncated and contribute no tokens to the loss.
             scale_advantages_by_std: GRPO's (r − mean)/std; False gives Dr. GRPO's r − mean.
-            val_temperature: Temperature of the ``k`` validation samples (greedy is always measured too).
-            val_num_samples: ``k`` samples per held-out prompt for ``val/avg@k`` and ``val/pass@k`` (0: greedy only).
+            val_temperature: Temperature of the ``n`` validation samples (greedy is always measured too).
+            val_num_samples: ``n`` samples per held-out prompt for ``val/<set>/avg@k`` and ``val/<set>/pass@k``
+                (0: greedy only).
+            val_pass_k: ``k`` of the unbiased pass@k estimate from the ``n`` samples, 1 <= k <= n (None: k = n).
             seed: Base seed; each generation call uses ``(seed, step, rank)``.
         """
         super().__init__()
@@ -63,6 +67,10 @@ class RolloutCallback(Callback):
             raise ValueError(f"temperature must be > 0 for rollouts, got {temperature}")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if val_num_samples < 0:
+            raise ValueError(f"val_num_samples must be >= 0, got {val_num_samples}")
+        if val_pass_k is not None and not 1 <= val_pass_k <= val_num_samples:
+            raise ValueError(f"val_pass_k must lie in [1, val_num_samples={val_num_samples}], got {val_pass_k}")
         if engine is None:
             from lit_chord.engines.transformers_engine import TransformersEngine
 
@@ -72,6 +80,7 @@ class RolloutCallback(Callback):
         self.sampling = SamplingConfig(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
         self.scale_advantages_by_std = scale_advantages_by_std
         self.val_temperature, self.val_num_samples = val_temperature, val_num_samples
+        self.val_pass_k = val_pass_k or val_num_samples
         self.seed = seed
         self.last_synced_step = -1
         self.tokenizer = None
@@ -183,6 +192,8 @@ class RolloutCallback(Callback):
                 greedy_length=len(group[0].token_ids),
                 sample_correct=samples,
                 completion=self.tokenizer.decode(group[0].token_ids, skip_special_tokens=True),
+                greedy_reward=reward,
+                pass_at_k=pass_at_k(len(samples), int(sum(samples)), self.val_pass_k) if samples else None,
             )
             for reward, group, samples in zip(greedy_rewards.tolist(), greedy_groups, sampled, strict=True)
         ]

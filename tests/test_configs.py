@@ -10,8 +10,9 @@ from lit_chord.__main__ import main
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 BASE = CONFIGS / "chord_qwen2.5_7b_openr1.yaml"
-# Variant files only hold the keys they change; they are layered on the base recipe.
-VARIANTS = {"chord_mu.yaml", "chord_phi.yaml"}
+DEMO = CONFIGS / "demo.yaml"
+# Variant files only hold the keys they change; each is layered on its base recipe.
+VARIANTS = {"chord_mu.yaml": BASE, "chord_phi.yaml": BASE} | {p.name: DEMO for p in CONFIGS.glob("demo_*.yaml")}
 
 
 def instantiate(*args: str):
@@ -37,7 +38,7 @@ def instantiate(*args: str):
 def test_every_config_instantiates(path, monkeypatch):
     monkeypatch.chdir(CONFIGS.parent)
     configs = (
-        ["--config", str(BASE), "--config", str(CONFIGS / path)]
+        ["--config", str(VARIANTS[path]), "--config", str(CONFIGS / path)]
         if path in VARIANTS
         else ["--config", str(CONFIGS / path)]
     )
@@ -58,6 +59,42 @@ def test_paper_variants_set_the_papers_values(monkeypatch):
     )
     phi = instantiate("--config", str(BASE), "--config", str(CONFIGS / "chord_phi.yaml")).model.hparams
     assert (phi.mu_warmup_steps, phi.mu_decay_steps, phi.mu_valley, phi.sft_weighting) == (0, 0, 0.1, "phi")
+
+
+@pytest.mark.parametrize(
+    "variant, mu_at_steps, weighting, experts_per_step",
+    [
+        # mu_schedule(step, warmup, decay, peak, valley) at steps 1, 300, 600; demo.yaml alone: 0.9 -> 0.05 by 300.
+        ("demo.yaml", None, "none", 65),  # 65 = ceil(0.334 * 128 / 0.666)
+        ("demo_sft_only.yaml", [1.0, 1.0, 1.0], "none", 65),
+        ("demo_grpo_only.yaml", [0.0, 0.0, 0.0], "none", 0),
+        ("demo_fixed_mix.yaml", [0.5, 0.5, 0.5], "none", 65),
+        ("demo_chord_phi.yaml", [0.1, 0.1, 0.1], "phi", 65),
+    ],
+)
+def test_demo_baselines_set_mu(variant, mu_at_steps, weighting, experts_per_step, monkeypatch):
+    from lit_chord.loss import mu_schedule
+
+    monkeypatch.chdir(CONFIGS.parent)
+    layers = ["--config", str(DEMO)] + (["--config", str(CONFIGS / variant)] if variant != "demo.yaml" else [])
+    cli = instantiate(*layers)
+    hp = cli.model.hparams
+    schedule = [mu_schedule(s, hp.mu_warmup_steps, hp.mu_decay_steps, hp.mu_peak, hp.mu_valley) for s in (1, 300, 600)]
+    if mu_at_steps is None:
+        assert schedule == pytest.approx([0.9, 0.05, 0.05], abs=1e-4)
+    else:
+        assert schedule == mu_at_steps
+    assert hp.sft_weighting == weighting
+    assert cli.datamodule.experts_per_step == experts_per_step
+
+
+def test_val_data_accepts_named_sets(monkeypatch):
+    monkeypatch.chdir(CONFIGS.parent)
+    sets = '{"digits": "data/demo/heldout.jsonl", "seen": "data/demo/prompts.jsonl"}'
+    cli = instantiate("--config", str(DEMO), "--data.val_data", sets)
+    assert cli.datamodule.val_set_names == ["digits", "seen"]
+    cli = instantiate("--config", str(DEMO))
+    assert cli.datamodule.val_set_names == ["heldout"]
 
 
 def test_cli_override_reaches_the_module(monkeypatch):

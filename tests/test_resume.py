@@ -32,6 +32,12 @@ REPO = Path(__file__).parent.parent
 TIMING = ("rollout/gen_seconds", "rollout/sync_seconds")
 
 
+def digit_share(completion: str, answer: str) -> float:
+    """A reward that varies with the sampled tokens (the tiny model never earns the task's reward), so the logged
+    rewards, and the advantages, reflect the exact samples."""
+    return sum(c.isdigit() for c in completion) / max(1, len(completion))
+
+
 class SpyEngine(TransformersEngine):
     """Records the seed of every generation and the weights of every ``load_weights``."""
 
@@ -111,7 +117,12 @@ def fit(world: Path, root: Path, max_steps: int, global_seed: int, ckpt_path: st
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
-        callbacks=[RolloutCallback(engine=engine, max_new_tokens=8), recorder, NanGradientAt(2), checkpoint],
+        callbacks=[
+            RolloutCallback(engine=engine, reward_fn=digit_share, max_new_tokens=8),
+            recorder,
+            NanGradientAt(2),
+            checkpoint,
+        ],
     )
     datamodule = ChordDataModule(
         tokenizer=str(world / "model"),
@@ -167,7 +178,10 @@ def write_config(path: Path, world: Path, root: Path, seed: int, stall_at: int |
                 {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(root), "name": ""}}
             ],
             "callbacks": [
-                {"class_path": "lit_chord.rollout_callback.RolloutCallback", "init_args": {"max_new_tokens": 8}},
+                {
+                    "class_path": "lit_chord.rollout_callback.RolloutCallback",
+                    "init_args": {"max_new_tokens": 8, "reward_fn": "test_resume.digit_share"},
+                },
                 {
                     "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                     "init_args": {"dirpath": str(root / "checkpoints"), "save_last": True, "every_n_train_steps": 2},

@@ -158,6 +158,8 @@ def test_fit_two_steps_with_vllm_rollouts(engine, tiny_world, tmp_path):
     class Spy:
         """Delegates to the shared engine and records the calls."""
 
+        uses_live_policy = False
+
         def attach(self, *args):
             engine.attach(*args)
 

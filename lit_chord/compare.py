@@ -1,0 +1,220 @@
+"""``python -m lit_chord.compare``: CHORD against its baselines on the demo, same budget and seeds; a table and a plot.
+
+Each variant is ``configs/demo.yaml`` with a variant file layered on it (files hold only what differs):
+``chord_mu`` (demo.yaml itself), ``sft_only``, ``grpo_only``, ``fixed_mix``, ``chord_phi``, and ``sft_then_grpo``,
+two runs that split the step budget: SFT, then GRPO starting from the SFT run's export. Runs go one after
+another as subprocesses of ``python -m lit_chord fit``, so each is an ordinary run that can be rerun or inspected
+alone: ``<out>/runs/<variant>_s<seed>/`` holds its ``run.yaml`` (budget, seed, where it logs), ``log.txt``,
+``metrics.csv``, checkpoints, samples and the exported policy (a two-phase variant keeps its phases under
+``<out>/phases/`` and joins their logs, the second phase's steps shifted by the first's budget). A rerun into the
+same ``--out`` replaces the run folders.
+
+Seed ``s`` sets ``seed_everything``, ``model.init_seed = s`` and ``data.seed = 42 + s``, so seed 0 is the demo
+itself. Writes ``<out>/results.md`` (final and best held-out greedy accuracy, steps, wall time) and
+``<out>/curves.png`` (``lit_chord.plot``). Arguments after ``--`` go to every run, e.g. ``-- --data.val_size 10``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lit_chord.plot import plot_runs, read_metrics
+
+# variant -> its phases, each the config files layered on the base; several phases split the step budget.
+VARIANTS: dict[str, list[tuple[str, ...]]] = {
+    "chord_mu": [()],
+    "sft_only": [("demo_sft_only.yaml",)],
+    "grpo_only": [("demo_grpo_only.yaml",)],
+    "fixed_mix": [("demo_fixed_mix.yaml",)],
+    "chord_phi": [("demo_chord_phi.yaml",)],
+    "sft_then_grpo": [("demo_sft_only.yaml",), ("demo_grpo_only.yaml",)],
+}
+ACCURACY = "val/accuracy"
+
+
+@dataclass
+class RunResult:
+    variant: str
+    seed: int
+    run_dir: Path  # holds metrics.csv
+    wall_seconds: float
+    returncode: int
+
+
+def val_interval(steps: int, every: int) -> int:
+    """The largest divisor of ``steps`` that is at most ``every``, so the last validation is on the last step."""
+    every = max(1, min(every, steps))
+    return max(d for d in range(1, every + 1) if steps % d == 0)
+
+
+def split_budget(steps: int, phases: int) -> list[int]:
+    """Equal shares of ``steps``; the last phase takes the remainder."""
+    share = steps // phases
+    if share < 1:
+        raise ValueError(f"--steps {steps} is too small for {phases} phases")
+    return [share] * (phases - 1) + [steps - share * (phases - 1)]
+
+
+def run_config(run_dir: Path, steps: int, seed: int, val_every: int, init_from: Path | None) -> dict:
+    """The layer on top of the variant that makes it one run of the comparison (JSON is YAML)."""
+    model: dict = {"init_seed": seed}
+    if init_from is not None:  # a later phase starts from the previous phase's export
+        model = {"model": str(init_from), "random_init": False}
+    return {
+        "seed_everything": seed,
+        "trainer": {
+            "max_steps": steps,
+            "val_check_interval": val_interval(steps, val_every),
+            "default_root_dir": str(run_dir),
+            "logger": [
+                {
+                    "class_path": "lightning.pytorch.loggers.CSVLogger",
+                    "init_args": {"save_dir": str(run_dir), "name": "", "version": ""},  # log into run_dir itself
+                }
+            ],
+        },
+        "model": model,
+        "data": {"seed": 42 + seed},
+    }
+
+
+def fit_command(base: Path, layers: tuple[str, ...], run_yaml: Path, overrides: list[str]) -> list[str]:
+    configs = [base, *(base.parent / layer for layer in layers), run_yaml]
+    return [sys.executable, "-m", "lit_chord", "fit", *(a for c in configs for a in ("--config", str(c))), *overrides]
+
+
+def launch(command: list[str], log_path: Path) -> int:
+    """Run one ``fit`` to completion, its output into ``log_path``; return its exit code."""
+    with log_path.open("w") as log:
+        return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+
+
+def run_variant(
+    name: str, seed: int, steps: int, out: Path, base: Path, val_every: int, overrides: list[str], run=launch
+) -> RunResult:
+    phases = VARIANTS[name]
+    run_dir = out / "runs" / f"{name}_s{seed}"
+    budgets = split_budget(steps, len(phases))
+    if len(phases) == 1:
+        phase_dirs = [run_dir]
+    else:
+        stems = [Path(layers[0]).stem if layers else "base" for layers in phases]
+        phase_dirs = [out / "phases" / f"{name}_s{seed}" / f"{i}_{stem}" for i, stem in enumerate(stems)]
+    init_from, wall, returncode, done = None, 0.0, 0, []
+    for phase_dir, layers, budget in zip(phase_dirs, phases, budgets, strict=True):
+        shutil.rmtree(phase_dir, ignore_errors=True)
+        phase_dir.mkdir(parents=True)
+        run_yaml = phase_dir / "run.yaml"
+        run_yaml.write_text(json.dumps(run_config(phase_dir, budget, seed, val_every, init_from), indent=2) + "\n")
+        print(f"[compare] {name} seed {seed}: {budget} steps -> {phase_dir}", flush=True)
+        start = time.perf_counter()
+        returncode = run(fit_command(base, layers, run_yaml, overrides), phase_dir / "log.txt")
+        wall += time.perf_counter() - start
+        done.append((phase_dir, sum(budgets[: len(done)])))
+        if returncode:
+            print(f"[compare] {name} seed {seed} failed (exit {returncode}); see {phase_dir / 'log.txt'}", flush=True)
+            break
+        init_from = phase_dir / "export"
+    if len(phases) > 1:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        join_metrics([(d / "metrics.csv", offset) for d, offset in done], run_dir / "metrics.csv")
+    return RunResult(name, seed, run_dir, wall, returncode)
+
+
+def join_metrics(parts: list[tuple[Path, int]], out: Path) -> None:
+    """Concatenate CSV logs, shifting each part's ``step`` by its offset."""
+    rows, fields = [], ["step"]
+    for path, offset in parts:
+        if not path.exists():
+            continue
+        with path.open() as handle:
+            for row in csv.DictReader(handle):
+                if row.get("step") not in (None, ""):
+                    row["step"] = str(int(float(row["step"])) + offset)
+                rows.append(row)
+                fields += [k for k in row if k not in fields]
+    with out.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def summary(result: RunResult) -> dict:
+    """Final and best held-out accuracy, and optimizer steps taken (rows that logged ``train/loss``)."""
+    path = result.run_dir / "metrics.csv"
+    series = read_metrics(path) if path.exists() else {}
+    accuracy = [value for _, value in series.get(ACCURACY, [])]
+    return {
+        "final": accuracy[-1] if accuracy else None,
+        "best": max(accuracy) if accuracy else None,
+        "steps": len(series.get("train/loss", [])),
+    }
+
+
+def spread(values: list[float | None]) -> str:
+    """``0.820`` for one seed, ``0.820 (0.780–0.860)`` (mean, range) for several; ``—`` if none finished."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "—"
+    mean = statistics.fmean(values)
+    return f"{mean:.3f}" if len(values) == 1 else f"{mean:.3f} ({min(values):.3f}–{max(values):.3f})"
+
+
+def results_table(results: list[RunResult]) -> str:
+    """A markdown table, one row per variant, aggregated over seeds."""
+    lines = [
+        f"| variant | seeds | final {ACCURACY} | best {ACCURACY} | steps | wall time (min) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for variant in dict.fromkeys(r.variant for r in results):
+        runs = [r for r in results if r.variant == variant]
+        summaries = [summary(r) for r in runs]
+        failed = [r.seed for r in runs if r.returncode]
+        seeds = ", ".join(str(r.seed) for r in runs) + (f" (failed: {', '.join(map(str, failed))})" if failed else "")
+        steps = "/".join(sorted({str(s["steps"]) for s in summaries}))
+        wall = statistics.fmean(r.wall_seconds for r in runs) / 60
+        final, best = spread([s["final"] for s in summaries]), spread([s["best"] for s in summaries])
+        lines.append(f"| {variant} | {seeds} | {final} | {best} | {steps} | {wall:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> list[RunResult]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].strip("`"))
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--steps", type=int, default=600, help="optimizer steps per variant (all phases together)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder")
+    parser.add_argument("--base", type=Path, default=Path("configs/demo.yaml"), help="variant files sit next to it")
+    parser.add_argument("--val-every", type=int, default=100, help="validate every N steps (a divisor of the budget)")
+    args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error("--steps must be >= 1")
+    results = [
+        run_variant(variant, seed, args.steps, args.out, args.base, args.val_every, overrides)
+        for variant in args.variants
+        for seed in args.seeds
+    ]
+    table = results_table(results)
+    header = f"{args.steps} steps per variant, seeds {' '.join(map(str, args.seeds))}, base {args.base}\n\n"
+    (args.out / "results.md").write_text(header + table)
+    logged = [r.run_dir for r in results if (r.run_dir / "metrics.csv").exists()]
+    if logged:
+        plot_runs(logged, args.out / "curves.png")
+    print(table + f"\n{args.out / 'results.md'}\n{args.out / 'curves.png'}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

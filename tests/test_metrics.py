@@ -1,0 +1,130 @@
+"""Held-out metrics: the unbiased pass@k estimator by hand, and named held-out sets end to end on the tiny model."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch import Callback
+from lightning.pytorch.loggers import CSVLogger
+
+from lit_chord.batch import ValResult
+from lit_chord.datamodule import ChordDataModule, val_set_sources
+from lit_chord.metrics import HeldOutMetrics, pass_at_k
+from lit_chord.module import ChordModule
+from lit_chord.rollout_callback import RolloutCallback
+
+
+def test_pass_at_k_by_hand():
+    # n = 5 samples, c = 2 correct.
+    assert pass_at_k(5, 2, 1) == pytest.approx(0.4)  # k = 1: c / n = 2/5
+    assert pass_at_k(5, 2, 2) == pytest.approx(0.7)  # 1 - C(3,2)/C(5,2) = 1 - 3/10
+    assert pass_at_k(5, 2, 3) == pytest.approx(0.9)  # 1 - C(3,3)/C(5,3) = 1 - 1/10
+    assert pass_at_k(5, 2, 4) == 1.0  # n - c = 3 < k: every draw of 4 holds a correct one
+    assert pass_at_k(5, 0, 5) == 0.0
+    assert pass_at_k(4, 1, 4) == 1.0  # k = n: "any correct"
+    assert pass_at_k(200, 10, 100) == pytest.approx(1 - math.comb(190, 100) / math.comb(200, 100))
+
+
+@pytest.mark.parametrize("n, c, k", [(5, 6, 1), (5, -1, 1), (5, 2, 0), (5, 2, 6)])
+def test_pass_at_k_rejects_impossible_counts(n, c, k):
+    with pytest.raises(ValueError, match="pass@k"):
+        pass_at_k(n, c, k)
+
+
+def test_held_out_metrics_average_over_prompts():
+    metrics = HeldOutMetrics()
+    metrics.update(
+        [
+            ValResult(greedy_correct=1.0, greedy_length=4, sample_correct=[1, 0, 0, 1], pass_at_k=0.5),
+            ValResult(greedy_correct=0.0, greedy_length=8, sample_correct=[0, 0, 0, 0], pass_at_k=0.0),
+        ]
+    )
+    assert metrics.greedy_acc.compute() == 0.5  # (1 + 0) / 2
+    assert metrics.avg_at_k.compute() == 0.25  # (2/4 + 0/4) / 2
+    assert metrics.pass_at_k.compute() == 0.25  # (0.5 + 0) / 2
+    assert metrics.response_len.compute() == 6.0  # (4 + 8) / 2
+    assert [suffix for suffix, _, _ in metrics.updated()] == ["greedy_acc", "avg@k", "pass@k", "response_len"]
+
+
+def test_greedy_only_logs_no_sample_metrics():
+    metrics = HeldOutMetrics()
+    metrics.update([ValResult(greedy_correct=1.0, greedy_length=3)])
+    assert [suffix for suffix, _, _ in metrics.updated()] == ["greedy_acc", "response_len"]
+
+
+def test_val_pass_k_must_fit_the_samples():
+    assert RolloutCallback(val_num_samples=5).val_pass_k == 5  # default k = n
+    assert RolloutCallback(val_num_samples=5, val_pass_k=2).val_pass_k == 2
+    with pytest.raises(ValueError, match="val_pass_k"):
+        RolloutCallback(val_num_samples=4, val_pass_k=5)
+    with pytest.raises(ValueError, match="val_pass_k"):
+        RolloutCallback(val_num_samples=0, val_pass_k=1)
+
+
+def test_val_sets_are_named():
+    assert val_set_sources("d/heldout.jsonl") == {"heldout": "d/heldout.jsonl"}
+    assert val_set_sources(["d/a.jsonl", "org/math:test"]) == {"a": "d/a.jsonl", "math": "org/math:test"}
+    assert val_set_sources({"x": "d/a.jsonl"}) == {"x": "d/a.jsonl"}
+    assert val_set_sources(None) == {}
+    with pytest.raises(ValueError, match="both be named 'a'"):
+        val_set_sources(["d/a.jsonl", "e/a.jsonl"])
+    with pytest.raises(ValueError, match="set name"):
+        val_set_sources({"a/b": "d/a.jsonl"})
+
+
+class ResultRecorder(Callback):
+    def __init__(self):
+        self.results: dict[int, list[ValResult]] = {}
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self.results.setdefault(dataloader_idx, []).extend(batch.results)
+
+
+def test_named_sets_log_their_own_metrics(tiny_world, tmp_path):
+    """Two held-out sets -> two dataloaders -> val/<set>/... each; val/accuracy is the first set's greedy."""
+    data = ChordDataModule(
+        tokenizer=str(tiny_world / "model"),
+        prompt_data=str(tiny_world / "prompts.jsonl"),
+        val_data={"heldout": str(tiny_world / "heldout.jsonl"), "train": str(tiny_world / "prompts.jsonl")},
+        prompts_per_step=2,
+        num_generations=2,
+        expert_data_ratio=0.0,
+        system_prompt=None,
+        max_prompt_length=64,
+        val_size=3,
+    )
+    module = ChordModule(model=str(tiny_world / "model"), mu_warmup_steps=0, mu_decay_steps=0, mu_valley=0.0)
+    recorder = ResultRecorder()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        val_check_interval=1,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        logger=CSVLogger(tmp_path, name=""),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[RolloutCallback(max_new_tokens=6, val_num_samples=3, val_pass_k=2), recorder],
+    )
+    trainer.fit(module, datamodule=data)
+    with open(tmp_path / "version_0" / "metrics.csv") as handle:
+        (row,) = [r for r in csv.DictReader(handle) if r.get("val/accuracy")]
+    for index, name in enumerate(["heldout", "train"]):
+        results = recorder.results[index]
+        assert len(results) == 3
+        expected = {
+            "greedy_acc": sum(r.greedy_correct for r in results) / 3,
+            "avg@k": sum(sum(r.sample_correct) / 3 for r in results) / 3,
+            "pass@k": sum(pass_at_k(3, int(sum(r.sample_correct)), 2) for r in results) / 3,
+            "response_len": sum(r.greedy_length for r in results) / 3,
+        }
+        for suffix, value in expected.items():
+            assert float(row[f"val/{name}/{suffix}"]) == pytest.approx(value), (name, suffix)
+    assert float(row["val/accuracy"]) == float(row["val/heldout/greedy_acc"])
+    assert not any("dataloader_idx" in key for key in row)
+    assert torch.isfinite(torch.tensor(float(row["val/train/response_len"])))
