@@ -184,7 +184,7 @@ def run_lit(
         mu_peak=mu,
         mu_valley=mu,
         sft_weighting="phi",
-        micro_batch_size=rows + data.experts_per_step,  # one forward/backward per step, as TRL does
+        micro_batch_size=args.micro_batch_size or rows + data.experts_per_step,  # default: one forward/backward
         max_grad_norm=1.0,
         optimizer=lambda params: torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0),
     )
@@ -353,7 +353,7 @@ def print_profiles(profiles: dict[str, dict[str, float]], top_lit: str) -> None:
     print("\nlit_chord GRPO, top functions by self time:\n" + top_lit)
 
 
-def top_functions(profiler: cProfile.Profile, steps: int, top: int) -> str:
+def top_functions(profiler: cProfile.Profile, top: int) -> str:
     stream = io.StringIO()
     pstats.Stats(profiler, stream=stream).sort_stats("tottime").print_stats(top)
     text = stream.getvalue()
@@ -365,11 +365,14 @@ def main() -> None:
     parser.add_argument("--model-size", choices=["tiny", "10m"], default="tiny")
     parser.add_argument("--steps", type=int, default=4, help="measured steps per run")
     parser.add_argument("--warmup", type=int, default=1, help="dropped steps at the start of every run (>= 1)")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--prompts", type=int, default=8, help="prompts per step")
     parser.add_argument("--generations", type=int, default=8, help="completions per prompt (GRPO group)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument(
+        "--micro-batch-size", type=int, default=0, help="lit_chord rows per forward/backward (0: whole step, as TRL)"
+    )
     parser.add_argument("--expert-ratio", type=float, default=0.2, help="CHORD run: share of expert rows")
     parser.add_argument("--chord-mu", type=float, default=0.5, help="CHORD run: constant μ")
     parser.add_argument("--seed", type=int, default=0, help="round r runs both frameworks with seed + r")
@@ -423,7 +426,7 @@ def main() -> None:
                 runners[name](args.seed, profiler)
                 profiles[name] = phase_seconds(profiler, name, args.steps)
                 if name == "lit_chord GRPO":
-                    top_lit = top_functions(profiler, args.steps, top=15)
+                    top_lit = f"(totals over {args.steps} steps)\n" + top_functions(profiler, top=12)
 
     medians = report(results)
     if profiles:

@@ -124,6 +124,9 @@ class RolloutCallback(Callback):
         sampling = SamplingConfig(**{**self.sampling.__dict__, "seed": seed})
         groups = self.generate(pl_module, [p.prompt_ids for p in batch.prompts], batch.num_generations, sampling)
         gen_seconds = time.perf_counter() - start
+        # The training step's own randomness (dropout, if the model has any) follows (seed, step, rank) too: Lightning
+        # does not checkpoint RNG states, so a resumed run would otherwise draw other masks than an uninterrupted one.
+        torch.manual_seed(seed + 1)
         rewards, errors = self.score(groups, [p.answer for p in batch.prompts])
         advantages = group_advantages(rewards, batch.num_generations, scale_by_std=self.scale_advantages_by_std)
         completions = [c for group in groups for c in group]

@@ -2,14 +2,17 @@
 uninterrupted run logs. Bit-identical on CPU (the kernels are deterministic there), so the comparisons use ==.
 
 What has to come back for that: the weights, AdamW's moments, the LR scheduler, μ (from ``global_step``), both
-data streams (a pure function of the step), the generation seeds ((seed, step, rank)), the skipped-step counter,
-and the engine must receive the restored weights before the first rollout.
+data streams (a pure function of the step), the generation seeds and the training step's RNG (both from (seed,
+step, rank); Lightning checkpoints no RNG state), the skipped-step counter, and the engine must receive the
+restored weights before the first rollout.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -95,10 +98,20 @@ class StallAt(Callback):
             time.sleep(300)
 
 
-def fit(world: Path, root: Path, max_steps: int, global_seed: int, ckpt_path: str | None = None):
+@pytest.fixture(scope="module")
+def dropout_model(tiny_world, tmp_path_factory) -> Path:
+    """The tiny model with attention dropout, so the training step draws from the global RNG."""
+    model = tmp_path_factory.mktemp("dropout") / "model"
+    shutil.copytree(tiny_world / "model", model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "attention_dropout": 0.1}))
+    return model
+
+
+def fit(world: Path, model: Path, root: Path, max_steps: int, global_seed: int, ckpt_path: str | None = None):
     torch.manual_seed(global_seed)  # a resumed process starts from another global RNG state: nothing may depend on it
     module = ChordModule(
-        model=str(world / "model"),
+        model=str(model),
         mu_warmup_steps=2,
         mu_decay_steps=2,
         mu_peak=0.8,
@@ -139,11 +152,11 @@ def fit(world: Path, root: Path, max_steps: int, global_seed: int, ckpt_path: st
     return module, engine, recorder
 
 
-def test_fit_resumed_from_a_checkpoint_equals_an_uninterrupted_fit(tiny_world, tmp_path):
-    _, engine_a, whole = fit(tiny_world, tmp_path / "a", max_steps=4, global_seed=1)
-    fit(tiny_world, tmp_path / "b", max_steps=2, global_seed=2)
+def test_fit_resumed_from_a_checkpoint_equals_an_uninterrupted_fit(tiny_world, dropout_model, tmp_path):
+    _, engine_a, whole = fit(tiny_world, dropout_model, tmp_path / "a", max_steps=4, global_seed=1)
+    fit(tiny_world, dropout_model, tmp_path / "b", max_steps=2, global_seed=2)
     module, engine_b, resumed = fit(
-        tiny_world, tmp_path / "b", 4, global_seed=3, ckpt_path=str(tmp_path / "b/last.ckpt")
+        tiny_world, dropout_model, tmp_path / "b", 4, global_seed=3, ckpt_path=str(tmp_path / "b/last.ckpt")
     )
 
     assert sorted(resumed.logged) == [3, 4]
@@ -157,6 +170,17 @@ def test_fit_resumed_from_a_checkpoint_equals_an_uninterrupted_fit(tiny_world, t
     assert len(set(engine_a.seeds)) == 4 and engine_b.seeds == engine_a.seeds[2:]
     # The engine receives the restored weights (not the initial ones) before the resumed run's first rollout.
     assert torch.equal(engine_b.loads[0], engine_a.loads[2]) and not torch.equal(engine_b.loads[0], engine_a.loads[0])
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in (REPO / "configs").glob("*.yaml") if "ModelCheckpoint" in p.read_text())
+)
+def test_configs_checkpoint_where_ckpt_path_last_looks(name):
+    """Without a ``dirpath``, checkpoints go to the logger's version folder, and a resumed run's logger takes a new
+    version: ``--ckpt_path last`` then finds nothing and silently trains from scratch (Lightning only warns)."""
+    callbacks = yaml.safe_load((REPO / "configs" / name).read_text())["trainer"]["callbacks"]
+    checkpoints = [c for c in callbacks if str(c.get("class_path", "")).endswith("ModelCheckpoint")]
+    assert checkpoints and all((c.get("init_args") or {}).get("dirpath") for c in checkpoints)
 
 
 # ----- a real process, killed -------------------------------------------------------------------------------------
@@ -219,13 +243,18 @@ def write_config(path: Path, world: Path, root: Path, seed: int, stall_at: int |
 
 
 def launch(config: Path, *args: str) -> subprocess.Popen:
+    """``python -m lit_chord fit --config ...`` with its output in ``<config>.log`` (a pipe could fill and block)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "lit_chord", "fit", "--config", str(config), *args]
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with config.with_suffix(".log").open("w") as log:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    process.log = config.with_suffix(".log")
+    return process
 
 
 def finish(process: subprocess.Popen, timeout: float = 240) -> str:
-    output, _ = process.communicate(timeout=timeout)
+    process.wait(timeout=timeout)
+    output = process.log.read_text()
     assert process.returncode == 0, output[-3000:]
     return output
 
@@ -242,22 +271,71 @@ def test_killed_cli_run_resumed_with_ckpt_path_last_equals_an_uninterrupted_run(
     whole_root, killed_root = tmp_path / "whole", tmp_path / "killed"
     whole = launch(write_config(tmp_path / "whole.yaml", tiny_world, whole_root, seed=1))
     killed = launch(write_config(tmp_path / "killed.yaml", tiny_world, killed_root, seed=2, stall_at=2))
-    deadline = time.monotonic() + 240
-    while not (killed_root / "stalled").exists():
-        assert killed.poll() is None, killed.communicate()[0][-3000:]
-        assert time.monotonic() < deadline, "the run never reached step 3"
-        time.sleep(0.05)
-    killed.send_signal(signal.SIGKILL)  # no clean-up, no exception hooks, no on-exception checkpoint
-    killed.communicate(timeout=30)
-    assert killed.returncode == -signal.SIGKILL
-    assert torch.load(killed_root / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 2
+    try:
+        deadline = time.monotonic() + 240
+        while not (killed_root / "stalled").exists():
+            assert killed.poll() is None, killed.log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the run never reached step 3"
+            time.sleep(0.05)
+        killed.send_signal(signal.SIGKILL)  # no clean-up, no exception hooks, no on-exception checkpoint
+        killed.wait(timeout=30)
+        assert killed.returncode == -signal.SIGKILL
+        assert torch.load(killed_root / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 2
 
-    resume_config = write_config(tmp_path / "resume.yaml", tiny_world, killed_root, seed=3)
-    output = finish(launch(resume_config, "--ckpt_path", "last"))
-    assert "Restored all states from the checkpoint" in output
-    finish(whole)
+        resume_config = write_config(tmp_path / "resume.yaml", tiny_world, killed_root, seed=3)
+        output = finish(launch(resume_config, "--ckpt_path", "last"))
+        assert "Restored all states from the checkpoint" in output
+        finish(whole)
+    finally:
+        for process in (whole, killed):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
     expected = step_rows(whole_root / "version_0/metrics.csv")
     after_resume = step_rows(killed_root / "version_1/metrics.csv")
     assert len(expected) == 4 and len(after_resume) == 2
     assert after_resume == {step: expected[step] for step in after_resume}
+
+
+# ----- atomic checkpoints -----------------------------------------------------------------------------------------
+KILLED_DURING_SAVE = """
+import os, signal, sys, torch
+from fsspec.implementations.local import LocalFileOpener
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO  # what Trainer.save_checkpoint writes through
+
+checkpoint_io, path = TorchCheckpointIO(), sys.argv[1]
+checkpoint_io.save_checkpoint({"global_step": 2, "state_dict": {"w": torch.zeros(10_000)}}, path)
+write = LocalFileOpener.write
+
+def write_half_then_die(self, data):
+    write(self, data[: len(data) // 2])
+    self.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+LocalFileOpener.write = write_half_then_die
+checkpoint_io.save_checkpoint({"global_step": 4, "state_dict": {"w": torch.ones(10_000)}}, path)
+"""
+
+
+def test_a_kill_in_the_middle_of_a_checkpoint_write_leaves_the_previous_checkpoint(tmp_path):
+    """Lightning writes to a temporary file and renames it over the checkpoint (fsspec transaction); the temporary
+    file lives in $TMPDIR, so the rename is atomic only when $TMPDIR is on the checkpoint's filesystem."""
+    path = tmp_path / "last.ckpt"
+    result = subprocess.run([sys.executable, "-c", KILLED_DURING_SAVE, str(path)], timeout=120)
+    assert result.returncode == -signal.SIGKILL
+    assert torch.load(path, weights_only=False)["global_step"] == 2
+
+
+def test_resuming_with_other_data_streams_warns(tiny_world):
+    datamodule = ChordDataModule(
+        tokenizer=str(tiny_world / "model"),
+        prompt_data=str(tiny_world / "heldout.jsonl"),
+        prompts_per_step=2,
+        num_generations=2,
+    )
+    datamodule.setup("fit")
+    state = datamodule.state_dict()
+    datamodule.load_state_dict(state)  # the same streams: silent
+    with pytest.warns(UserWarning, match=r"seed 7 -> 42; prompts_per_step 4 -> 2"):
+        datamodule.load_state_dict({**state, "prompts_per_step": 4, "seed": 7})
