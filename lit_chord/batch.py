@@ -32,6 +32,7 @@ class Sequence:
     is_expert: bool
     advantage: float = 0.0
     loss_on_response: bool = True  # False for truncated rollouts (they keep their reward, not their tokens)
+    engine_logprobs: list[float] | None = None  # the rollout engine's logprobs of response_ids, when reported
 
 
 @dataclass
@@ -48,6 +49,7 @@ class TrainTensors:
     loss_mask: Tensor  # (B, T) float, aligned with the logits that predict the next token
     is_expert: Tensor  # (B,) bool
     advantages: Tensor  # (B,) float
+    engine_logprobs: Tensor | None = None  # (B, T) float, aligned like loss_mask; NaN where the engine gave none
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -65,17 +67,13 @@ class TrainTensors:
                     loss_mask=self.loss_mask[rows, :width],
                     is_expert=self.is_expert[rows],
                     advantages=self.advantages[rows],
+                    engine_logprobs=None if self.engine_logprobs is None else self.engine_logprobs[rows, :width],
                 )
             )
         return chunks
 
     def to(self, device: torch.device | str) -> TrainTensors:
-        return TrainTensors(
-            *(
-                t.to(device)
-                for t in (self.input_ids, self.attention_mask, self.loss_mask, self.is_expert, self.advantages)
-            )
-        )
+        return TrainTensors(**{k: None if v is None else v.to(device) for k, v in self.__dict__.items()})
 
 
 def pad_sequences(sequences: list[Sequence], pad_id: int) -> TrainTensors:
@@ -85,6 +83,7 @@ def pad_sequences(sequences: list[Sequence], pad_id: int) -> TrainTensors:
     input_ids = torch.full((n, width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((n, width), dtype=torch.long)
     loss_mask = torch.zeros((n, width), dtype=torch.float32)
+    engine_logprobs = None
     for row, seq in enumerate(sequences):
         ids = seq.prompt_ids + seq.response_ids
         input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
@@ -92,12 +91,16 @@ def pad_sequences(sequences: list[Sequence], pad_id: int) -> TrainTensors:
         if seq.loss_on_response:
             # logits at position t predict token t + 1: response tokens sit at [P, P + R), so mask [P - 1, P + R - 1).
             loss_mask[row, len(seq.prompt_ids) - 1 : len(ids) - 1] = 1.0
+        if seq.engine_logprobs is not None:
+            engine_logprobs = torch.full((n, width), float("nan")) if engine_logprobs is None else engine_logprobs
+            engine_logprobs[row, len(seq.prompt_ids) - 1 : len(ids) - 1] = torch.tensor(seq.engine_logprobs)
     return TrainTensors(
         input_ids=input_ids,
         attention_mask=attention_mask,
         loss_mask=loss_mask,
         is_expert=torch.tensor([s.is_expert for s in sequences], dtype=torch.bool),
         advantages=torch.tensor([s.advantage for s in sequences], dtype=torch.float32),
+        engine_logprobs=engine_logprobs,
     )
 
 

@@ -37,6 +37,18 @@ def adamw(params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-6, betas=(0.9, 0.999), weight_decay=0.01)
 
 
+def logprob_gap(logprobs: Tensor, rows: TrainTensors, normalizers: Normalizers) -> dict[str, Tensor]:
+    """Mean |trainer − engine| log-probability over the rollout tokens the engine scored, as a token-mean share of
+    the step (additive over micro-batches). It measures how far the sampler's numerics (vLLM kernels, bf16) drift
+    from the policy being trained. Empty without engine log-probabilities."""
+    if rows.engine_logprobs is None:
+        return {}
+    engine = rows.engine_logprobs[:, : logprobs.shape[1]].to(logprobs.device)
+    scored = rows.loss_mask[:, : logprobs.shape[1]].bool() & ~rows.is_expert[:, None] & ~engine.isnan()
+    gap = torch.where(scored, (logprobs.float() - engine).abs(), torch.zeros((), device=logprobs.device))
+    return {"logprob_gap": gap.sum() / max(normalizers.rl_tokens, 1.0)}
+
+
 class PolicyScorer(nn.Module):
     """A causal LM whose forward returns the log-probabilities (and entropies) of the next tokens, never logits.
 
@@ -249,7 +261,7 @@ class ChordModule(LightningModule):
         if self.reference is not None:
             with torch.no_grad():
                 ref_logprobs, _ = self.token_logprobs(self.reference, micro, temperature, with_entropy=False)
-        return chord_loss(
+        out = chord_loss(
             logprobs,
             logprobs.detach(),
             micro.advantages,
@@ -270,6 +282,8 @@ class ChordModule(LightningModule):
             kl_coef=hp.kl_coef,
             kl_estimator=hp.kl_estimator,
         )
+        out.metrics.update(logprob_gap(logprobs.detach(), micro, normalizers))
+        return out
 
     def clip_and_check(self, optimizer) -> Tensor:
         """Clip the global gradient norm; step only if it is finite, else skip (counted, fatal if repeated)."""
@@ -302,7 +316,7 @@ class ChordModule(LightningModule):
         additive = {k: v for k, v in totals.items() if k not in NON_ADDITIVE}
         keys = sorted(additive)
         summed = self.trainer.strategy.reduce(torch.stack([additive[k] for k in keys]), reduce_op="sum")
-        metrics = {f"train/{k}": v for k, v in zip(keys, summed, strict=True)}
+        metrics = {f"{'rollout' if k == 'logprob_gap' else 'train'}/{k}": v for k, v in zip(keys, summed, strict=True)}
         metrics["train/ratio_max"] = totals["ratio_max"]
         metrics["train/mu"] = torch.tensor(mu)
         metrics["train/grad_norm"] = grad_norm.detach().float()

@@ -132,7 +132,14 @@ class RolloutCallback(Callback):
         completions = [c for group in groups for c in group]
         prompts = [p for p in batch.prompts for _ in range(batch.num_generations)]
         batch.rollouts = [
-            Sequence(p.prompt_ids, c.token_ids, is_expert=False, advantage=float(a), loss_on_response=c.finished)
+            Sequence(
+                p.prompt_ids,
+                c.token_ids,
+                is_expert=False,
+                advantage=float(a),
+                loss_on_response=c.finished,
+                engine_logprobs=c.logprobs,
+            )
             for p, c, a in zip(prompts, completions, advantages.tolist(), strict=True)
         ]
         batch.temperature = self.sampling.temperature

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import lightning as L
+import pytest
 import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import CSVLogger
@@ -152,3 +153,25 @@ def test_export_loads_with_from_pretrained(tiny_world, tmp_path):
     ):
         assert torch.equal(trained, reloaded), name
     assert AutoTokenizer.from_pretrained(export.path).chat_template
+
+
+def test_logprob_gap_compares_engine_and_trainer_token_by_token(tiny_world, tmp_path):
+    from lit_chord.batch import pad_sequences
+    from lit_chord.module import logprob_gap
+
+    module, recorder = fit(tiny_world, tmp_path, steps=1)
+    batch = recorder.batches[0]
+    rows = batch.train
+    trainer_logprobs, _ = module.token_logprobs(module.scorer, rows, 1.0, with_entropy=False)
+    # Give every rollout the trainer's own logprobs of its response tokens, then shift one token by 0.5.
+    for index, seq in enumerate(batch.rollouts):
+        row = len(batch.expert) + index
+        start = len(seq.prompt_ids) - 1
+        seq.engine_logprobs = trainer_logprobs[row, start : start + len(seq.response_ids)].tolist()
+    batch.rollouts[0].engine_logprobs[0] += 0.5
+    rows = pad_sequences(batch.expert + batch.rollouts, pad_id=0)
+    norms = count_normalizers(rows.loss_mask[:, :-1], rows.is_expert)
+    gap = logprob_gap(trainer_logprobs.detach(), rows, norms)["logprob_gap"]
+    # One token off by 0.5 (if rollout 0 kept its tokens) among rl_tokens scored tokens; all others agree to ~1e-7.
+    expected = 0.5 / norms.rl_tokens if batch.rollouts[0].loss_on_response else 0.0
+    assert float(gap) == pytest.approx(expected, abs=1e-5)

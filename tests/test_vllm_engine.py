@@ -198,6 +198,7 @@ def test_fit_two_steps_with_vllm_rollouts(engine, tiny_world, tmp_path):
     # second the weights after the first optimizer step.
     assert calls == ["load_weights", "generate"] * 2
     assert recorder.logged[0]["rollout/sync_seconds"] > 0
+    assert recorder.logged[0]["rollout/logprob_gap"] < 1e-4  # fp32 engine and trainer agree token by token
     assert set(pushed[0]) == {name for name, _ in module.policy.named_parameters()}
     assert any(not torch.equal(pushed[0][name], pushed[1][name]) for name in pushed[0])
     # The step trained on what the engine generated.
