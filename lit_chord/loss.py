@@ -208,6 +208,7 @@ def chord_loss(
     entropy: Tensor | None = None,  # (B, T) token entropies, for the bonus and the metric
     entropy_coef: float = 0.0,
     ref_logprobs: Tensor | None = None,  # (B, T) reference-policy log-probs, for the KL penalty and the metric
+    rollout_weights: Tensor | None = None,  # (B, T) detached per-token weights of the policy loss (e.g. TIS)
     kl_coef: float = 0.0,
     kl_estimator: KlEstimator = "k3",
 ) -> LossOutput:
@@ -236,7 +237,7 @@ def chord_loss(
 
     clips = {"clip_low": clip_low, "clip_high": clip_high, "clip_ratio_c": clip_ratio_c}
     pg = policy_loss(logprobs, old_logprobs, advantages, rl_mask, **clips)
-    loss_rl = rl_term(pg.losses)
+    loss_rl = rl_term(pg.losses if rollout_weights is None else pg.losses * rollout_weights)
     metrics = {"entropy": token_mean(entropy if entropy is not None else torch.zeros_like(logprobs))}
     if entropy is not None and entropy_coef != 0.0:
         loss_rl = loss_rl - entropy_coef * rl_term(entropy)  # entropy bonus

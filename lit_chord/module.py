@@ -101,6 +101,7 @@ class ChordModule(LightningModule):
         logprob_chunk_size: int = 1024,
         max_grad_norm: float = 1.0,
         max_consecutive_skips: int = 10,
+        tis_cap: float = 0.0,
         gradient_checkpointing: bool = False,
         optimizer: OptimizerCallable = adamw,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -129,6 +130,9 @@ class ChordModule(LightningModule):
             logprob_chunk_size: Tokens per chunk when projecting onto the vocabulary.
             max_grad_norm: Gradient clipping by global norm (reference: 1.0); 0 disables.
             max_consecutive_skips: Stop after this many consecutive steps with a non-finite loss or gradient.
+            tis_cap: Truncated importance sampling for the sampler/trainer mismatch: weight each rollout token's
+                policy loss by min(π_trainer / π_engine, tis_cap), using the engine's log-probabilities (vLLM).
+                0 disables it (reference).
             gradient_checkpointing: Recompute decoder activations in backward to save memory.
             optimizer: Optimizer factory (LightningCLI: ``--optimizer AdamW --optimizer.lr 1e-6``).
             lr_scheduler: Optional LR scheduler factory, stepped once per optimizer step.
@@ -281,9 +285,18 @@ class ChordModule(LightningModule):
             ref_logprobs=ref_logprobs,
             kl_coef=hp.kl_coef,
             kl_estimator=hp.kl_estimator,
+            rollout_weights=self.tis_weights(logprobs, micro),
         )
         out.metrics.update(logprob_gap(logprobs.detach(), micro, normalizers))
         return out
+
+    def tis_weights(self, logprobs: Tensor, micro: TrainTensors) -> Tensor | None:
+        """min(exp(trainer − engine log-prob), cap) per token, 1 where the engine reported none; None when off."""
+        if not self.hparams.tis_cap or micro.engine_logprobs is None:
+            return None
+        engine = micro.engine_logprobs[:, : logprobs.shape[1]].to(logprobs.device)
+        ratio = torch.exp(logprobs.detach().float() - torch.nan_to_num(engine, nan=0.0))
+        return torch.where(engine.isnan(), torch.ones_like(ratio), ratio.clamp(max=self.hparams.tis_cap))
 
     def clip_and_check(self, optimizer) -> Tensor:
         """Clip the global gradient norm; step only if it is finite, else skip (counted, fatal if repeated)."""

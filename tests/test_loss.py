@@ -345,3 +345,17 @@ def test_normalizers_tensor_round_trip_and_sum():
     mask = torch.tensor([[1, 1, 0], [0, 0, 0], [1, 0, 0]])
     # rollout rows 0, 1 → 2 tokens, 1 non-empty row; expert row 2 → 1 token, 1 row
     assert count_normalizers(mask, torch.tensor([False, False, True])) == Normalizers(2.0, 1.0, 1.0, 1.0)
+
+
+def test_rollout_weights_scale_each_rollout_tokens_policy_loss_and_ignore_expert_rows():
+    logits, targets, batch = make_batch()
+    rows = torch.arange(8)
+    plain = forward(logits, targets, batch, rows, mu=0.5)
+    # Weight 2 everywhere: the RL term doubles; the SFT term (expert rows) is untouched.
+    doubled = forward(logits, targets, batch, rows, mu=0.5, rollout_weights=torch.full((8, 6), 2.0))
+    torch.testing.assert_close(doubled.metrics["loss_rl"], 2 * plain.metrics["loss_rl"])
+    assert torch.equal(doubled.metrics["loss_sft"], plain.metrics["loss_sft"])
+    # Weight 0 on expert rows only: nothing changes, since they never enter the RL term.
+    weights = torch.ones(8, 6)
+    weights[batch["is_expert"]] = 0.0
+    assert torch.equal(forward(logits, targets, batch, rows, mu=0.5, rollout_weights=weights).loss, plain.loss)

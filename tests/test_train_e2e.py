@@ -175,3 +175,20 @@ def test_logprob_gap_compares_engine_and_trainer_token_by_token(tiny_world, tmp_
     # One token off by 0.5 (if rollout 0 kept its tokens) among rl_tokens scored tokens; all others agree to ~1e-7.
     expected = 0.5 / norms.rl_tokens if batch.rollouts[0].loss_on_response else 0.0
     assert float(gap) == pytest.approx(expected, abs=1e-5)
+
+
+def test_tis_weights_are_the_capped_trainer_over_engine_ratio(tiny_world, tmp_path):
+    import math
+
+    module, recorder = fit(tiny_world, tmp_path, steps=1, module_kwargs={"tis_cap": 1.5})
+    rows = recorder.batches[0].train
+    logprobs, _ = module.token_logprobs(module.scorer, rows, 1.0, with_entropy=False)
+    engine = torch.full_like(rows.loss_mask, float("nan"))
+    engine[:, :-1] = logprobs.detach() - math.log(2.0)  # the engine is twice less likely: ratio 2, capped at 1.5
+    engine[0, 0] = float("nan")  # a token without an engine logprob gets weight 1
+    engine[1, 0] = logprobs[1, 0].detach() + math.log(2.0)  # ratio 1/2 stays 1/2
+    rows.engine_logprobs = engine
+    weights = module.tis_weights(logprobs, rows)
+    assert weights[0, 0] == 1.0 and weights[1, 0] == pytest.approx(0.5) and weights[2, 3] == pytest.approx(1.5)
+    module.hparams.tis_cap = 0.0
+    assert module.tis_weights(logprobs, rows) is None
