@@ -11,7 +11,7 @@ Models: the tiny world's Qwen2 (hidden 128, 2 layers) and a ~47M-parameter Qwen2
 8 heads, 4 KV heads, MLP 2048), random weights. Each round runs the engine and the loop once, alternating which
 goes first, after one untimed warm-up of each; the figures are medians over rounds.
 
-    python bench/generation.py                   # defaults: ~2 min on the shared 2-core VM
+    python bench/generation.py                   # defaults: ~1.5 min on the shared 2-core VM
     python bench/generation.py --models tiny --rounds 1      # smoke test
 
 The last line is ``generation_speedup=<engine tokens/s ÷ loop tokens/s>`` of the last model.

@@ -25,7 +25,7 @@ Threads: ``--threads 1`` by default. On the shared 2-core VM, torch's default of
 kernel into a wait for a descheduled thread whenever another job runs (a 64×128×384 linear: ~70 µs with one
 thread, 0.9–15 ms with two); ``--threads 0`` keeps torch's default.
 
-    python bench/step_vs_trl.py                                  # defaults: ~3 min on the shared 2-core VM
+    python bench/step_vs_trl.py                                  # defaults: ~1.5 min on the shared 2-core VM
     python bench/step_vs_trl.py --model-size 10m --prompts 4 --generations 4 --max-new-tokens 32
     python bench/step_vs_trl.py --rounds 1 --steps 2 --no-chord --no-profile   # smoke test
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -81,6 +82,41 @@ def test_ranks_come_from_slurm_variables(tiny_world, tmp_path, single):
     logs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), logs[0][-3000:] + logs[1][-3000:]
     assert "SLURMEnvironment" in logs[0]
+    two = torch.load(out)
+    assert two["loss"] == pytest.approx(single["loss"], abs=1e-5)
+    for name, weight in single["weights"].items():
+        torch.testing.assert_close(two["weights"][name], weight, atol=2e-5, rtol=1e-4, msg=name)
+
+
+def slurm_is_up() -> bool:
+    if shutil.which("srun") is None:
+        return False
+    result = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+    return result.returncode == 0 and "idle" in result.stdout
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(not slurm_is_up(), reason="no Slurm cluster here (scripts/local_slurm.sh starts one)")
+def test_srun_two_tasks_take_the_same_step_as_one(tiny_world, tmp_path, single):
+    """A real ``srun`` launch: Slurm starts both tasks; Lightning's SLURMEnvironment does the rest."""
+    out = tmp_path / "out.pt"
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}
+    command = [
+        "srun",
+        "-N1",
+        "--ntasks-per-node=2",
+        "-J",
+        "lit_chord_test",
+        sys.executable,
+        str(SCRIPT),
+        str(tiny_world),
+        str(out),
+        "2",
+        "slurm",
+    ]
+    result = subprocess.run(command, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("cluster environment: SLURMEnvironment") == 2
     two = torch.load(out)
     assert two["loss"] == pytest.approx(single["loss"], abs=1e-5)
     for name, weight in single["weights"].items():
