@@ -54,6 +54,10 @@ class TrainTensors:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
+    def select(self, keep: Tensor) -> TrainTensors:
+        """The rows where ``keep`` ``(B,)`` is true."""
+        return TrainTensors(**{k: None if v is None else v[keep] for k, v in self.__dict__.items()})
+
     def micro_batches(self, size: int) -> list[TrainTensors]:
         """Split rows into chunks of ``size`` and trim each chunk's trailing padding."""
         chunks = []

@@ -4,10 +4,10 @@ Each variant is ``configs/demo.yaml`` with a variant file layered on it (files h
 ``chord_mu`` (demo.yaml itself), ``sft_only``, ``grpo_only``, ``fixed_mix``, ``chord_phi``, and ``sft_then_grpo``,
 two runs that split the step budget: SFT, then GRPO starting from the SFT run's export. Runs go one after
 another as subprocesses of ``python -m lit_chord fit``, so each is an ordinary run that can be rerun or inspected
-alone: ``<out>/runs/<variant>_s<seed>/`` holds its ``run.yaml`` (budget, seed, where it logs), ``log.txt``,
-``metrics.csv``, checkpoints, samples and the exported policy (a two-phase variant keeps its phases under
-``<out>/phases/`` and joins their logs, the second phase's steps shifted by the first's budget). A rerun into the
-same ``--out`` replaces the run folders.
+alone: ``<out>/runs/<variant>_s<seed>/`` holds its ``run.yaml`` (budget, seed, where it logs and checkpoints),
+``log.txt``, ``metrics.csv``, checkpoints, samples and the exported policy (a two-phase variant keeps its phases
+under ``<out>/phases/`` and joins their logs, the second phase's steps shifted by the first's budget). A rerun
+into the same ``--out`` replaces the run folders.
 
 Seed ``s`` sets ``seed_everything``, ``model.init_seed = s`` and ``data.seed = 42 + s``, so seed 0 is the demo
 itself. Writes ``<out>/results.md`` (final and best held-out greedy accuracy, steps, wall time) and
@@ -26,6 +26,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from lit_chord.plot import plot_runs, read_metrics
 
@@ -64,31 +66,48 @@ def split_budget(steps: int, phases: int) -> list[int]:
     return [share] * (phases - 1) + [steps - share * (phases - 1)]
 
 
-def run_config(run_dir: Path, steps: int, seed: int, val_every: int, init_from: Path | None) -> dict:
-    """The layer on top of the variant that makes it one run of the comparison (JSON is YAML)."""
+def run_config(
+    run_dir: Path, steps: int, seed: int, val_every: int, init_from: Path | None, layers: list[Path]
+) -> dict:
+    """The layer on top of the variant's ``layers`` that makes it one run of the comparison (JSON is YAML)."""
     model: dict = {"init_seed": seed}
     if init_from is not None:  # a later phase starts from the previous phase's export
         model = {"model": str(init_from), "random_init": False}
-    return {
-        "seed_everything": seed,
-        "trainer": {
-            "max_steps": steps,
-            "val_check_interval": val_interval(steps, val_every),
-            "default_root_dir": str(run_dir),
-            "logger": [
-                {
-                    "class_path": "lightning.pytorch.loggers.CSVLogger",
-                    "init_args": {"save_dir": str(run_dir), "name": "", "version": ""},  # log into run_dir itself
-                }
-            ],
-        },
-        "model": model,
-        "data": {"seed": 42 + seed},
+    trainer = {
+        "max_steps": steps,
+        "val_check_interval": val_interval(steps, val_every),
+        "default_root_dir": str(run_dir),
+        "logger": [
+            {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(run_dir), "name": "", "version": ""},  # log into run_dir itself
+            }
+        ],
     }
+    callbacks = checkpoints_into(run_dir / "checkpoints", layers)
+    if callbacks is not None:
+        trainer["callbacks"] = callbacks
+    return {"seed_everything": seed, "trainer": trainer, "model": model, "data": {"seed": 42 + seed}}
 
 
-def fit_command(base: Path, layers: tuple[str, ...], run_yaml: Path, overrides: list[str]) -> list[str]:
-    configs = [base, *(base.parent / layer for layer in layers), run_yaml]
+def checkpoints_into(dirpath: Path, layers: list[Path]) -> list | None:
+    """The layered configs' callbacks with every ``ModelCheckpoint`` saving into ``dirpath``: a base config pins one
+    folder (so that ``--ckpt_path last`` finds it), which the runs of a comparison must not share."""
+    callbacks = None
+    for layer in layers:
+        callbacks = ((yaml.safe_load(layer.read_text()) or {}).get("trainer") or {}).get("callbacks", callbacks)
+    if callbacks is None:
+        return None
+    return [
+        {**cb, "init_args": {**(cb.get("init_args") or {}), "dirpath": str(dirpath)}}
+        if isinstance(cb, dict) and str(cb.get("class_path", "")).endswith("ModelCheckpoint")
+        else cb
+        for cb in callbacks
+    ]
+
+
+def fit_command(layers: list[Path], run_yaml: Path, overrides: list[str]) -> list[str]:
+    configs = [*layers, run_yaml]
     return [sys.executable, "-m", "lit_chord", "fit", *(a for c in configs for a in ("--config", str(c))), *overrides]
 
 
@@ -110,14 +129,16 @@ def run_variant(
         stems = [Path(layers[0]).stem if layers else "base" for layers in phases]
         phase_dirs = [out / "phases" / f"{name}_s{seed}" / f"{i}_{stem}" for i, stem in enumerate(stems)]
     init_from, wall, returncode, done = None, 0.0, 0, []
-    for phase_dir, layers, budget in zip(phase_dirs, phases, budgets, strict=True):
+    for phase_dir, variant_files, budget in zip(phase_dirs, phases, budgets, strict=True):
         shutil.rmtree(phase_dir, ignore_errors=True)
         phase_dir.mkdir(parents=True)
+        layers = [base, *(base.parent / file for file in variant_files)]
         run_yaml = phase_dir / "run.yaml"
-        run_yaml.write_text(json.dumps(run_config(phase_dir, budget, seed, val_every, init_from), indent=2) + "\n")
+        config = run_config(phase_dir, budget, seed, val_every, init_from, layers)
+        run_yaml.write_text(json.dumps(config, indent=2) + "\n")
         print(f"[compare] {name} seed {seed}: {budget} steps -> {phase_dir}", flush=True)
         start = time.perf_counter()
-        returncode = run(fit_command(base, layers, run_yaml, overrides), phase_dir / "log.txt")
+        returncode = run(fit_command(layers, run_yaml, overrides), phase_dir / "log.txt")
         wall += time.perf_counter() - start
         done.append((phase_dir, sum(budgets[: len(done)])))
         if returncode:

@@ -240,21 +240,34 @@ class ChordModule(LightningModule):
         return Normalizers.from_tensor(total)
 
     def training_step(self, batch: StepBatch, batch_idx: int) -> None:
-        hp, mu = self.hparams, self.mu()
+        mu = self.mu()
         rows = batch.train.to(self.device)
         normalizers = self.global_normalizers(rows)
         horizon = rows.input_ids.shape[1] - 1  # one constant per step for seq-mean-token-sum-norm
         optimizer = self.optimizers()
         optimizer.zero_grad(set_to_none=True)
         totals: dict[str, Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
-        for micro in rows.micro_batches(hp.micro_batch_size):
+        micro_batches, real = self.micro_batches(rows)
+        for index, micro in enumerate(micro_batches):
             out = self.micro_batch_loss(micro, mu, normalizers, batch.temperature, horizon)
+            weight = 1.0 if index < real else 0.0  # padding passes only keep the ranks' collectives in step
             # Strategies average gradients over ranks; the normalizers already divide by the global count.
-            self.manual_backward(out.loss * self.trainer.world_size)
+            self.manual_backward(out.loss * self.trainer.world_size * weight)
             for key, value in out.metrics.items():
+                value = value * weight
                 totals[key] = torch.maximum(totals[key], value) if key == "ratio_max" else totals[key] + value
         grad_norm = self.clip_and_check(optimizer)
         self.log_step(totals, mu, grad_norm, batch)
+
+    def micro_batches(self, rows: TrainTensors) -> tuple[list[TrainTensors], int]:
+        """The step's micro-batches without the rows that carry no loss token (truncated rollouts: no gradient,
+        no metric), and how many of them are real. Every rank must run as many backward passes as the others
+        (DDP and FSDP2 reduce gradients in backward), so ranks with fewer are padded with zero-weight passes."""
+        kept = rows.select(rows.loss_mask.bool().any(-1))
+        micro_batches = kept.micro_batches(self.hparams.micro_batch_size) if len(kept) else []
+        real = len(micro_batches)
+        most = int(self.trainer.strategy.reduce(torch.tensor(real, device=self.device), reduce_op="max"))
+        return micro_batches + [rows.micro_batches(1)[0]] * (most - real), real
 
     def micro_batch_loss(
         self, micro: TrainTensors, mu: float, normalizers: Normalizers, temperature: float, horizon: int | None = None
@@ -327,8 +340,8 @@ class ChordModule(LightningModule):
 
     def log_step(self, totals: dict[str, Tensor], mu: float, grad_norm: Tensor, batch: StepBatch) -> None:
         additive = {k: v for k, v in totals.items() if k not in NON_ADDITIVE}
-        keys = sorted(additive)
-        summed = self.trainer.strategy.reduce(torch.stack([additive[k] for k in keys]), reduce_op="sum")
+        keys = sorted(additive)  # the same on every rank: padding passes report the same metrics (times 0)
+        summed = self.trainer.strategy.reduce(torch.stack([additive[k] for k in keys]), reduce_op="sum") if keys else []
         metrics = {f"{'rollout' if k == 'logprob_gap' else 'train'}/{k}": v for k, v in zip(keys, summed, strict=True)}
         metrics["train/ratio_max"] = totals["ratio_max"]
         metrics["train/mu"] = torch.tensor(mu)

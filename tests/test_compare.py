@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lit_chord import compare
 from lit_chord.plot import read_metrics
@@ -55,6 +56,12 @@ def test_variants_launch_layered_configs_and_the_table_reads_their_logs(tmp_path
     assert (sft_run["trainer"]["max_steps"], sft_run["trainer"]["val_check_interval"]) == (4, 4)
     assert sft_run["model"] == {"init_seed": 0} and sft_run["data"] == {"seed": 42}
     assert grpo_run["model"] == {"model": str(phases / "0_demo_sft_only" / "export"), "random_init": False}
+    # demo.yaml pins ModelCheckpoint's dirpath; each run gets its own, every other callback is kept.
+    callbacks = json.loads((tmp_path / "runs" / "chord_mu_s0" / "run.yaml").read_text())["trainer"]["callbacks"]
+    demo_callbacks = yaml.safe_load(base.read_text())["trainer"]["callbacks"]
+    assert [c["class_path"] for c in callbacks] == [c["class_path"] for c in demo_callbacks]
+    (checkpoint,) = [c for c in callbacks if c["class_path"].endswith("ModelCheckpoint")]
+    assert checkpoint["init_args"]["dirpath"] == str(tmp_path / "runs" / "chord_mu_s0" / "checkpoints")
 
     joined = read_metrics(results[1].run_dir / "metrics.csv")
     # phase 2's steps are shifted by phase 1's budget (4): validations at 1, 3 | 5, 7.

@@ -192,3 +192,18 @@ def test_tis_weights_are_the_capped_trainer_over_engine_ratio(tiny_world, tmp_pa
     assert weights[0, 0] == 1.0 and weights[1, 0] == pytest.approx(0.5) and weights[2, 3] == pytest.approx(1.5)
     module.hparams.tis_cap = 0.0
     assert module.tis_weights(logprobs, rows) is None
+
+
+def test_rows_without_loss_tokens_are_skipped_without_changing_the_gradient(tiny_world, tmp_path):
+    module, recorder = fit(tiny_world, tmp_path, steps=1)
+    rows = recorder.batches[0].train
+    assert not rows.loss_mask.bool().any(-1).all()  # some rollouts were truncated at max_new_tokens=8
+    norms = count_normalizers(rows.loss_mask[:, :-1], rows.is_expert)
+    grads = []
+    for parts in (rows.micro_batches(len(rows)), module.micro_batches(rows)[0]):
+        module.zero_grad()
+        for part in parts:
+            module.micro_batch_loss(part, 0.5, norms, 1.0).loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in module.policy.parameters()]))
+    assert sum(len(p) for p in module.micro_batches(rows)[0]) == int(rows.loss_mask.bool().any(-1).sum())
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-5)
