@@ -170,14 +170,15 @@ def join_metrics(parts: list[tuple[Path, int]], out: Path) -> None:
 
 
 def summary(result: RunResult) -> dict:
-    """Final and best held-out accuracy, and optimizer steps taken (rows that logged ``train/loss``)."""
+    """Final and best held-out accuracy, and optimizer steps taken (rows that logged ``train/mu``, which every step
+    logs, even one whose rollouts were all truncated)."""
     path = result.run_dir / "metrics.csv"
     series = read_metrics(path) if path.exists() else {}
     accuracy = [value for _, value in series.get(ACCURACY, [])]
     return {
         "final": accuracy[-1] if accuracy else None,
         "best": max(accuracy) if accuracy else None,
-        "steps": len(series.get("train/loss", [])),
+        "steps": len(series.get("train/mu", [])),
     }
 
 
