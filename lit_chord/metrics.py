@@ -7,17 +7,20 @@ and grows with n. avg@k is the mean correctness of the samples, i.e. the same es
 
 Each named held-out set gets one ``HeldOutMetrics`` (torchmetrics ``MeanMetric``s, so ranks are reduced exactly
 and epochs reset by Lightning); its keys are ``val/<set>/greedy_acc``, ``val/<set>/avg@k``, ``val/<set>/pass@k``
-and ``val/<set>/response_len``.
+and ``val/<set>/response_len``. ``logprob_gap`` measures how far the rollout engine's numerics drift from the
+trainer's on the sampled tokens.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from lit_chord.batch import ValResult
+from lit_chord.batch import TrainTensors, ValResult
+from lit_chord.loss import Normalizers
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -64,3 +67,15 @@ class HeldOutMetrics(nn.Module):
             metric = getattr(self, attribute)
             if metric.update_count:
                 yield suffix, attribute, metric
+
+
+def logprob_gap(logprobs: Tensor, rows: TrainTensors, normalizers: Normalizers) -> dict[str, Tensor]:
+    """Mean |trainer − engine| log-probability over the rollout tokens the engine scored, as a token-mean share of
+    the step (additive over micro-batches). It measures how far the sampler's numerics (vLLM kernels, bf16) drift
+    from the policy being trained. Empty without engine log-probabilities."""
+    if rows.engine_logprobs is None:
+        return {}
+    engine = rows.engine_logprobs[:, : logprobs.shape[1]].to(logprobs.device)
+    scored = rows.loss_mask[:, : logprobs.shape[1]].bool() & ~rows.is_expert[:, None] & ~engine.isnan()
+    gap = torch.where(scored, (logprobs.float() - engine).abs(), torch.zeros((), device=logprobs.device))
+    return {"logprob_gap": gap.sum() / max(normalizers.rl_tokens, 1.0)}

@@ -25,9 +25,9 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from lit_chord.batch import StepBatch, TrainTensors
-from lit_chord.logprobs import token_logprobs
 from lit_chord.loss import LossAgg, Normalizers, chord_loss, count_normalizers, mu_schedule
-from lit_chord.metrics import HeldOutMetrics
+from lit_chord.metrics import HeldOutMetrics, logprob_gap
+from lit_chord.scorer import PolicyScorer, shard_fsdp2
 
 NON_ADDITIVE = ("mu", "ratio_max")
 
@@ -35,47 +35,6 @@ NON_ADDITIVE = ("mu", "ratio_max")
 def adamw(params) -> torch.optim.Optimizer:
     """The reference optimizer: AdamW, lr 1e-6, betas (0.9, 0.999), weight decay 0.01, constant LR."""
     return torch.optim.AdamW(params, lr=1e-6, betas=(0.9, 0.999), weight_decay=0.01)
-
-
-def logprob_gap(logprobs: Tensor, rows: TrainTensors, normalizers: Normalizers) -> dict[str, Tensor]:
-    """Mean |trainer − engine| log-probability over the rollout tokens the engine scored, as a token-mean share of
-    the step (additive over micro-batches). It measures how far the sampler's numerics (vLLM kernels, bf16) drift
-    from the policy being trained. Empty without engine log-probabilities."""
-    if rows.engine_logprobs is None:
-        return {}
-    engine = rows.engine_logprobs[:, : logprobs.shape[1]].to(logprobs.device)
-    scored = rows.loss_mask[:, : logprobs.shape[1]].bool() & ~rows.is_expert[:, None] & ~engine.isnan()
-    gap = torch.where(scored, (logprobs.float() - engine).abs(), torch.zeros((), device=logprobs.device))
-    return {"logprob_gap": gap.sum() / max(normalizers.rl_tokens, 1.0)}
-
-
-class PolicyScorer(nn.Module):
-    """A causal LM whose forward returns the log-probabilities (and entropies) of the next tokens, never logits.
-
-    Under FSDP2 this wrapper is the root that is sharded last, so its forward is where the root's parameters
-    (embeddings, final norm, the LM head tied to them) are gathered for the chunked projection.
-    """
-
-    def __init__(self, lm: nn.Module) -> None:
-        super().__init__()
-        self.lm = lm
-
-    def forward(
-        self, input_ids: Tensor, attention_mask: Tensor, temperature: float, chunk_size: int, with_entropy: bool
-    ) -> tuple[Tensor, Tensor | None]:
-        """Shapes: ``(B, T)`` in, ``(B, T - 1)`` out: position t scores ``input_ids[:, t + 1]``."""
-        hidden = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        weight = self.lm.get_output_embeddings().weight
-        return token_logprobs(hidden[:, :-1], weight, input_ids[:, 1:], temperature, chunk_size, with_entropy)
-
-
-def shard_fsdp2(scorer: PolicyScorer, mesh) -> None:
-    """FSDP2: one unit per decoder layer, then the root (embeddings, norm, head)."""
-    from torch.distributed.fsdp import fully_shard
-
-    for layer in scorer.lm.get_decoder().layers:
-        fully_shard(layer, mesh=mesh)
-    fully_shard(scorer, mesh=mesh)
 
 
 class ChordModule(LightningModule):

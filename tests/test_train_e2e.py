@@ -157,7 +157,7 @@ def test_export_loads_with_from_pretrained(tiny_world, tmp_path):
 
 def test_logprob_gap_compares_engine_and_trainer_token_by_token(tiny_world, tmp_path):
     from lit_chord.batch import pad_sequences
-    from lit_chord.module import logprob_gap
+    from lit_chord.metrics import logprob_gap
 
     module, recorder = fit(tiny_world, tmp_path, steps=1)
     batch = recorder.batches[0]

@@ -1,0 +1,40 @@
+"""``PolicyScorer``: the policy as a function from token ids to next-token log-probabilities, never logits.
+
+It exists for FSDP2: sharded last, it is the root whose forward gathers the root parameters (embeddings, final
+norm, the LM head tied to them) around the chunked projection of ``lit_chord.logprobs``.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from lit_chord.logprobs import token_logprobs
+
+
+class PolicyScorer(nn.Module):
+    """A causal LM whose forward returns the log-probabilities (and entropies) of the next tokens, never logits.
+
+    Under FSDP2 this wrapper is the root that is sharded last, so its forward is where the root's parameters
+    (embeddings, final norm, the LM head tied to them) are gathered for the chunked projection.
+    """
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor, temperature: float, chunk_size: int, with_entropy: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """Shapes: ``(B, T)`` in, ``(B, T - 1)`` out: position t scores ``input_ids[:, t + 1]``."""
+        hidden = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        weight = self.lm.get_output_embeddings().weight
+        return token_logprobs(hidden[:, :-1], weight, input_ids[:, 1:], temperature, chunk_size, with_entropy)
+
+
+def shard_fsdp2(scorer: PolicyScorer, mesh) -> None:
+    """FSDP2: one unit per decoder layer, then the root (embeddings, norm, head)."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in scorer.lm.get_decoder().layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(scorer, mesh=mesh)
