@@ -12,9 +12,9 @@ import math
 import re
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
+from helpers import cpu_trainer
 from lightning.pytorch import Callback
 
 from lit_chord.__main__ import main
@@ -241,15 +241,8 @@ def tiny_fit(world, good_prompts, steps, callbacks=(), reward_fn=None, profiler=
     )
     recorder = Recorder()
     rollout = RolloutCallback(max_new_tokens=6, **({"reward_fn": reward_fn} if reward_fn else {}))
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = cpu_trainer(
         max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
         profiler=profiler,
         callbacks=[rollout, recorder, *callbacks],
     )

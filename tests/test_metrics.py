@@ -5,9 +5,9 @@ from __future__ import annotations
 import csv
 import math
 
-import lightning as L
 import pytest
 import torch
+from helpers import cpu_trainer
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import CSVLogger
 
@@ -99,16 +99,12 @@ def test_named_sets_log_their_own_metrics(tiny_world, tmp_path):
     )
     module = ChordModule(model=str(tiny_world / "model"), mu_warmup_steps=0, mu_decay_steps=0, mu_valley=0.0)
     recorder = ResultRecorder()
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = cpu_trainer(
+        limit_val_batches=1.0,
         max_steps=1,
         val_check_interval=1,
         check_val_every_n_epoch=None,
-        num_sanity_val_steps=0,
         logger=CSVLogger(tmp_path, name=""),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[RolloutCallback(max_new_tokens=6, val_num_samples=3, val_pass_k=2), recorder],
     )
     trainer.fit(module, datamodule=data)

@@ -19,10 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 import yaml
+from helpers import cpu_trainer
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -122,14 +122,9 @@ def fit(world: Path, model: Path, root: Path, max_steps: int, global_seed: int, 
     )
     engine, recorder = SpyEngine(), Recorder()
     checkpoint = ModelCheckpoint(dirpath=root, save_last=True, every_n_train_steps=2, save_top_k=-1)
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = cpu_trainer(
+        enable_checkpointing=True,
         max_steps=max_steps,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
         callbacks=[
             RolloutCallback(engine=engine, reward_fn=digit_share, max_new_tokens=8),
             recorder,

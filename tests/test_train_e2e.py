@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
-import lightning as L
 import pytest
 import torch
+from helpers import cpu_trainer
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import CSVLogger
 
@@ -57,15 +57,9 @@ def fit(world, tmp_path, steps=3, module_kwargs=None, data_kwargs=None, callback
         **(module_kwargs or {}),
     )
     recorder = Recorder()
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = cpu_trainer(
         max_steps=steps,
         logger=CSVLogger(tmp_path),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
         callbacks=[RolloutCallback(max_new_tokens=8), recorder, *callbacks],
     )
     trainer.fit(module, datamodule=datamodule(world, **(data_kwargs or {})))

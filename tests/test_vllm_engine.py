@@ -11,6 +11,7 @@ import time
 
 import pytest
 import torch
+from helpers import cpu_trainer
 
 from lit_chord.engines import Completion, SamplingConfig
 
@@ -146,7 +147,6 @@ def test_the_same_seed_gives_the_same_samples(engine, policy):
 
 
 def test_fit_two_steps_with_vllm_rollouts(engine, tiny_world, tmp_path):
-    import lightning as L
     from lightning.pytorch.loggers import CSVLogger
     from test_train_e2e import Recorder, datamodule
 
@@ -182,15 +182,9 @@ def test_fit_two_steps_with_vllm_rollouts(engine, tiny_world, tmp_path):
         micro_batch_size=4,
         optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2),
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = cpu_trainer(
         max_steps=2,
         logger=CSVLogger(tmp_path),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
         callbacks=[RolloutCallback(engine=spy, max_new_tokens=8), recorder],
     )
     trainer.fit(module, datamodule=datamodule(tiny_world))
