@@ -11,6 +11,7 @@ Generation is seeded by ``(seed, step, rank)``, so a resumed run samples what an
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -121,7 +122,7 @@ class RolloutCallback(Callback):
         sync_seconds = self.sync_weights(trainer, pl_module)
         seed = self.seed + 1_000_003 * batch.step + 7919 * trainer.global_rank
         start = time.perf_counter()
-        sampling = SamplingConfig(**{**self.sampling.__dict__, "seed": seed})
+        sampling = dataclasses.replace(self.sampling, seed=seed)
         groups = self.generate(pl_module, [p.prompt_ids for p in batch.prompts], batch.num_generations, sampling)
         gen_seconds = time.perf_counter() - start
         # The training step's own randomness (dropout, if the model has any) follows (seed, step, rank) too: Lightning
