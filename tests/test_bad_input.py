@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import cpu_trainer
+from helpers import NanGradient, cpu_trainer
 from lightning.pytorch import Callback
 
 from lit_chord.__main__ import main
@@ -213,23 +213,6 @@ class Recorder(Callback):
         self.batches.append(batch)
         after = list(pl_module.policy.parameters())
         self.unchanged.append(all(torch.equal(a, b) for a, b in zip(self.before, after, strict=True)))
-
-
-class NanGradient(Callback):
-    """Poisons the gradient of one parameter with NaN at the given 1-based steps."""
-
-    def __init__(self, steps: set[int]) -> None:
-        self.steps, self.handle = steps, None
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step + 1 in self.steps:
-            norm = pl_module.policy.get_decoder().norm.weight
-            self.handle = norm.register_hook(lambda grad: torch.full_like(grad, float("nan")))
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if self.handle is not None:
-            self.handle.remove()
-            self.handle = None
 
 
 def tiny_fit(world, good_prompts, steps, callbacks=(), reward_fn=None, profiler=None, **module_kwargs):

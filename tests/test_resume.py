@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import cpu_trainer
+from helpers import NanGradient, cpu_trainer
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -68,23 +68,6 @@ class Recorder(Callback):
         self.rollouts[trainer.global_step] = [s.response_ids for s in batch.rollouts]
 
 
-class NanGradientAt(Callback):
-    """Poisons one gradient with NaN at a 1-based step, so the run holds a skipped step before the checkpoint."""
-
-    def __init__(self, step: int) -> None:
-        self.step, self.handle = step, None
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step + 1 == self.step:
-            weight = pl_module.policy.get_decoder().norm.weight
-            self.handle = weight.register_hook(lambda grad: torch.full_like(grad, float("nan")))
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if self.handle is not None:
-            self.handle.remove()
-            self.handle = None
-
-
 class StallAt(Callback):
     """For the subprocess test: at the start of (0-based) step ``step``, after the checkpoint of the step before
     was written, write ``marker`` and wait to be killed."""
@@ -128,7 +111,7 @@ def fit(world: Path, model: Path, root: Path, max_steps: int, global_seed: int, 
         callbacks=[
             RolloutCallback(engine=engine, reward_fn=digit_share, max_new_tokens=8),
             recorder,
-            NanGradientAt(2),
+            NanGradient({2}),  # the checkpoint then holds a skipped step
             checkpoint,
         ],
     )
