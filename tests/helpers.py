@@ -1,10 +1,12 @@
-"""Shared test helpers: a quiet CPU ``Trainer`` for the tiny world, and a NaN-gradient fault injector."""
+"""Shared test helpers: the tiny world's datamodule, a quiet CPU ``Trainer``, and a NaN-gradient fault injector."""
 
 from __future__ import annotations
 
 import lightning as L
 import torch
 from lightning.pytorch import Callback
+
+from lit_chord.datamodule import ChordDataModule
 
 QUIET = dict(
     accelerator="cpu",
@@ -15,6 +17,22 @@ QUIET = dict(
     num_sanity_val_steps=0,
     limit_val_batches=0,
 )
+
+
+def tiny_datamodule(world, **overrides) -> ChordDataModule:
+    """The tiny world's streams, 2 prompts x 4 rollouts + 2 expert rows per step, unless ``overrides`` say."""
+    args = dict(
+        tokenizer=str(world / "model"),
+        prompt_data=str(world / "prompts.jsonl"),
+        expert_data=str(world / "expert.jsonl"),
+        prompts_per_step=2,
+        num_generations=4,
+        expert_data_ratio=0.2,
+        system_prompt=None,
+        max_prompt_length=64,
+        max_response_length=32,
+    )
+    return ChordDataModule(**{**args, **overrides})
 
 
 def cpu_trainer(**overrides) -> L.Trainer:

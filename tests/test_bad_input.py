@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import NanGradient, cpu_trainer
+from helpers import NanGradient, cpu_trainer, tiny_datamodule
 from lightning.pytorch import Callback
 
 from lit_chord.__main__ import main
@@ -229,17 +229,7 @@ def tiny_fit(world, good_prompts, steps, callbacks=(), reward_fn=None, profiler=
         profiler=profiler,
         callbacks=[rollout, recorder, *callbacks],
     )
-    dm = ChordDataModule(
-        tokenizer=str(world / "model"),
-        prompt_data=str(good_prompts),
-        expert_data=str(world / "expert.jsonl"),
-        prompts_per_step=2,
-        num_generations=4,
-        expert_data_ratio=0.2,
-        system_prompt=None,
-        max_prompt_length=64,
-        max_response_length=32,
-    )
+    dm = tiny_datamodule(world, prompt_data=str(good_prompts))
     trainer.fit(module, datamodule=dm)
     return trainer, module, recorder
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import NanGradient, cpu_trainer
+from helpers import NanGradient, cpu_trainer, tiny_datamodule
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -115,17 +115,7 @@ def fit(world: Path, model: Path, root: Path, max_steps: int, global_seed: int, 
             checkpoint,
         ],
     )
-    datamodule = ChordDataModule(
-        tokenizer=str(world / "model"),
-        prompt_data=str(world / "prompts.jsonl"),
-        expert_data=str(world / "expert.jsonl"),
-        prompts_per_step=2,
-        num_generations=4,
-        expert_data_ratio=0.2,
-        system_prompt=None,
-        max_prompt_length=64,
-        max_response_length=32,
-    )
+    datamodule = tiny_datamodule(world)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     return module, engine, recorder
 

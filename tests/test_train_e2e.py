@@ -6,11 +6,10 @@ import math
 
 import pytest
 import torch
-from helpers import cpu_trainer
+from helpers import cpu_trainer, tiny_datamodule
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import CSVLogger
 
-from lit_chord.datamodule import ChordDataModule
 from lit_chord.loss import count_normalizers
 from lit_chord.module import ChordModule
 from lit_chord.rollout_callback import RolloutCallback
@@ -28,21 +27,8 @@ class Recorder(Callback):
 
 
 def datamodule(world, **kwargs):
-    args = dict(
-        tokenizer=str(world / "model"),
-        prompt_data=str(world / "prompts.jsonl"),
-        expert_data=str(world / "expert.jsonl"),
-        val_data=str(world / "heldout.jsonl"),
-        prompts_per_step=2,
-        num_generations=4,
-        expert_data_ratio=0.2,
-        system_prompt="sys",
-        max_prompt_length=64,
-        max_response_length=32,
-        val_size=4,
-    )
-    args.update(kwargs)
-    return ChordDataModule(**args)
+    args = dict(val_data=str(world / "heldout.jsonl"), system_prompt="sys", val_size=4)
+    return tiny_datamodule(world, **{**args, **kwargs})
 
 
 def fit(world, tmp_path, steps=3, module_kwargs=None, data_kwargs=None, callbacks=()):
