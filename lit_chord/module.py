@@ -13,6 +13,7 @@ scores with is the one the batch was sampled from; the old log-probabilities are
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from lit_chord.batch import StepBatch, TrainTensors
+from lit_chord.flops import peak_flops, training_flops
 from lit_chord.loss import LossAgg, Normalizers, chord_loss, count_normalizers, mu_schedule
 from lit_chord.metrics import HeldOutMetrics, logprob_gap
 from lit_chord.scorer import PolicyScorer, shard_fsdp2
@@ -121,6 +123,7 @@ class ChordModule(LightningModule):
         self.val_accuracy = MeanMetric()  # "val/accuracy": the first held-out set's greedy accuracy
         self.val_metrics = nn.ModuleDict()  # str(dataloader_idx) -> HeldOutMetrics, made on first use
         self.val_before: float | None = None  # held-out accuracy of the sanity check, i.e. before training
+        self.peak_flops: float | None = None  # the device's peak FLOP/s at the trainer's precision, for train/mfu
 
     # ----- model ------------------------------------------------------------------------------------------------
     @property
@@ -175,6 +178,9 @@ class ChordModule(LightningModule):
             tensor = param.detach()
             yield name, tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
+    def on_fit_start(self) -> None:
+        self.peak_flops = peak_flops(self.device, str(self.trainer.precision))
+
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.scorer.parameters())
         if self.lr_scheduler_factory is None:
@@ -199,6 +205,7 @@ class ChordModule(LightningModule):
         return Normalizers.from_tensor(total)
 
     def training_step(self, batch: StepBatch, batch_idx: int) -> None:
+        start = time.perf_counter()
         mu = self.mu()
         rows = batch.train.to(self.device)
         normalizers = self.global_normalizers(rows)
@@ -215,8 +222,14 @@ class ChordModule(LightningModule):
             for key, value in out.metrics.items():
                 value = value * weight
                 totals[key] = torch.maximum(totals[key], value) if key == "ratio_max" else totals[key] + value
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step uses (the scheduler steps after it)
         grad_norm = self.clip_and_check(optimizer)
-        self.log_step(totals, mu, grad_norm, batch)
+        lengths = torch.cat([micro.attention_mask.sum(-1) for micro in micro_batches[:real]] or [torch.zeros(0)])
+        totals["tokens"] = lengths.sum().to(self.device, torch.float32)
+        totals["flops"] = torch.tensor(training_flops(self.policy, lengths), device=self.device)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the optimizer's kernels belong to this step's time
+        self.log_step(totals, mu, grad_norm, lr, time.perf_counter() - start, batch)
 
     def micro_batches(self, rows: TrainTensors) -> tuple[list[TrainTensors], int]:
         """The step's micro-batches without the rows that carry no loss token (truncated rollouts: no gradient,
@@ -279,9 +292,6 @@ class ChordModule(LightningModule):
         if torch.isfinite(grad_norm):
             optimizer.step()
             self.consecutive_skips = 0
-            scheduler = self.lr_schedulers()
-            if scheduler is not None:
-                scheduler.step()
         else:
             optimizer.zero_grad(set_to_none=True)
             self.skipped_steps += 1
@@ -295,18 +305,30 @@ class ChordModule(LightningModule):
                     f"{self.consecutive_skips} consecutive steps had a non-finite loss or gradient "
                     f"norm (last: {grad_norm.item()}); stopping. Lower the learning rate or check data."
                 )
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:  # stepped on skipped steps too: the LR follows global_step, as μ does
+            scheduler.step()
         return grad_norm
 
-    def log_step(self, totals: dict[str, Tensor], mu: float, grad_norm: Tensor, batch: StepBatch) -> None:
+    def log_step(
+        self, totals: dict[str, Tensor], mu: float, grad_norm: Tensor, lr: float, seconds: float, batch: StepBatch
+    ) -> None:
         additive = {k: v for k, v in totals.items() if k not in NON_ADDITIVE}
         keys = sorted(additive)  # the same on every rank: padding passes report the same metrics (times 0)
-        summed = self.trainer.strategy.reduce(torch.stack([additive[k] for k in keys]), reduce_op="sum") if keys else []
-        metrics = {f"{'rollout' if k == 'logprob_gap' else 'train'}/{k}": v for k, v in zip(keys, summed, strict=True)}
+        reduced = self.trainer.strategy.reduce(torch.stack([additive[k] for k in keys]), reduce_op="sum")
+        summed = dict(zip(keys, reduced, strict=True))
+        flops = summed.pop("flops")
+        metrics = {f"{'rollout' if k == 'logprob_gap' else 'train'}/{k}": v for k, v in summed.items()}
         metrics["train/ratio_max"] = totals["ratio_max"]
         metrics["train/mu"] = torch.tensor(mu)
         metrics["train/grad_norm"] = grad_norm.detach().float()
         metrics["train/skipped_steps"] = torch.tensor(float(self.skipped_steps))
-        metrics["train/lr"] = torch.tensor(self.optimizers().param_groups[0]["lr"])
+        metrics["train/lr"] = torch.tensor(lr)
+        # Throughput of the update (forward, backward, optimizer; generation is rollout/gen_seconds), all ranks.
+        metrics["train/update_seconds"] = torch.tensor(seconds)
+        metrics["train/tokens_per_second"] = metrics["train/tokens"] / seconds
+        if self.peak_flops:  # model FLOPs utilization (lit_chord.flops), where Lightning knows the device's peak
+            metrics["train/mfu"] = flops / (seconds * self.peak_flops * self.trainer.world_size)
         metrics.update({k: torch.tensor(float(v)) for k, v in batch.metrics.items()})
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
         self.log_dict(

@@ -247,7 +247,12 @@ def test_a_run_survives_a_reward_function_that_always_fails(tiny_world, good_pro
 def test_a_non_finite_gradient_skips_the_update_and_is_counted(tiny_world, good_prompts):
     # The simple profiler fails loudly if the skipped step does not pair Lightning's before/after-step hooks.
     trainer, module, recorder = tiny_fit(
-        tiny_world, good_prompts, steps=3, callbacks=[NanGradient({2})], profiler="simple"
+        tiny_world,
+        good_prompts,
+        steps=3,
+        callbacks=[NanGradient({2})],
+        profiler="simple",
+        lr_scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.5),
     )
     assert trainer.global_step == 3  # the skipped step still counts: μ and the streams stay aligned
     assert recorder.unchanged == [False, True, False]  # the weights did not move at step 2
@@ -256,6 +261,8 @@ def test_a_non_finite_gradient_skips_the_update_and_is_counted(tiny_world, good_
     hp = module.hparams
     expected_mu = [mu_schedule(s, hp.mu_warmup_steps, hp.mu_decay_steps, hp.mu_peak, hp.mu_valley) for s in (1, 2, 3)]
     assert [r["train/mu"] for r in recorder.logged] == pytest.approx(expected_mu)
+    # The LR each step used: 1e-2 halved once per step, the skipped one included (it follows global_step as μ does).
+    assert [r["train/lr"] for r in recorder.logged] == pytest.approx([1e-2, 5e-3, 2.5e-3])
     optimizer_state = next(iter(module.optimizers().optimizer.state.values()))
     assert optimizer_state["step"] == 2  # AdamW stepped twice, not three times (no moment update at step 2)
     progress = trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress.total

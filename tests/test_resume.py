@@ -32,7 +32,13 @@ from lit_chord.module import ChordModule
 from lit_chord.rollout_callback import RolloutCallback
 
 REPO = Path(__file__).parent.parent
-TIMING = ("rollout/gen_seconds", "rollout/sync_seconds")
+TIMING = (
+    "rollout/gen_seconds",
+    "rollout/sync_seconds",
+    "train/update_seconds",
+    "train/tokens_per_second",
+    "train/mfu",
+)
 
 
 def digit_share(completion: str, answer: str) -> float:

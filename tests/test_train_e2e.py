@@ -90,6 +90,15 @@ def test_each_step_mixes_expert_rows_and_rollout_groups(tiny_world, tmp_path):
     assert torch.allclose(batch.train.advantages[2:].view(2, 4).sum(-1), torch.zeros(2), atol=1e-5)
 
 
+def test_throughput_counts_the_tokens_of_the_rows_that_train(tiny_world, tmp_path):
+    _, recorder = fit(tiny_world, tmp_path, steps=1)
+    rows, logged = recorder.batches[0].train, recorder.logged[0]
+    trained = rows.loss_mask.bool().any(-1)  # truncated rollouts carry no loss token and are not run
+    assert logged["train/tokens"] == rows.attention_mask[trained].sum().item()
+    assert logged["train/tokens_per_second"] == pytest.approx(logged["train/tokens"] / logged["train/update_seconds"])
+    assert "train/mfu" not in logged  # no peak FLOP/s figure for a CPU
+
+
 def test_expert_rows_never_enter_the_rl_term(tiny_world, tmp_path):
     module, recorder = fit(tiny_world, tmp_path, steps=1)
     rows = recorder.batches[0].train
