@@ -4,8 +4,9 @@ Three parts, each measured at the shapes of Qwen2.5-0.5B / 1.5B / 7B (random wei
 checkpoint is downloaded or read; vLLM starts with ``load_format="dummy"``, as ``VLLMEngine`` always does):
 
 - **rollout**: tokens/s of ``lit_chord.engines.vllm_engine.VLLMEngine.generate`` (in-process engine, per-request
-  seeds, the sampled tokens' logprobs returned: what a training run uses) against standalone vLLM (``vllm.LLM``
-  with its defaults, i.e. a separate engine-core process, and plain ``SamplingParams``) on the same prompts:
+  seeds, the sampled tokens' logprobs returned: what a training run uses; and, taking turns on the same engine,
+  with ``per_request_seeds=False``) against standalone vLLM (``vllm.LLM`` with its defaults, i.e. a separate
+  engine-core process, and plain ``SamplingParams``) on the same prompts:
   ``--prompts`` random-token prompts of ``--prompt-len`` tokens, ``--n`` samples each, exactly ``--max-tokens``
   new tokens per sample (``ignore_eos``), so both do the same work. Median of ``--repeats`` timed calls after one
   warm-up call.
@@ -135,9 +136,17 @@ def rollout_ours(args, path: str) -> dict:
     ids = prompts(args, policy.config.vocab_size)
     sampling = SamplingConfig(temperature=1.0, max_new_tokens=args.max_tokens, seed=0)
     engine.generate(ids[:2], args.n, SamplingConfig(temperature=1.0, max_new_tokens=8, seed=0))  # warm-up
-    tokens = []
-    seconds = timed(lambda: tokens.append(count(engine.generate(ids, args.n, sampling))), args.repeats)
-    return {"tokens": tokens[-1], "seconds": statistics.median(seconds)}
+    tokens, seconds = [], {True: [], False: []}
+    for _ in range(args.repeats):  # with and without per-request seeds, taking turns
+        for seeded in (True, False):
+            engine.per_request_seeds = seeded
+            seconds[seeded] += timed(lambda: tokens.append(count(engine.generate(ids, args.n, sampling))), 1)
+    assert len(set(tokens)) == 1, tokens
+    return {
+        "tokens": tokens[-1],
+        "seconds": statistics.median(seconds[True]),
+        "seconds_unseeded": statistics.median(seconds[False]),
+    }
 
 
 def count(groups) -> int:
@@ -384,18 +393,20 @@ def main(argv: list[str] | None = None) -> int:
                 theirs = run_worker(args, "rollout-standalone", size, directory)
                 ours = run_worker(args, "rollout-ours", size, directory)
                 if theirs and ours:
-                    ratio = (ours["tokens"] / ours["seconds"]) / (theirs["tokens"] / theirs["seconds"])
+                    standalone = theirs["tokens"] / theirs["seconds"]
+                    seeded, unseeded = (ours["tokens"] / ours[key] for key in ("seconds", "seconds_unseeded"))
                     rows.append(
-                        f"rollout {size}: lit_chord {ours['tokens'] / ours['seconds']:,.0f} tokens/s, "
-                        f"standalone vLLM {theirs['tokens'] / theirs['seconds']:,.0f} tokens/s, ratio {ratio:.3f}"
+                        f"rollout {size}: standalone vLLM {standalone:,.0f} tokens/s; lit_chord {seeded:,.0f} "
+                        f"tokens/s (ratio {seeded / standalone:.3f}), without per-request seeds {unseeded:,.0f} "
+                        f"(ratio {unseeded / standalone:.3f})"
                     )
                     last = [line for line in last if not line.startswith("rollout_")]
-                    last.append(f"rollout_speed_vs_standalone_vllm={ratio:.3f}")
+                    last.append(f"rollout_speed_vs_standalone_vllm={seeded / standalone:.3f}")
             if "sync" in parts:
                 result = run_worker(args, "sync", size, directory)
                 if result:
                     rows.append(
-                        f"sync {size}: {result['seconds']:.3f} s for {result['gbytes']:.2f} GB "
+                        f"sync {size}: {result['seconds']:.3f} s for {result['gbytes']:.3g} GB "
                         f"({result['gbytes'] / result['seconds']:.1f} GB/s), "
                         f"max |Δ logprob| after the push {result['max_logprob_gap']:.2e}"
                     )

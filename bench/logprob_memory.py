@@ -6,6 +6,13 @@ run in this one invocation, each in its own fresh subprocess, and the script end
 
     python bench/logprob_memory.py                       # full size, a few minutes on 2 idle cores
     python bench/logprob_memory.py --tokens 512 --vocab 32000 --repeats 1   # smoke test
+    python bench/logprob_memory.py --step --tokens 2048 --repeats 1          # a whole training step (below)
+
+``--step`` measures a whole training step instead of the LM head alone: a Qwen2.5-0.5B-shaped policy (24 layers,
+hidden 896, vocab 151936, random weights, float32) scores ``--tokens`` tokens (rows of ``--row-len``) through its
+decoder and one of the two log-probability paths, back-propagates a per-token loss and takes an AdamW step. The
+baseline is then taken after the model is built, so both peaks also hold the gradients, AdamW's two moments and
+the decoder's activations, which the two paths share.
 
 Peak memory: the kernel's high-water mark of resident memory (``ru_maxrss``) only grows, so each variant lives in
 its own fresh worker process. A worker first allocates its inputs (``torch.randn`` straight into the final tensors, so
@@ -14,7 +21,8 @@ mark after its first forward + backward (the warm-up) minus that baseline. Both 
 gradient that any training step needs. (tracemalloc does not see torch's allocations; ru_maxrss counts the pages the
 process really touched, and large CPU tensors are mmap-backed, so freed memory leaves the resident set.)
 Time: median wall-clock of ``--repeats`` forward + backward runs after the warm-up. The two workers stay alive and
-take turns run by run (naive, chunked, naive, ...), so a change in machine load hits both variants alike.
+take turns run by run (naive, chunked, naive, ...), so a change in machine load hits both variants alike; with
+``--step`` they run one after the other, since two 0.5B models with their AdamW states do not fit in RAM together.
 """
 
 from __future__ import annotations
@@ -40,31 +48,64 @@ def rss_bytes() -> tuple[int, int]:
     return pages * resource.getpagesize(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def worker(args: argparse.Namespace) -> None:
-    """Serve one variant: allocate inputs, then answer each "run" line on stdin with a JSON line on stdout."""
-    torch.manual_seed(0)
+def logprobs(args: argparse.Namespace, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor):
+    if args.variant == "naive":
+        return naive_token_logprobs(hidden, weight, targets, with_entropy=args.entropy)
+    return token_logprobs(hidden, weight, targets, chunk_size=args.chunk_size, with_entropy=args.entropy)
+
+
+def lm_head_run(args: argparse.Namespace):
+    """Inputs of the LM head alone; returns the run (forward + backward) and the tensors whose gradients to report."""
     hidden = torch.randn(1, args.tokens, args.hidden, requires_grad=True)
     weight = torch.randn(args.vocab, args.hidden).mul_(0.05).requires_grad_()  # logits of O(1), like a real head
     targets = torch.randint(0, args.vocab, (1, args.tokens))
     token_weights = torch.randn(1, args.tokens)  # a generic per-token upstream gradient, like a policy loss
+
+    def run() -> None:
+        hidden.grad = weight.grad = None
+        lp, entropy = logprobs(args, hidden, weight, targets)
+        ((token_weights * lp).sum() + (entropy.mean() if args.entropy else 0.0)).backward()
+
+    return run, [hidden, weight]
+
+
+def training_step_run(args: argparse.Namespace):
+    """A Qwen2.5-0.5B-shaped policy, its rows and an AdamW; the run is one whole training step (``--step``)."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    config = Qwen2Config(
+        hidden_size=args.hidden, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+        num_key_value_heads=2, vocab_size=args.vocab, tie_word_embeddings=True,
+    )  # fmt: skip
+    model = AutoModelForCausalLM.from_config(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    rows = torch.randint(0, args.vocab, (args.tokens // args.row_len, args.row_len))
+    token_weights = torch.randn(rows.shape[0], args.row_len - 1)
+
+    def run() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        hidden = model.get_decoder()(input_ids=rows).last_hidden_state[:, :-1]
+        lp, entropy = logprobs(args, hidden, model.get_output_embeddings().weight, rows[:, 1:])
+        ((token_weights * lp).mean() + (entropy.mean() if args.entropy else 0.0)).backward()
+        optimizer.step()
+
+    return run, [model.get_input_embeddings().weight, model.model.layers[0].mlp.up_proj.weight]
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Serve one variant: allocate inputs, then answer each "run" line on stdin with a JSON line on stdout."""
+    torch.manual_seed(0)
+    run, reported = training_step_run(args) if args.step else lm_head_run(args)
     current, baseline = rss_bytes()
     for _ in sys.stdin:
-        hidden.grad = weight.grad = None
         start = time.perf_counter()
-        if args.variant == "naive":
-            logprobs, entropy = naive_token_logprobs(hidden, weight, targets, with_entropy=args.entropy)
-        else:
-            logprobs, entropy = token_logprobs(
-                hidden, weight, targets, chunk_size=args.chunk_size, with_entropy=args.entropy
-            )
-        loss = (token_weights * logprobs).sum() + (entropy.mean() if args.entropy else 0.0)
-        loss.backward()
+        run()
         seconds = time.perf_counter() - start
         report = {
             "seconds": seconds,
             "peak_bytes": rss_bytes()[1] - baseline,
             "baseline_gap_bytes": baseline - current,  # ≈ 0: nothing before the baseline peaked above the inputs
-            "grad_norms": [hidden.grad.double().norm().item(), weight.grad.double().norm().item()],
+            "grad_norms": [t.grad.double().norm().item() for t in reported],
             "threads": torch.get_num_threads(),
         }
         print(json.dumps(report), flush=True)
@@ -78,6 +119,8 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--entropy", action="store_true", help="also compute (and back-propagate) the entropy")
+    parser.add_argument("--step", action="store_true", help="a whole training step of a 0.5B-shaped policy")
+    parser.add_argument("--row-len", type=int, default=1024, help="tokens per row with --step")
     parser.add_argument("--variant", choices=["naive", "chunked"], help=argparse.SUPPRESS)  # worker mode
     args = parser.parse_args()
     if args.variant:
@@ -85,43 +128,51 @@ def main() -> None:
         return
 
     variants = ("naive", "chunked")
-    workers = {
-        v: subprocess.Popen(
-            [sys.executable, __file__, *sys.argv[1:], "--variant", v],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for v in variants
-    }
 
-    def run(variant: str) -> dict:
-        proc = workers[variant]
+    def start(variant: str) -> subprocess.Popen:
+        command = [sys.executable, __file__, *sys.argv[1:], "--variant", variant]
+        return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def run(proc: subprocess.Popen) -> dict:
         proc.stdin.write("run\n")
         proc.stdin.flush()
-        return json.loads(proc.stdout.readline())
+        line = proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"a worker died (exit {proc.wait()}); out of memory? (dmesg tells)")
+        return json.loads(line)
 
-    warmup = {v: run(v) for v in variants}  # first run of each fresh process: its peak memory
-    times = {v: [] for v in variants}
-    for _ in range(args.repeats):
-        for v in variants:
-            times[v].append(run(v)["seconds"])
-    for proc in workers.values():
+    def stop(proc: subprocess.Popen) -> None:
         proc.stdin.close()
         proc.wait()
 
+    warmup, times = {}, {v: [] for v in variants}
+    if args.step:  # two 0.5B models with AdamW states do not fit in RAM side by side: one worker after the other
+        for v in variants:
+            proc = start(v)
+            warmup[v] = run(proc)
+            times[v] = [run(proc)["seconds"] for _ in range(args.repeats)]
+            stop(proc)
+    else:
+        workers = {v: start(v) for v in variants}
+        warmup = {v: run(workers[v]) for v in variants}  # first run of each fresh process: its peak memory
+        for _ in range(args.repeats):
+            for v in variants:
+                times[v].append(run(workers[v])["seconds"])
+        for proc in workers.values():
+            stop(proc)
+
     print(
         f"tokens={args.tokens} vocab={args.vocab} hidden={args.hidden} chunk_size={args.chunk_size} "
-        f"entropy={args.entropy} repeats={args.repeats} threads={warmup['naive']['threads']} torch={torch.__version__}"
+        f"entropy={args.entropy} step={args.step} repeats={args.repeats} threads={warmup['naive']['threads']} "
+        f"torch={torch.__version__}"
     )
     print(f"{'variant':<8} {'peak MiB':>9} {'median s':>9} {'warm-up s':>10}  runs s")
     for v in variants:
         runs = " ".join(f"{t:.2f}" for t in times[v])
         peak, median = warmup[v]["peak_bytes"] / 2**20, statistics.median(times[v])
         print(f"{v:<8} {peak:>9.0f} {median:>9.2f} {warmup[v]['seconds']:>10.2f}  {runs}")
-    norms = zip(
-        ("|grad hidden|", "|grad weight|"), warmup["naive"]["grad_norms"], warmup["chunked"]["grad_norms"], strict=True
-    )
+    names = ("|grad embedding|", "|grad layer 0 up_proj|") if args.step else ("|grad hidden|", "|grad weight|")
+    norms = zip(names, warmup["naive"]["grad_norms"], warmup["chunked"]["grad_norms"], strict=True)
     for name, a, b in norms:
         print(f"{name}: naive {a:.6g} chunked {b:.6g} (rel. diff {abs(a - b) / max(abs(a), 1e-30):.1e})")
     memory_ratio = warmup["chunked"]["peak_bytes"] / warmup["naive"]["peak_bytes"]

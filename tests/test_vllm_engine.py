@@ -146,6 +146,19 @@ def test_the_same_seed_gives_the_same_samples(engine, policy):
     assert len({tuple(ids) for ids in first}) == len(first)  # 8 distinct samples (distinct seeds inside)
 
 
+def test_without_per_request_seeds_the_engine_generator_samples(engine, policy):
+    engine.load_weights(policy.named_parameters())
+    sampling = SamplingConfig(max_new_tokens=16, seed=7)
+    engine.per_request_seeds = False
+    try:
+        first, second = (engine.generate([PROMPTS[0]], 4, sampling)[0] for _ in range(2))
+    finally:
+        engine.per_request_seeds = True
+    # The step's seed is not applied: the engine's generator moves on between calls.
+    assert [c.token_ids for c in first] != [c.token_ids for c in second]
+    assert all(c.finished or len(c.token_ids) == 16 for c in first + second)
+
+
 def test_fit_two_steps_with_vllm_rollouts(engine, tiny_world, tmp_path):
     from lightning.pytorch.loggers import CSVLogger
     from test_train_e2e import Recorder, datamodule

@@ -46,6 +46,7 @@ class VLLMEngine:
         enable_sleep_mode: bool = False,
         enforce_eager: bool = False,
         seed: int = 0,
+        per_request_seeds: bool = True,
         return_logprobs: bool = True,
     ) -> None:
         """Args:
@@ -62,6 +63,11 @@ class VLLMEngine:
             the training step can use it. Ignored with a warning where vLLM has no sleep mode (CPU).
         enforce_eager: Skip CUDA graphs / compilation: faster start, slower decoding.
         seed: Engine seed; generation calls with a ``SamplingConfig.seed`` are reproducible regardless.
+        per_request_seeds: Seed every request from the call's ``SamplingConfig.seed`` (the step's seed), so a
+            resumed run samples the same rollouts. vLLM 0.32 draws the noise of seeded requests one request at a
+            time (``random_sample`` in ``vllm/v1/sample/ops/topk_topp_sampler.py``), a kernel per running
+            sequence per decoding step; False samples the whole batch from the engine's generator instead:
+            faster with hundreds of sequences in flight, not reproducible across a resume.
         return_logprobs: Report vLLM's logprob of each sampled token in ``Completion.logprobs`` (raw
             model logprobs, i.e. at temperature 1 before top-p; the trainer recomputes its own).
         """
@@ -80,6 +86,7 @@ class VLLMEngine:
         self.enable_sleep_mode = enable_sleep_mode
         self.enforce_eager = enforce_eager
         self.seed = seed
+        self.per_request_seeds = per_request_seeds
         self.return_logprobs = return_logprobs
         self.llm: Any = None  # vllm.LLM, built by attach
         self.stop_token_ids: list[int] = []
@@ -139,7 +146,9 @@ class VLLMEngine:
         prompts, params = [], []
         for index, ids in enumerate(prompt_ids):
             for copy in range(copies):
-                seed = None if sampling.seed is None else sampling.seed + (index * copies + copy) * per_request
+                seed = None
+                if sampling.seed is not None and self.per_request_seeds:
+                    seed = sampling.seed + (index * copies + copy) * per_request
                 prompts.append(TokensPrompt(prompt_token_ids=list(ids)))
                 params.append(
                     SamplingParams(
