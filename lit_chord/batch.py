@@ -9,6 +9,7 @@ micro-batches.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -56,7 +57,8 @@ class TrainTensors:
 
     def select(self, keep: Tensor) -> TrainTensors:
         """The rows where ``keep`` ``(B,)`` is true."""
-        return TrainTensors(**{k: None if v is None else v[keep] for k, v in self.__dict__.items()})
+        tensors: dict[str, Any] = {k: None if v is None else v[keep] for k, v in self.__dict__.items()}
+        return TrainTensors(**tensors)
 
     def micro_batches(self, size: int) -> list[TrainTensors]:
         """Split rows into chunks of ``size`` and trim each chunk's trailing padding."""
@@ -77,7 +79,8 @@ class TrainTensors:
         return chunks
 
     def to(self, device: torch.device | str) -> TrainTensors:
-        return TrainTensors(**{k: None if v is None else v.to(device) for k, v in self.__dict__.items()})
+        tensors: dict[str, Any] = {k: None if v is None else v.to(device) for k, v in self.__dict__.items()}
+        return TrainTensors(**tensors)
 
 
 def pad_sequences(sequences: list[Sequence], pad_id: int) -> TrainTensors:

@@ -128,7 +128,9 @@ def run_variant(
     else:
         stems = [Path(layers[0]).stem if layers else "base" for layers in phases]
         phase_dirs = [out / "phases" / f"{name}_s{seed}" / f"{i}_{stem}" for i, stem in enumerate(stems)]
-    init_from, wall, returncode, done = None, 0.0, 0, []
+    init_from: Path | None = None
+    wall, returncode = 0.0, 0
+    done: list[tuple[Path, int]] = []  # (phase folder, offset of its steps in the joined log)
     for phase_dir, variant_files, budget in zip(phase_dirs, phases, budgets, strict=True):
         shutil.rmtree(phase_dir, ignore_errors=True)
         phase_dir.mkdir(parents=True)
@@ -184,11 +186,11 @@ def summary(result: RunResult) -> dict:
 
 def spread(values: list[float | None]) -> str:
     """``0.820`` for one seed, ``0.820 (0.780–0.860)`` (mean, range) for several; ``—`` if none finished."""
-    values = [v for v in values if v is not None]
-    if not values:
+    finished = [v for v in values if v is not None]
+    if not finished:
         return "—"
-    mean = statistics.fmean(values)
-    return f"{mean:.3f}" if len(values) == 1 else f"{mean:.3f} ({min(values):.3f}–{max(values):.3f})"
+    mean = statistics.fmean(finished)
+    return f"{mean:.3f}" if len(finished) == 1 else f"{mean:.3f} ({min(finished):.3f}–{max(finished):.3f})"
 
 
 def results_table(results: list[RunResult]) -> str:

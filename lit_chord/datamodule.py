@@ -16,14 +16,18 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import AttributeDict, rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, IterableDataset
 
 from lit_chord.batch import Prompt, Sequence, StepBatch, TrainTensors, ValBatch, pad_sequences
 from lit_chord.records import DataError, json_type, located_records, text_field_problem
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 PAPER_SYSTEM_PROMPT = (
     "You are a helpful assistant that solves MATH problems. You should first think about the reasoning process in "
@@ -142,7 +146,12 @@ class ChordDataModule(LightningDataModule):
         self.expert: list[Sequence] = []
         self.val_sets: dict[str, list[Prompt]] = {}  # name -> prompts, one validation dataloader each
         self.filtered: dict[str, int] = {}
-        self.tokenizer = None
+        self.tokenizer: PreTrainedTokenizerBase | None = None  # loaded by setup
+
+    @property
+    def hp(self) -> AttributeDict:
+        """``self.hparams``, typed for attribute access (Lightning annotates it as a plain ``MutableMapping``)."""
+        return cast(AttributeDict, self.hparams)
 
     # ----- setup -----------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -150,7 +159,7 @@ class ChordDataModule(LightningDataModule):
             return
         from transformers import AutoTokenizer
 
-        hp = self.hparams
+        hp = self.hp
         self.tokenizer = AutoTokenizer.from_pretrained(hp.tokenizer)
         if not self.tokenizer.chat_template:
             raise DataError(f"tokenizer {hp.tokenizer!r} has no chat template; both streams are formatted with it")
@@ -168,15 +177,21 @@ class ChordDataModule(LightningDataModule):
                 limits += f" or max_response_length={hp.max_response_length}"
             rank_zero_info(f"data.{name}: {count} records longer than {limits} tokens were filtered out")
 
-    def _chat_ids(self, messages: list[dict], generation_prompt: bool) -> list[int]:
+    def _chat_text(self, messages: list[dict], generation_prompt: bool) -> str:
+        assert self.tokenizer is not None, "setup has not run"
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        return cast(str, text)  # a string with tokenize=False
+
+    def _chat_ids(self, messages: list[dict], generation_prompt: bool) -> list[int]:
+        assert self.tokenizer is not None, "setup has not run"
+        text = self._chat_text(messages, generation_prompt)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _system(self) -> list[dict]:
-        return [{"role": "system", "content": self.hparams.system_prompt}] if self.hparams.system_prompt else []
+        return [{"role": "system", "content": self.hp.system_prompt}] if self.hp.system_prompt else []
 
     def _load_prompts(self, source: str, field_name: str) -> list[Prompt]:
-        hp = self.hparams
+        hp = self.hp
         prompts = []
         for where, record in located_records(source):
             for key in (hp.prompt_key, hp.answer_key):
@@ -197,7 +212,7 @@ class ChordDataModule(LightningDataModule):
 
     def expert_messages(self, record: dict, where: str) -> list[dict]:
         """Normalize an expert record to chat messages whose last turn is the assistant's response."""
-        hp = self.hparams
+        hp = self.hp
         if record.get(hp.messages_key) is not None:
             messages = record[hp.messages_key]
             if not isinstance(messages, list):
@@ -243,14 +258,15 @@ class ChordDataModule(LightningDataModule):
         return messages
 
     def _load_expert(self, source: str) -> list[Sequence]:
-        hp = self.hparams
+        hp = self.hp
+        assert self.tokenizer is not None, "setup has not run"
         eos = self.tokenizer.eos_token_id
         expert = []
         for where, record in located_records(source):
             messages = self.expert_messages(record, where)
             prompt_ids = self._chat_ids(messages[:-1], generation_prompt=True)
-            prompt_text = self.tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-            full_text = self.tokenizer.apply_chat_template(messages, tokenize=False)
+            prompt_text = self._chat_text(messages[:-1], generation_prompt=True)
+            full_text = self._chat_text(messages, generation_prompt=False)
             if not full_text.startswith(prompt_text):
                 raise DataError(
                     f"{where}: the chat template does not render the prompt as a "
@@ -275,11 +291,11 @@ class ChordDataModule(LightningDataModule):
         """This rank's share of the ``count`` items the stream yields at ``step`` (per-epoch seeded shuffles)."""
         per_rank = count // world_size
         first = step * count + rank * per_rank
-        drawn, order, order_epoch = [], None, -1
+        drawn, order, order_epoch = [], [], -1
         for position in range(first, first + per_rank):
             epoch, offset = divmod(position, len(items))
             if epoch != order_epoch:
-                generator = torch.Generator().manual_seed(self.hparams.seed * 1000 + stream * 100_003 + epoch)
+                generator = torch.Generator().manual_seed(self.hp.seed * 1000 + stream * 100_003 + epoch)
                 order, order_epoch = torch.randperm(len(items), generator=generator).tolist(), epoch
             drawn.append(items[order[offset]])
         return drawn
@@ -300,7 +316,7 @@ class ChordDataModule(LightningDataModule):
         """Nothing to restore (the streams are a function of the step); kept to check that a resume sees the same
         streams."""
         return {
-            "seed": self.hparams.seed,
+            "seed": self.hp.seed,
             "prompts_per_step": self.prompts_per_step,
             "experts_per_step": self.experts_per_step,
             "num_prompts": len(self.prompts),
@@ -317,10 +333,12 @@ class ChordDataModule(LightningDataModule):
 
     def collate_rollouts(self, batch: StepBatch) -> TrainTensors:
         """Pad the step's expert rows and rollout rows into one ``TrainTensors``."""
+        assert self.tokenizer is not None, "setup has not run"
         return pad_sequences(batch.expert + batch.rollouts, self.tokenizer.pad_token_id)
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
+        assert trainer is not None, "train_dataloader needs the trainer"
         stream = StepStream(self, trainer.global_step, trainer.global_rank, trainer.world_size)
         return DataLoader(stream, batch_size=None, num_workers=0)
 
@@ -331,8 +349,10 @@ class ChordDataModule(LightningDataModule):
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        loaders = []
+        loaders: list[DataLoader] = []
         for prompts in self.val_sets.values() or [[]]:
             mine = prompts[rank::world]
-            loaders.append(DataLoader(mine, batch_size=max(1, min(64, len(mine))), collate_fn=ValBatch, num_workers=0))
+            size = max(1, min(64, len(mine)))
+            # A list is a map-style dataset to DataLoader, though torch annotates the argument as Dataset.
+            loaders.append(DataLoader(mine, batch_size=size, collate_fn=ValBatch, num_workers=0))  # type: ignore[arg-type]
         return loaders[0] if len(loaders) == 1 else loaders

@@ -4,9 +4,15 @@ everything is, with the held-out accuracy before and after training."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
+
+if TYPE_CHECKING:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lit_chord.module import ChordModule
 
 
 class PolicyExport(Callback):
@@ -24,16 +30,19 @@ class PolicyExport(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         run_dir = Path(trainer.log_dir or trainer.default_root_dir)
         self.path = run_dir / self.dirname
-        state = {name: tensor.cpu() for name, tensor in pl_module.full_parameters()}  # collective if sharded
+        module = cast("ChordModule", pl_module)
+        state = {name: tensor.cpu() for name, tensor in module.full_parameters()}  # collective if sharded
         if trainer.is_global_zero:
-            pl_module.policy.save_pretrained(self.path, state_dict=state)
-            trainer.datamodule.tokenizer.save_pretrained(self.path)
+            assert module.policy is not None, "configure_model has not run"
+            module.policy.save_pretrained(self.path, state_dict=state)
+            trainer.datamodule.tokenizer.save_pretrained(self.path)  # type: ignore[attr-defined]
         self.report(trainer, pl_module, run_dir)
 
     @rank_zero_only
     def report(self, trainer: Trainer, pl_module: LightningModule, run_dir: Path) -> None:
         after = trainer.callback_metrics.get("val/accuracy")
-        checkpoint = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None
+        callback = cast("ModelCheckpoint | None", trainer.checkpoint_callback)  # the first ModelCheckpoint
+        checkpoint = callback.last_model_path if callback else None
         lines = [
             f"run directory:   {run_dir}",
             f"metrics (CSV):   {run_dir / 'metrics.csv'}",

@@ -17,12 +17,15 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.utilities import AttributeDict
 from torch import Tensor, nn
+from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MeanMetric
 
 from lit_chord.batch import StepBatch, TrainTensors
@@ -30,6 +33,10 @@ from lit_chord.flops import peak_flops, training_flops
 from lit_chord.loss import LossAgg, Normalizers, chord_loss, count_normalizers, mu_schedule
 from lit_chord.metrics import HeldOutMetrics, logprob_gap
 from lit_chord.scorer import PolicyScorer, shard_fsdp2
+
+if TYPE_CHECKING:
+    from torch.distributed.fsdp import FSDPModule
+    from transformers import PreTrainedModel
 
 NON_ADDITIVE = ("mu", "ratio_max")
 
@@ -125,10 +132,15 @@ class ChordModule(LightningModule):
         self.val_before: float | None = None  # held-out accuracy of the sanity check, i.e. before training
         self.peak_flops: float | None = None  # the device's peak FLOP/s at the trainer's precision, for train/mfu
 
+    @property
+    def hp(self) -> AttributeDict:
+        """``self.hparams``, typed for attribute access (Lightning annotates it as a plain ``MutableMapping``)."""
+        return cast(AttributeDict, self.hparams)
+
     # ----- model ------------------------------------------------------------------------------------------------
     @property
-    def policy(self) -> nn.Module | None:
-        """The ``transformers`` causal LM being trained."""
+    def policy(self) -> PreTrainedModel | None:
+        """The ``transformers`` causal LM being trained (None until ``configure_model``)."""
         return self.scorer.lm if self.scorer is not None else None
 
     def configure_model(self) -> None:
@@ -136,7 +148,7 @@ class ChordModule(LightningModule):
             return
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        hp = self.hparams
+        hp = self.hp
         if hp.random_init:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(hp.init_seed)
@@ -160,20 +172,22 @@ class ChordModule(LightningModule):
     @contextmanager
     def gathered(self) -> Iterator[nn.Module]:
         """The policy with its FSDP2 root parameters gathered, for generation outside ``forward``."""
-        fsdp_root = hasattr(self.scorer, "unshard")
+        assert self.scorer is not None, "configure_model has not run"
+        fsdp_root = hasattr(self.scorer, "unshard")  # fully_shard made the scorer an FSDPModule
         if fsdp_root:
-            self.scorer.unshard()
+            cast("FSDPModule", self.scorer).unshard()
         try:
-            yield self.policy
+            yield self.scorer.lm
         finally:
             if fsdp_root:
-                self.scorer.reshard()
+                cast("FSDPModule", self.scorer).reshard()
 
     def full_parameters(self) -> Iterator[tuple[str, Tensor]]:
         """The policy's parameters under their Hugging Face names, one at a time, gathered if sharded.
 
         Under FSDP2 each ``full_tensor()`` is a collective: every rank must iterate in step.
         """
+        assert self.policy is not None, "configure_model has not run"
         for name, param in self.policy.named_parameters():
             tensor = param.detach()
             yield name, tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
@@ -182,6 +196,7 @@ class ChordModule(LightningModule):
         self.peak_flops = peak_flops(self.device, str(self.trainer.precision))
 
     def configure_optimizers(self):
+        assert self.scorer is not None, "configure_model has not run"
         optimizer = self.optimizer_factory(self.scorer.parameters())
         if self.lr_scheduler_factory is None:
             return optimizer
@@ -189,12 +204,12 @@ class ChordModule(LightningModule):
 
     def token_logprobs(self, scorer: PolicyScorer, rows: TrainTensors, temperature: float, with_entropy: bool):
         """Log-probabilities (and entropies) of ``input_ids[:, 1:]``, shapes ``(B, T - 1)``."""
-        return scorer(rows.input_ids, rows.attention_mask, temperature, self.hparams.logprob_chunk_size, with_entropy)
+        return scorer(rows.input_ids, rows.attention_mask, temperature, self.hp.logprob_chunk_size, with_entropy)
 
     # ----- training ---------------------------------------------------------------------------------------------
     def mu(self) -> float:
         """μ for the optimizer step being taken: 1-based, from ``global_step``, never from micro-steps or epochs."""
-        hp = self.hparams
+        hp = self.hp
         return mu_schedule(
             self.trainer.global_step + 1, hp.mu_warmup_steps, hp.mu_decay_steps, hp.mu_peak, hp.mu_valley
         )
@@ -207,10 +222,11 @@ class ChordModule(LightningModule):
     def training_step(self, batch: StepBatch, batch_idx: int) -> None:
         start = time.perf_counter()
         mu = self.mu()
+        assert batch.train is not None, "the rollout callback fills batch.train before training_step"
         rows = batch.train.to(self.device)
         normalizers = self.global_normalizers(rows)
         horizon = rows.input_ids.shape[1] - 1  # one constant per step for seq-mean-token-sum-norm
-        optimizer = self.optimizers()
+        optimizer = cast(LightningOptimizer, self.optimizers())  # one optimizer
         optimizer.zero_grad(set_to_none=True)
         totals: dict[str, Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
         micro_batches, real = self.micro_batches(rows)
@@ -226,6 +242,7 @@ class ChordModule(LightningModule):
         grad_norm = self.clip_and_check(optimizer)
         lengths = torch.cat([micro.attention_mask.sum(-1) for micro in micro_batches[:real]] or [torch.zeros(0)])
         totals["tokens"] = lengths.sum().to(self.device, torch.float32)
+        assert self.policy is not None, "configure_model has not run"
         totals["flops"] = torch.tensor(training_flops(self.policy, lengths), device=self.device)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # the optimizer's kernels belong to this step's time
@@ -236,7 +253,7 @@ class ChordModule(LightningModule):
         no metric), and how many of them are real. Every rank must run as many backward passes as the others
         (DDP and FSDP2 reduce gradients in backward), so ranks with fewer are padded with zero-weight passes."""
         kept = rows.select(rows.loss_mask.bool().any(-1))
-        micro_batches = kept.micro_batches(self.hparams.micro_batch_size) if len(kept) else []
+        micro_batches = kept.micro_batches(self.hp.micro_batch_size) if len(kept) else []
         real = len(micro_batches)
         most = int(self.trainer.strategy.reduce(torch.tensor(real, device=self.device), reduce_op="max"))
         return micro_batches + [rows.micro_batches(1)[0]] * (most - real), real
@@ -244,7 +261,8 @@ class ChordModule(LightningModule):
     def micro_batch_loss(
         self, micro: TrainTensors, mu: float, normalizers: Normalizers, temperature: float, horizon: int | None = None
     ):
-        hp = self.hparams
+        hp = self.hp
+        assert self.scorer is not None, "configure_model has not run"
         logprobs, entropy = self.token_logprobs(self.scorer, micro, temperature, with_entropy=True)
         ref_logprobs = None
         if self.reference is not None:
@@ -277,15 +295,16 @@ class ChordModule(LightningModule):
 
     def tis_weights(self, logprobs: Tensor, micro: TrainTensors) -> Tensor | None:
         """min(exp(trainer − engine log-prob), cap) per token, 1 where the engine reported none; None when off."""
-        if not self.hparams.tis_cap or micro.engine_logprobs is None:
+        if not self.hp.tis_cap or micro.engine_logprobs is None:
             return None
         engine = micro.engine_logprobs[:, : logprobs.shape[1]].to(logprobs.device)
         ratio = torch.exp(logprobs.detach().float() - torch.nan_to_num(engine, nan=0.0))
-        return torch.where(engine.isnan(), torch.ones_like(ratio), ratio.clamp(max=self.hparams.tis_cap))
+        return torch.where(engine.isnan(), torch.ones_like(ratio), ratio.clamp(max=self.hp.tis_cap))
 
     def clip_and_check(self, optimizer) -> Tensor:
         """Clip the global gradient norm; step only if it is finite, else skip (counted, fatal if repeated)."""
-        max_norm = self.hparams.max_grad_norm or float("inf")
+        max_norm = self.hp.max_grad_norm or float("inf")
+        assert self.scorer is not None, "configure_model has not run"
         grad_norm = torch.nn.utils.clip_grad_norm_(self.scorer.parameters(), max_norm)
         if hasattr(grad_norm, "full_tensor"):  # DTensor under FSDP2
             grad_norm = grad_norm.full_tensor()
@@ -300,12 +319,12 @@ class ChordModule(LightningModule):
             # LightningOptimizer.step runs around a real step (progress ready/completed, profiler start/stop).
             optimizer._on_before_step()
             optimizer._on_after_step()
-            if self.consecutive_skips >= self.hparams.max_consecutive_skips:
+            if self.consecutive_skips >= self.hp.max_consecutive_skips:
                 raise RuntimeError(
                     f"{self.consecutive_skips} consecutive steps had a non-finite loss or gradient "
                     f"norm (last: {grad_norm.item()}); stopping. Lower the learning rate or check data."
                 )
-        scheduler = self.lr_schedulers()
+        scheduler = cast("LRScheduler | None", self.lr_schedulers())  # at most one scheduler
         if scheduler is not None:  # stepped on skipped steps too: the LR follows global_step, as μ does
             scheduler.step()
         return grad_norm
@@ -342,12 +361,13 @@ class ChordModule(LightningModule):
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         """Held-out prompts arrive already answered by the rollout callback (greedy and sampled); one dataloader
         per named set, logged as ``val/<set>/...`` (``lit_chord.metrics``)."""
-        names = getattr(self.trainer.datamodule, "val_set_names", None) or ["heldout"]
+        names = getattr(self.trainer.datamodule, "val_set_names", None) or ["heldout"]  # type: ignore[attr-defined]
         key, size = str(dataloader_idx), len(batch.results)
         if key not in self.val_metrics:
             self.val_metrics[key] = HeldOutMetrics().to(self.device)
-        self.val_metrics[key].update(batch.results)
-        for suffix, attribute, metric in self.val_metrics[key].updated():
+        metrics = cast(HeldOutMetrics, self.val_metrics[key])
+        metrics.update(batch.results)
+        for suffix, attribute, metric in metrics.updated():
             name, path = f"val/{names[dataloader_idx]}/{suffix}", f"val_metrics.{key}.{attribute}"
             self.log(name, metric, batch_size=size, add_dataloader_idx=False, metric_attribute=path)
         if dataloader_idx == 0:

@@ -64,8 +64,8 @@ def _read_json(path: Path) -> list[tuple[str, dict]]:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise DataError(f"{path}:{line}: not UTF-8 (byte {data[err.start]:#04x} at offset {err.start})") from err
+        lineno = data.count(b"\n", 0, err.start) + 1
+        raise DataError(f"{path}:{lineno}: not UTF-8 (byte {data[err.start]:#04x} at offset {err.start})") from err
     lines = text.split("\n")  # not splitlines(): JSON strings may hold U+2028 and other separators verbatim
     content = [line for line in lines if line.strip()]
     if path.suffix == ".json" and content and not _is_json_object(content[0]):

@@ -17,16 +17,22 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from typing import TYPE_CHECKING, cast
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from torch import Tensor
+from torch import Tensor, nn
 
 from lit_chord.batch import Sequence, StepBatch, ValBatch, ValResult
 from lit_chord.engines import Completion, Engine, SamplingConfig
 from lit_chord.loss import group_advantages
 from lit_chord.metrics import pass_at_k
 from lit_chord.rewards import math_boxed
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from lit_chord.module import ChordModule
 
 log = logging.getLogger(__name__)
 RewardFn = Callable[[str, str], float]
@@ -84,23 +90,24 @@ class RolloutCallback(Callback):
         self.val_pass_k = val_pass_k or val_num_samples
         self.seed = seed
         self.last_synced_step = -1
-        self.tokenizer = None
-        self.attached_to = None
+        self.tokenizer: PreTrainedTokenizerBase | None = None  # the datamodule's, set by setup
+        self.attached_to: nn.Module | None = None
 
     # ----- lifecycle --------------------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self.tokenizer = trainer.datamodule.tokenizer
+        self.tokenizer = trainer.datamodule.tokenizer  # type: ignore[attr-defined]
 
-    def attach(self, pl_module: LightningModule) -> None:
+    def attach(self, pl_module: ChordModule) -> None:
         """Bind the engine to the policy once it exists (after ``configure_model`` and device placement)."""
         if self.attached_to is pl_module.policy:
             return
         tokenizer = self.tokenizer
+        assert tokenizer is not None and pl_module.policy is not None, "setup and configure_model have not run"
         stop_ids = sorted({tokenizer.eos_token_id, tokenizer.pad_token_id} - {None})
         self.engine.attach(pl_module.policy, stop_ids, tokenizer.pad_token_id)
         self.attached_to = pl_module.policy
 
-    def sync_weights(self, trainer: Trainer, pl_module: LightningModule) -> float:
+    def sync_weights(self, trainer: Trainer, pl_module: ChordModule) -> float:
         """Push the policy's weights into the engine if the optimizer stepped since the last push."""
         self.attach(pl_module)
         if trainer.global_step == self.last_synced_step:
@@ -119,11 +126,12 @@ class RolloutCallback(Callback):
 
     # ----- rollouts ---------------------------------------------------------------------------------------------
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: StepBatch, batch_idx: int):
-        sync_seconds = self.sync_weights(trainer, pl_module)
+        module = cast("ChordModule", pl_module)
+        sync_seconds = self.sync_weights(trainer, module)
         seed = self.seed + 1_000_003 * batch.step + 7919 * trainer.global_rank
         start = time.perf_counter()
         sampling = dataclasses.replace(self.sampling, seed=seed)
-        groups = self.generate(pl_module, [p.prompt_ids for p in batch.prompts], batch.num_generations, sampling)
+        groups = self.generate(module, [p.prompt_ids for p in batch.prompts], batch.num_generations, sampling)
         gen_seconds = time.perf_counter() - start
         # The training step's own randomness (dropout, if the model has any) follows (seed, step, rank) too: Lightning
         # does not checkpoint RNG states, so a resumed run would otherwise draw other masks than an uninterrupted one.
@@ -144,12 +152,12 @@ class RolloutCallback(Callback):
             for p, c, a in zip(prompts, completions, advantages.tolist(), strict=True)
         ]
         batch.temperature = self.sampling.temperature
-        batch.train = trainer.datamodule.collate_rollouts(batch)
+        batch.train = trainer.datamodule.collate_rollouts(batch)  # type: ignore[attr-defined]
         batch.metrics = rollout_metrics(rewards, completions, batch.num_generations, errors)
         batch.metrics.update({"rollout/gen_seconds": gen_seconds, "rollout/sync_seconds": sync_seconds})
 
     def generate(
-        self, pl_module: LightningModule, prompt_ids: list[list[int]], n: int, sampling: SamplingConfig
+        self, pl_module: ChordModule, prompt_ids: list[list[int]], n: int, sampling: SamplingConfig
     ) -> list[list[Completion]]:
         with pl_module.gathered() if self.engine.uses_live_policy else nullcontext():
             return self.engine.generate(prompt_ids, n, sampling)
@@ -159,7 +167,7 @@ class RolloutCallback(Callback):
         rewards, errors, first_error = [], 0, None
         for group, answer in zip(groups, answers, strict=True):
             for completion in group:
-                text = self.tokenizer.decode(completion.token_ids, skip_special_tokens=True)
+                text = self.decode(completion.token_ids)
                 try:
                     value = self.reward_fn(text, answer)
                     if isinstance(value, (str, bytes)):  # float("1") would pass silently
@@ -176,17 +184,23 @@ class RolloutCallback(Callback):
             )
         return torch.tensor(rewards, dtype=torch.float32), errors
 
+    def decode(self, token_ids: list[int]) -> str:
+        """A completion's text, without special tokens."""
+        assert self.tokenizer is not None, "setup has not run"
+        return cast(str, self.tokenizer.decode(token_ids, skip_special_tokens=True))  # one sequence: one string
+
     # ----- validation -------------------------------------------------------------------------------------------
     def on_validation_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: ValBatch, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        self.sync_weights(trainer, pl_module)
+        module = cast("ChordModule", pl_module)
+        self.sync_weights(trainer, module)
         prompt_ids = [p.prompt_ids for p in batch.prompts]
         answers = [p.answer for p in batch.prompts]
         greedy = SamplingConfig(temperature=0.0, max_new_tokens=self.sampling.max_new_tokens)
-        greedy_groups = self.generate(pl_module, prompt_ids, 1, greedy)
+        greedy_groups = self.generate(module, prompt_ids, 1, greedy)
         greedy_rewards, _ = self.score(greedy_groups, answers)
-        sampled = [[] for _ in prompt_ids]
+        sampled: list[list[float]] = [[] for _ in prompt_ids]
         if self.val_num_samples:
             sampling = SamplingConfig(
                 temperature=self.val_temperature,
@@ -194,7 +208,7 @@ class RolloutCallback(Callback):
                 max_new_tokens=self.sampling.max_new_tokens,
                 seed=self.seed + batch_idx,
             )
-            groups = self.generate(pl_module, prompt_ids, self.val_num_samples, sampling)
+            groups = self.generate(module, prompt_ids, self.val_num_samples, sampling)
             rewards, _ = self.score(groups, answers)
             sampled = (rewards >= 1.0).float().view(len(prompt_ids), -1).tolist()
         batch.results = [
@@ -202,7 +216,7 @@ class RolloutCallback(Callback):
                 greedy_correct=float(reward >= 1.0),
                 greedy_length=len(group[0].token_ids),
                 sample_correct=samples,
-                completion=self.tokenizer.decode(group[0].token_ids, skip_special_tokens=True),
+                completion=self.decode(group[0].token_ids),
                 greedy_reward=reward,
                 pass_at_k=pass_at_k(len(samples), int(sum(samples)), self.val_pass_k) if samples else None,
             )

@@ -53,7 +53,7 @@ class SampleTable(Callback):
     ) -> None:
         if not trainer.is_global_zero:
             return
-        names = getattr(trainer.datamodule, "val_set_names", None) or ["heldout"]
+        names = getattr(trainer.datamodule, "val_set_names", None) or ["heldout"]  # type: ignore[attr-defined]
         shown = sum(row["set"] == names[dataloader_idx] for row in self.rows)
         for prompt, result in list(zip(batch.prompts, batch.results, strict=True))[: self.num_prompts - shown]:
             self.rows.append(

@@ -6,9 +6,14 @@ norm, the LM head tied to them) around the chunked projection of ``lit_chord.log
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import Tensor, nn
 
 from lit_chord.logprobs import token_logprobs
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 class PolicyScorer(nn.Module):
@@ -18,7 +23,7 @@ class PolicyScorer(nn.Module):
     (embeddings, final norm, the LM head tied to them) are gathered for the chunked projection.
     """
 
-    def __init__(self, lm: nn.Module) -> None:
+    def __init__(self, lm: PreTrainedModel) -> None:
         super().__init__()
         self.lm = lm
 

@@ -35,6 +35,7 @@ class TransformersEngine:
     def generate(self, prompt_ids: list[list[int]], n: int, sampling: SamplingConfig) -> list[list[Completion]]:
         flat = [ids for ids in prompt_ids for _ in range(n)]
         completions: list[Completion] = []
+        assert self.policy is not None, "attach has not run"
         was_training = self.policy.training
         self.policy.eval()
         try:
@@ -48,6 +49,7 @@ class TransformersEngine:
         return [completions[i * n : (i + 1) * n] for i in range(len(prompt_ids))]
 
     def _generate_batch(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[Completion]:
+        assert self.policy is not None, "attach has not run"
         device = next(self.policy.parameters()).device
         width = max(len(p) for p in prompts)
         input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
@@ -56,7 +58,8 @@ class TransformersEngine:
             input_ids[row, width - len(ids) :] = torch.tensor(ids)
             attention_mask[row, width - len(ids) :] = 1
         greedy = sampling.temperature == 0.0
-        output = self.policy.generate(
+        # A transformers causal LM's generate; nn.Module types its attributes as Tensor | Module.
+        output = self.policy.generate(  # type: ignore[operator]
             input_ids=input_ids.to(device),
             attention_mask=attention_mask.to(device),
             max_new_tokens=sampling.max_new_tokens,
