@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -86,6 +87,33 @@ def test_ranks_come_from_slurm_variables(tiny_world, tmp_path, single):
     assert two["loss"] == pytest.approx(single["loss"], abs=1e-5)
     for name, weight in single["weights"].items():
         torch.testing.assert_close(two["weights"][name], weight, atol=2e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.vllm
+def test_each_rank_generates_with_its_own_vllm_engine(tiny_world, tmp_path):
+    """DDP and FSDP2 on 2 ranks, a vLLM engine per rank (``external_launcher``): each rank samples its own prompts,
+    every engine holds the trained weights after a push, and FSDP2's gathered weights equal DDP's."""
+    pytest.importorskip("vllm")
+    runs = {}
+    for layout in ("ddp", "fsdp2"):
+        out = tmp_path / layout
+        out.mkdir()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+        env.update(OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+        command = [sys.executable, str(SCRIPT.with_name("vllm_ranks.py")), str(tiny_world), str(out), layout]
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        runs[layout] = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    for layout, (rank0, rank1) in runs.items():
+        assert len(rank0) == len(rank1) == 2, layout
+        assert rank0[0]["rollouts"] != rank1[0]["rollouts"]  # each rank rolls out its own share of the prompts
+        # Every engine scores its samples as the trainer does: the initial push (step 1), and the push of step 1's
+        # update (step 2; AdamW at lr 1e-2 moved every weight by ~1e-2, far more than this tolerance).
+        assert max(step["gap"] for step in rank0 + rank1) < 1e-4, layout
+        assert rank0[1]["metrics"]["rollout/sync_seconds"] > 0
+    # Same seeds, same data: the rollouts match only if FSDP2 pushed the same full weights as DDP, at both steps.
+    for rank in range(2):
+        assert [s["rollouts"] for s in runs["fsdp2"][rank]] == [s["rollouts"] for s in runs["ddp"][rank]]
 
 
 def slurm_is_up() -> bool:
