@@ -17,11 +17,12 @@ PANELS = [
     ("train/mu", "μ"),
     ("train/loss_rl", "RL loss"),
     ("train/loss_sft", "SFT loss"),
-    ("train/clip_frac", "clip fraction"),
     ("train/entropy", "entropy (rollout tokens)"),
     ("rollout/response_len", "response length"),
     ("val/accuracy", "held-out accuracy (greedy)"),
-]
+    ("rollout/gen_seconds", "generation, s per step"),
+    ("train/update_seconds", "update (fwd + bwd + optimizer), s per step"),
+]  # train/clip_frac is left out: one update per rollout batch keeps it 0 (module docstring)
 
 
 def read_metrics(run: Path) -> dict[str, list[tuple[int, float]]]:
@@ -56,7 +57,7 @@ def plot_runs(runs: list[Path], out: Path, window: int = 10) -> Path:
 
     data = {run.name or str(run): read_metrics(run) for run in runs}
     panels = [(k, t) for k, t in PANELS if any(k in series for series in data.values())]
-    cols = 4
+    cols = 3
     fig, axes = plt.subplots(
         math.ceil(len(panels) / cols), cols, figsize=(4 * cols, 3 * math.ceil(len(panels) / cols)), squeeze=False
     )
