@@ -47,6 +47,8 @@ def test_fsdp2_with_vllm_engine_trains_two_steps(tiny_world, tmp_path):
     trainer.fit(module, datamodule=data)
     assert trainer.global_step == 2
     assert float(trainer.callback_metrics["rollout/sync_seconds"]) > 0
+    if "train/mfu" in trainer.callback_metrics:  # logged where Lightning knows the card's peak FLOP/s
+        assert 0 < float(trainer.callback_metrics["train/mfu"]) < 1
 
 
 @pytest.mark.slow
