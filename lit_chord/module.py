@@ -41,6 +41,13 @@ if TYPE_CHECKING:
 NON_ADDITIVE = ("mu", "ratio_max")
 
 
+def accumulate(totals: dict[str, Tensor], metrics: dict[str, Tensor], weight: float) -> None:
+    """Add a micro-batch's metrics (token-mean shares of the step) into the step's totals; ``ratio_max`` is a max."""
+    for key, value in metrics.items():
+        value = value * weight
+        totals[key] = torch.maximum(totals[key], value) if key == "ratio_max" else totals[key] + value
+
+
 def adamw(params) -> torch.optim.Optimizer:
     """The reference optimizer: AdamW, lr 1e-6, betas (0.9, 0.999), weight decay 0.01, constant LR."""
     return torch.optim.AdamW(params, lr=1e-6, betas=(0.9, 0.999), weight_decay=0.01)
@@ -229,34 +236,57 @@ class ChordModule(LightningModule):
         optimizer = cast(LightningOptimizer, self.optimizers())  # one optimizer
         optimizer.zero_grad(set_to_none=True)
         totals: dict[str, Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
-        micro_batches, real = self.micro_batches(rows)
+        trained, scored = self.split_rows(rows)
+        # Rows whose loss has no gradient first: a forward pass for their metrics, no backward. First, because
+        # under FSDP2 a forward leaves the root's parameters gathered until the next backward reshards them; after
+        # the last backward, clipping and the optimizer would see the gathered copies instead of the shards.
+        score_batches, real_scores = self.micro_batches(scored, rows)
+        with torch.no_grad():
+            for index, micro in enumerate(score_batches):
+                out = self.micro_batch_loss(micro, mu, normalizers, batch.temperature, horizon)
+                accumulate(totals, out.metrics, 1.0 if index < real_scores else 0.0)
+        # At least one backward pass, even if every row was skipped, so that every parameter gets a (zero) gradient
+        # and AdamW's moments and weight decay advance as they would had the rows been run.
+        micro_batches, real = self.micro_batches(trained, rows, at_least=1)
         for index, micro in enumerate(micro_batches):
             out = self.micro_batch_loss(micro, mu, normalizers, batch.temperature, horizon)
             weight = 1.0 if index < real else 0.0  # padding passes only keep the ranks' collectives in step
             # Strategies average gradients over ranks; the normalizers already divide by the global count.
             self.manual_backward(out.loss * self.trainer.world_size * weight)
-            for key, value in out.metrics.items():
-                value = value * weight
-                totals[key] = torch.maximum(totals[key], value) if key == "ratio_max" else totals[key] + value
+            accumulate(totals, out.metrics, weight)
         lr = optimizer.param_groups[0]["lr"]  # the rate this step uses (the scheduler steps after it)
         grad_norm = self.clip_and_check(optimizer)
-        lengths = torch.cat([micro.attention_mask.sum(-1) for micro in micro_batches[:real]] or [torch.zeros(0)])
-        totals["tokens"] = lengths.sum().to(self.device, torch.float32)
         assert self.policy is not None, "configure_model has not run"
-        totals["flops"] = torch.tensor(training_flops(self.policy, lengths), device=self.device)
+        lengths = [trained.attention_mask.sum(-1), scored.attention_mask.sum(-1)]
+        totals["tokens"] = (lengths[0].sum() + lengths[1].sum()).to(torch.float32)
+        flops = training_flops(self.policy, lengths[0]) + training_flops(self.policy, lengths[1]) / 3  # forward only
+        totals["flops"] = torch.tensor(flops, device=self.device)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # the optimizer's kernels belong to this step's time
         self.log_step(totals, mu, grad_norm, lr, time.perf_counter() - start, batch)
 
-    def micro_batches(self, rows: TrainTensors) -> tuple[list[TrainTensors], int]:
-        """The step's micro-batches without the rows that carry no loss token (truncated rollouts: no gradient,
-        no metric), and how many of them are real. Every rank must run as many backward passes as the others
-        (DDP and FSDP2 reduce gradients in backward), so ranks with fewer are padded with zero-weight passes."""
-        kept = rows.select(rows.loss_mask.bool().any(-1))
-        micro_batches = kept.micro_batches(self.hp.micro_batch_size) if len(kept) else []
+    def split_rows(self, rows: TrainTensors) -> tuple[TrainTensors, TrainTensors]:
+        """The rows to train on, and the rows only to score (no backward). Rows without loss tokens (truncated
+        rollouts) are in neither: no gradient, no metric. A rollout with advantage 0 (a group with equal rewards)
+        has a policy-gradient term A·ratio that is exactly 0 with its gradient, so while no entropy bonus or KL
+        penalty acts on it, it is only scored: its metrics (entropy, log-prob gap) stay in the step's means."""
+        has_loss = rows.loss_mask.bool().any(-1)
+        zero_gradient = ~rows.is_expert & (rows.advantages == 0)
+        if self.hp.entropy_coef or self.hp.kl_coef:
+            zero_gradient = torch.zeros_like(zero_gradient)
+        return rows.select(has_loss & ~zero_gradient), rows.select(has_loss & zero_gradient)
+
+    def micro_batches(
+        self, rows: TrainTensors, padding: TrainTensors, at_least: int = 0
+    ) -> tuple[list[TrainTensors], int]:
+        """``rows`` in micro-batches, and how many of them are real. Every rank must run as many passes as the
+        others (DDP and FSDP2 reduce gradients in backward, FSDP2 gathers parameters in every forward), so ranks
+        with fewer, or all below ``at_least``, are padded with zero-weight passes over the first row of ``padding``."""
+        micro_batches = rows.micro_batches(self.hp.micro_batch_size) if len(rows) else []
         real = len(micro_batches)
         most = int(self.trainer.strategy.reduce(torch.tensor(real, device=self.device), reduce_op="max"))
-        return micro_batches + [rows.micro_batches(1)[0]] * (most - real), real
+        most = max(most, at_least)
+        return micro_batches + [padding.micro_batches(1)[0]] * (most - real), real
 
     def micro_batch_loss(
         self, micro: TrainTensors, mu: float, normalizers: Normalizers, temperature: float, horizon: int | None = None

@@ -183,16 +183,66 @@ def test_tis_weights_are_the_capped_trainer_over_engine_ratio(tiny_world, tmp_pa
     assert module.tis_weights(logprobs, rows) is None
 
 
-def test_rows_without_loss_tokens_are_skipped_without_changing_the_gradient(tiny_world, tmp_path):
+def test_skipped_and_score_only_rows_change_neither_the_gradient_nor_the_metrics(tiny_world, tmp_path):
+    from lit_chord.batch import pad_sequences
+
     module, recorder = fit(tiny_world, tmp_path, steps=1)
-    rows = recorder.batches[0].train
-    assert not rows.loss_mask.bool().any(-1).all()  # some rollouts were truncated at max_new_tokens=8
+    batch = recorder.batches[0]
+    for index, seq in enumerate(batch.rollouts):  # 8 rollouts: advantages 0, .5, -.5, 0, 0, .5, -.5, 0
+        seq.loss_on_response = index != 0  # rollout 0 is truncated
+        seq.advantage = [0.0, 0.5, -0.5, 0.0][index % 4]
+    rows = pad_sequences(batch.expert + batch.rollouts, pad_id=0)
     norms = count_normalizers(rows.loss_mask[:, :-1], rows.is_expert)
-    grads = []
-    for parts in (rows.micro_batches(len(rows)), module.micro_batches(rows)[0]):
-        module.zero_grad()
-        for part in parts:
-            module.micro_batch_loss(part, 0.5, norms, 1.0).loss.backward()
-        grads.append(torch.cat([p.grad.flatten() for p in module.policy.parameters()]))
-    assert sum(len(p) for p in module.micro_batches(rows)[0]) == int(rows.loss_mask.bool().any(-1).sum())
-    torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-5)
+    trained, scored = module.split_rows(rows)
+    assert (len(trained), len(scored)) == (2 + 4, 3)  # 2 expert rows + rollouts 1, 2, 5, 6; rollouts 3, 4, 7
+
+    def grads() -> torch.Tensor:
+        return torch.cat([p.grad.flatten() for p in module.policy.parameters()])
+
+    module.zero_grad()
+    whole = module.micro_batch_loss(rows, 0.5, norms, 1.0)  # every row, with backward
+    whole.loss.backward()
+    expected = grads()
+    module.zero_grad()
+    parts = [module.micro_batch_loss(trained, 0.5, norms, 1.0)]
+    parts[0].loss.backward()
+    with torch.no_grad():
+        parts.append(module.micro_batch_loss(scored, 0.5, norms, 1.0))
+    torch.testing.assert_close(grads(), expected, atol=1e-6, rtol=1e-5)
+    for key, value in whole.metrics.items():  # token-mean shares add up; ratio_max is a max, mu a constant
+        combined = {"ratio_max": max, "mu": lambda values: values[0]}.get(key, sum)([p.metrics[key] for p in parts])
+        torch.testing.assert_close(combined, value, atol=1e-6, rtol=1e-5, msg=key)
+    module.hparams.entropy_coef = 0.01  # an entropy bonus gives zero-advantage rows a gradient: all of them train
+    assert [len(part) for part in module.split_rows(rows)] == [2 + 7, 0]
+
+
+def test_a_step_with_score_only_rows_equals_one_that_trains_every_row(tiny_world, tmp_path):
+    """The whole training step (micro-batches, no-grad passes, metric totals, AdamW) with and without the split."""
+
+    class TrainsEveryRow(ChordModule):
+        def split_rows(self, rows):
+            return rows.select(rows.loss_mask.bool().any(-1)), rows.select(torch.zeros(len(rows), dtype=torch.bool))
+
+    def digit_share(completion: str, answer: str) -> float:  # varied rewards: some groups equal, some not
+        return float(sum(c.isdigit() for c in completion) > 2)
+
+    results = []
+    for module_class in (ChordModule, TrainsEveryRow):
+        torch.manual_seed(0)
+        module = module_class(
+            model=str(tiny_world / "model"), micro_batch_size=3, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2)
+        )
+        recorder = Recorder()
+        rollout = RolloutCallback(max_new_tokens=24, reward_fn=digit_share, scale_advantages_by_std=False)
+        trainer = cpu_trainer(max_steps=2, callbacks=[rollout, recorder])
+        trainer.fit(module, datamodule=datamodule(tiny_world, prompts_per_step=4))
+        results.append((module, recorder))
+    (split, split_log), (every, every_log) = results
+    scored = [len(split.split_rows(b.train)[1]) for b in split_log.batches]
+    assert sum(scored) > 0, "no zero-advantage rollout to score: the test would prove nothing"
+    for step in range(2):
+        for key, value in every_log.logged[step].items():
+            if "seconds" not in key and key not in ("train/tokens_per_second", "train/update_seconds"):
+                assert split_log.logged[step][key] == pytest.approx(value, abs=1e-5), key
+    for a, b in zip(split.policy.parameters(), every.policy.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
