@@ -3,8 +3,10 @@
 Per step: count the step's rollout and expert tokens across micro-batches and ranks (the global normalizers),
 then for each micro-batch compute token log-probabilities without materializing the full-vocabulary
 log-softmax, call ``loss.chord_loss`` and backpropagate; then clip, skip the update if the gradient is not
-finite, and step the optimizer. Because every micro-batch divides by the step's global counts, the gradient
-does not depend on how rows fall into micro-batches or ranks.
+finite, and step the optimizer. Work without gradient is skipped (``split_rows``): truncated rollouts carry no
+loss token, and rollouts with advantage 0 get a forward pass for their metrics but no backward. Because every
+micro-batch divides by the step's global counts, the gradient does not depend on how rows fall into
+micro-batches or ranks.
 
 Old log-probabilities: each rollout batch drives exactly one optimizer step, so the policy that the trainer
 scores with is the one the batch was sampled from; the old log-probabilities are the detached current ones
