@@ -14,8 +14,18 @@ Counting, per sequence of ``s`` real tokens (PaLM's convention):
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor, nn
+
+
+class ModelShape(NamedTuple):
+    """What a decoder's FLOPs depend on: its linear weights, its layers and its attention width."""
+
+    linear_weights: int
+    layers: int
+    width: int  # query heads × head dim
 
 
 def linear_weight_count(model: nn.Module) -> int:
@@ -29,16 +39,20 @@ def attention_width(config) -> tuple[int, int]:
     return config.num_hidden_layers, config.num_attention_heads * head_dim
 
 
-def forward_flops(linear_weights: int, layers: int, width: int, lengths: Tensor) -> float:
+def model_shape(model: nn.Module) -> ModelShape:
+    """The shape of a ``transformers`` causal LM (sharded or not); it does not change during training."""
+    return ModelShape(linear_weight_count(model), *attention_width(model.config))
+
+
+def forward_flops(shape: ModelShape, lengths: Tensor) -> float:
     """FLOPs of one forward pass over sequences of the given real lengths (module docstring)."""
     lengths = lengths.double()
-    return float(2 * linear_weights * lengths.sum() + 4 * layers * width * (lengths**2).sum())
+    return float(2 * shape.linear_weights * lengths.sum() + 4 * shape.layers * shape.width * (lengths**2).sum())
 
 
-def training_flops(model: nn.Module, lengths: Tensor) -> float:
-    """FLOPs of forward + backward of a ``transformers`` causal LM over sequences of ``lengths`` tokens."""
-    layers, width = attention_width(model.config)
-    return 3 * forward_flops(linear_weight_count(model), layers, width, lengths)
+def training_flops(shape: ModelShape, lengths: Tensor) -> float:
+    """FLOPs of forward + backward over sequences of ``lengths`` tokens."""
+    return 3 * forward_flops(shape, lengths)
 
 
 def peak_flops(device: torch.device, precision: str) -> float | None:

@@ -31,7 +31,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MeanMetric
 
 from lit_chord.batch import StepBatch, TrainTensors
-from lit_chord.flops import peak_flops, training_flops
+from lit_chord.flops import ModelShape, forward_flops, model_shape, peak_flops, training_flops
 from lit_chord.loss import LossAgg, Normalizers, chord_loss, count_normalizers, mu_schedule
 from lit_chord.metrics import HeldOutMetrics, logprob_gap
 from lit_chord.scorer import PolicyScorer, shard_fsdp2
@@ -140,6 +140,7 @@ class ChordModule(LightningModule):
         self.val_metrics = nn.ModuleDict()  # str(dataloader_idx) -> HeldOutMetrics, made on first use
         self.val_before: float | None = None  # held-out accuracy of the sanity check, i.e. before training
         self.peak_flops: float | None = None  # the device's peak FLOP/s at the trainer's precision, for train/mfu
+        self.shape: ModelShape | None = None  # what the policy's FLOPs depend on, for train/mfu
 
     @property
     def hp(self) -> AttributeDict:
@@ -202,7 +203,9 @@ class ChordModule(LightningModule):
             yield name, tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
     def on_fit_start(self) -> None:
+        assert self.policy is not None, "configure_model has not run"
         self.peak_flops = peak_flops(self.device, str(self.trainer.precision))
+        self.shape = model_shape(self.policy)
 
     def configure_optimizers(self):
         assert self.scorer is not None, "configure_model has not run"
@@ -258,10 +261,10 @@ class ChordModule(LightningModule):
             accumulate(totals, out.metrics, weight)
         lr = optimizer.param_groups[0]["lr"]  # the rate this step uses (the scheduler steps after it)
         grad_norm = self.clip_and_check(optimizer)
-        assert self.policy is not None, "configure_model has not run"
+        assert self.shape is not None, "on_fit_start has not run"
         lengths = [trained.attention_mask.sum(-1), scored.attention_mask.sum(-1)]
         totals["tokens"] = (lengths[0].sum() + lengths[1].sum()).to(torch.float32)
-        flops = training_flops(self.policy, lengths[0]) + training_flops(self.policy, lengths[1]) / 3  # forward only
+        flops = training_flops(self.shape, lengths[0]) + forward_flops(self.shape, lengths[1])  # scored: forward only
         totals["flops"] = torch.tensor(flops, device=self.device)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # the optimizer's kernels belong to this step's time

@@ -6,7 +6,15 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForCausalLM, Qwen2Config
 
-from lit_chord.flops import attention_width, forward_flops, linear_weight_count, peak_flops, training_flops
+from lit_chord.flops import (
+    ModelShape,
+    attention_width,
+    forward_flops,
+    linear_weight_count,
+    model_shape,
+    peak_flops,
+    training_flops,
+)
 
 
 def tiny_qwen2(tie: bool) -> AutoModelForCausalLM:
@@ -25,7 +33,7 @@ def tiny_qwen2(tie: bool) -> AutoModelForCausalLM:
 
 def test_forward_flops_by_hand():
     # 2 · 10 weights · (3 + 5) tokens = 160; 4 · 2 layers · width 4 · (3² + 5²) = 32 · 34 = 1088; total 1248.
-    assert forward_flops(10, 2, 4, torch.tensor([3, 5])) == 1248
+    assert forward_flops(ModelShape(10, 2, 4), torch.tensor([3, 5])) == 1248
 
 
 def test_linear_weights_and_attention_width_of_a_qwen2():
@@ -45,9 +53,9 @@ def test_forward_flops_match_torchs_flop_counter():
     ids = torch.randint(0, 96, (batch, length))
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(input_ids=ids)
-    expected = forward_flops(linear_weight_count(model), 2, 64, torch.full((batch,), length))
+    expected = forward_flops(ModelShape(linear_weight_count(model), 2, 64), torch.full((batch,), length))
     assert counter.get_total_flops() == expected
-    assert training_flops(model, torch.full((batch,), length)) == 3 * expected
+    assert training_flops(model_shape(model), torch.full((batch,), length)) == 3 * expected
 
 
 def test_no_peak_figure_on_cpu():
