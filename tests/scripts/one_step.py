@@ -10,16 +10,19 @@ Usage: python one_step.py WORLD_DIR OUT_FILE DEVICES {ddp,fsdp2,single,slurm}
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-import lightning as L
 import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
 
-from lit_chord.datamodule import ChordDataModule
-from lit_chord.engines import Completion, SamplingConfig
-from lit_chord.module import ChordModule
-from lit_chord.rollout_callback import RolloutCallback
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from helpers import cpu_trainer  # noqa: E402
+
+from lit_chord.datamodule import ChordDataModule  # noqa: E402
+from lit_chord.engines import Completion, SamplingConfig  # noqa: E402
+from lit_chord.module import ChordModule  # noqa: E402
+from lit_chord.rollout_callback import RolloutCallback  # noqa: E402
 
 
 class EchoEngine:
@@ -84,16 +87,10 @@ def main(world: str, out: str, devices: int, layout: str) -> None:
         max_response_length=32,
     )
     keep = Keep()
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = cpu_trainer(
         devices=devices,
         strategy=strategy,
         max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
         callbacks=[RolloutCallback(engine=EchoEngine(), reward_fn=length_reward), keep],
     )
     environment = getattr(trainer.strategy, "cluster_environment", None)

@@ -14,14 +14,13 @@ import os
 import sys
 from pathlib import Path
 
-import lightning as L
 import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers import tiny_datamodule  # noqa: E402
+from helpers import cpu_trainer, tiny_datamodule  # noqa: E402
 
 from lit_chord.engines.vllm_engine import VLLMEngine  # noqa: E402
 from lit_chord.module import ChordModule  # noqa: E402
@@ -60,17 +59,8 @@ def main(world: str, out: str, layout: str) -> None:
     )
     keep = Keep()
     engine = VLLMEngine(dtype="float32", enforce_eager=True, max_model_len=128)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy=strategy,
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[RolloutCallback(engine=engine, max_new_tokens=16), keep],
+    trainer = cpu_trainer(
+        devices=2, strategy=strategy, max_steps=2, callbacks=[RolloutCallback(engine=engine, max_new_tokens=16), keep]
     )
     trainer.fit(module, datamodule=tiny_datamodule(Path(world), prompts_per_step=4))
     Path(out, f"rank{trainer.global_rank}.json").write_text(json.dumps(keep.steps))
