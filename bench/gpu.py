@@ -249,7 +249,7 @@ def mfu(args, path: str) -> dict:
             is_expert=torch.arange(rows) < experts,
             advantages=torch.where(torch.arange(rows) % 2 == 0, 1.0, -1.0) * (torch.arange(rows) >= experts),
         )
-        return StepBatch(step=step, prompts=[], expert=[], num_generations=1, train=train)
+        return StepBatch(step=step, prompts=[], expert=[], num_generations=1, train=train, horizon=length - prompt_len)
 
     class Rows(LightningDataModule):
         def train_dataloader(self) -> DataLoader:

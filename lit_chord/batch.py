@@ -122,12 +122,14 @@ class StepBatch:
     rollouts: list[Sequence] = field(default_factory=list)
     train: TrainTensors | None = None  # set by the rollout callback through the datamodule's collate
     temperature: float = 1.0  # sampling temperature; the trainer scales logits by the same value
+    horizon: int | None = None  # the rollouts' max_new_tokens: the constant of seq-mean-token-sum-norm
     metrics: dict[str, float] = field(default_factory=dict)  # rollout metrics, logged by the module
 
 
 @dataclass
 class ValResult:
-    """How the policy answered one held-out prompt: greedy, and ``n`` samples."""
+    """How the policy answered one held-out prompt: greedy, and ``n`` samples. Correctness is the reward's
+    ``accuracy`` (the right answer, whatever the format); the format is ``format_ok``, on its own."""
 
     greedy_correct: float
     greedy_length: int
@@ -135,11 +137,23 @@ class ValResult:
     completion: str = ""  # the greedy completion, decoded
     greedy_reward: float = 0.0
     pass_at_k: float | None = None  # unbiased pass@k from the samples (None without samples)
+    format_ok: float | None = None  # the greedy completion is well formed (None: the reward judges no format)
 
 
 @dataclass
 class ValBatch:
-    """Held-out prompts; the rollout callback fills ``results`` before ``validation_step``."""
+    """Held-out prompts; the rollout callback fills ``results`` before ``validation_step``.
+
+    Under several ranks every rank runs as many batches of the same sizes (generation and metric syncs are
+    collectives), so a rank with a smaller share of the set fills its last rows with a repeated prompt that is
+    generated but not ``counted``. ``indices`` are the prompts' positions in their set: they seed the samples.
+    """
 
     prompts: list[Prompt]
     results: list[ValResult] = field(default_factory=list)
+    indices: list[int] = field(default_factory=list)  # position in the set per row (default: 0, 1, ...)
+    counted: list[bool] = field(default_factory=list)  # False for padding rows (default: all counted)
+
+    def __post_init__(self) -> None:
+        self.indices = self.indices or list(range(len(self.prompts)))
+        self.counted = self.counted or [True] * len(self.prompts)

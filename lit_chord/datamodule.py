@@ -14,6 +14,7 @@ each step's draw, so a prompt group never straddles ranks.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -24,6 +25,7 @@ from lightning.pytorch.utilities import AttributeDict, rank_zero_info, rank_zero
 from torch.utils.data import DataLoader, IterableDataset
 
 from lit_chord.batch import Prompt, Sequence, StepBatch, TrainTensors, ValBatch, pad_sequences
+from lit_chord.chat import stop_token_ids
 from lit_chord.records import DataError, json_type, located_records, text_field_problem
 
 if TYPE_CHECKING:
@@ -36,6 +38,10 @@ PAPER_SYSTEM_PROMPT = (
     "\\boxed{} as closed-form results."
 )
 ROLES = ("system", "user", "assistant", "tool")
+
+# HeldOutShard has a length (progress bars, fractional limit_val_batches) and its loaders use no worker processes,
+# so Lightning's warning that workers could make an iterable dataset's length inaccurate does not apply.
+warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
 
 
 def val_set_sources(val_data: str | list[str] | dict[str, str] | None) -> dict[str, str]:
@@ -75,6 +81,36 @@ class StepStream(IterableDataset):
             step += 1
 
 
+class HeldOutShard(IterableDataset):
+    """One rank's share of a held-out set as ``ValBatch``es: as many batches, of the same sizes, on every rank.
+
+    Why an ``IterableDataset``: Lightning puts a ``DistributedSampler`` into map-style loaders (unless the trainer
+    sets ``use_distributed_sampler=False``), which shards a rank's share a second time and pads it by repeating
+    prompts, so some prompts were scored twice and others never. Iterable datasets it leaves alone: this split is
+    the only one, whatever the trainer's flags. Rank r takes a contiguous block (the first ``len % world_size``
+    ranks one prompt more); a shorter block ends with a padding row, the set's first prompt, generated (the ranks'
+    collectives stay in step) but not counted. Contiguous blocks put the set's first prompts on rank 0, where the
+    sample table reads them, and keep each batch's indices consecutive, which the per-prompt seeds rely on.
+    """
+
+    def __init__(self, prompts: list[Prompt], rank: int, world_size: int, batch_size: int) -> None:
+        per_rank, extra = divmod(len(prompts), world_size)
+        start = rank * per_rank + min(rank, extra)
+        self.indices = list(range(start, start + per_rank + (rank < extra)))
+        self.rows = per_rank + (extra > 0)  # the largest share: every rank's row count
+        self.prompts, self.batch_size = prompts, batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(self.rows / self.batch_size)
+
+    def __iter__(self) -> Iterator[ValBatch]:
+        padding = self.rows - len(self.indices)
+        indices, counted = self.indices + [0] * padding, [True] * len(self.indices) + [False] * padding
+        for first in range(0, self.rows, self.batch_size):
+            rows = slice(first, first + self.batch_size)
+            yield ValBatch([self.prompts[i] for i in indices[rows]], indices=indices[rows], counted=counted[rows])
+
+
 class ChordDataModule(LightningDataModule):
     def __init__(
         self,
@@ -85,6 +121,7 @@ class ChordDataModule(LightningDataModule):
         prompts_per_step: int = 32,
         num_generations: int = 8,
         expert_data_ratio: float = 0.2,
+        experts_per_step: int | None = None,
         system_prompt: str | None = PAPER_SYSTEM_PROMPT,
         prompt_key: str = "problem",
         answer_key: str = "answer",
@@ -93,6 +130,7 @@ class ChordDataModule(LightningDataModule):
         max_prompt_length: int = 1024,
         max_response_length: int = 8192,
         val_size: int | None = None,
+        val_batch_size: int = 64,
         seed: int = 42,
     ) -> None:
         """Where the two streams come from and how a step is composed.
@@ -111,6 +149,9 @@ class ChordDataModule(LightningDataModule):
             num_generations: Rollouts per prompt, the GRPO group size (reference: 8).
             expert_data_ratio: Share of the step's sequences that are expert demonstrations (reference: 0.2, i.e.
                 64 expert next to 32 x 8 rollouts). Must lie in [0, 1).
+            experts_per_step: Exact number of expert demonstrations per step across all ranks; when set, it is used
+                instead of ``expert_data_ratio`` (a ratio cannot give every count: the reference's ToolACE recipe,
+                96 expert next to 768 rollouts, is ratio 0.111..., which rounds to 95 or 97).
             system_prompt: System message for RL prompts and for prompt/response expert records (messages records
                 keep their own). None for no system message. Default: the paper's zero-shot prompt with tags.
             prompt_key: Field with the problem text.
@@ -120,6 +161,7 @@ class ChordDataModule(LightningDataModule):
             max_prompt_length: Prompts longer than this (in tokens) are filtered out and counted.
             max_response_length: Expert responses longer than this are filtered out and counted (reference).
             val_size: Use only the first ``val_size`` prompts of each held-out set (None: all).
+            val_batch_size: Held-out prompts per validation batch and rank (one generation call each).
             seed: Seed of the per-epoch shuffles.
         """
         super().__init__()
@@ -130,6 +172,7 @@ class ChordDataModule(LightningDataModule):
             ("num_generations", num_generations),
             ("max_prompt_length", max_prompt_length),
             ("max_response_length", max_response_length),
+            ("val_batch_size", val_batch_size),
         ]:
             if value < 1:
                 raise ValueError(f"data.{name} must be >= 1, got {value}")
@@ -140,13 +183,22 @@ class ChordDataModule(LightningDataModule):
         self.prompts_per_step = prompts_per_step
         self.num_generations = num_generations
         rollouts = prompts_per_step * num_generations
-        # expert = ceil(ratio * (rollouts + expert)) as the reference's mix sample strategy.
-        self.experts_per_step = math.ceil(expert_data_ratio * rollouts / (1 - expert_data_ratio) - 1e-9)
+        # expert = ceil(ratio * (rollouts + expert)) as the reference's mix sample strategy
+        from_ratio = math.ceil(expert_data_ratio * rollouts / (1 - expert_data_ratio) - 1e-9)
+        if experts_per_step is not None and experts_per_step < 0:
+            raise ValueError(f"data.experts_per_step must be >= 0 or null, got {experts_per_step}")
+        if experts_per_step is not None and experts_per_step != from_ratio:
+            rank_zero_info(
+                f"data.experts_per_step={experts_per_step} expert samples per step, not the {from_ratio} of "
+                f"data.expert_data_ratio={expert_data_ratio}"
+            )
+        self.experts_per_step = from_ratio if experts_per_step is None else experts_per_step
         self.prompts: list[Prompt] = []
         self.expert: list[Sequence] = []
         self.val_sets: dict[str, list[Prompt]] = {}  # name -> prompts, one validation dataloader each
         self.filtered: dict[str, int] = {}
         self.tokenizer: PreTrainedTokenizerBase | None = None  # loaded by setup
+        self.stop_token_ids: list[int] = []  # where a turn ends (chat.py), set by setup
 
     @property
     def hp(self) -> AttributeDict:
@@ -165,6 +217,7 @@ class ChordDataModule(LightningDataModule):
             raise DataError(f"tokenizer {hp.tokenizer!r} has no chat template; both streams are formatted with it")
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.stop_token_ids = stop_token_ids(self.tokenizer, hp.tokenizer)
         self.prompts = self._load_prompts(hp.prompt_data, "prompt_data")
         if hp.expert_data and self.experts_per_step:
             self.expert = self._load_expert(hp.expert_data)
@@ -260,7 +313,7 @@ class ChordDataModule(LightningDataModule):
     def _load_expert(self, source: str) -> list[Sequence]:
         hp = self.hp
         assert self.tokenizer is not None, "setup has not run"
-        eos = self.tokenizer.eos_token_id
+        stops = set(self.stop_token_ids)
         expert = []
         for where, record in located_records(source):
             messages = self.expert_messages(record, where)
@@ -273,8 +326,9 @@ class ChordDataModule(LightningDataModule):
                     "prefix of the conversation; cannot locate the assistant tokens"
                 )
             response_ids = self.tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
-            if eos in response_ids:  # keep the end-of-turn token, drop what the template adds after it
-                response_ids = response_ids[: response_ids.index(eos) + 1]
+            ends = [index for index, token in enumerate(response_ids) if token in stops]
+            if ends:  # keep the first end-of-turn token, drop what the template adds after it (chat.py)
+                response_ids = response_ids[: ends[0] + 1]
             if len(prompt_ids) > hp.max_prompt_length or len(response_ids) > hp.max_response_length:
                 self.filtered["expert_data"] = self.filtered.get("expert_data", 0) + 1
                 continue
@@ -348,11 +402,10 @@ class ChordDataModule(LightningDataModule):
         return list(self.val_sources)
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """One loader per held-out set; each rank scores its own share of every set (``HeldOutShard``)."""
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        loaders: list[DataLoader] = []
-        for prompts in self.val_sets.values() or [[]]:
-            mine = prompts[rank::world]
-            size = max(1, min(64, len(mine)))
-            # A list is a map-style dataset to DataLoader, though torch annotates the argument as Dataset.
-            loaders.append(DataLoader(mine, batch_size=size, collate_fn=ValBatch, num_workers=0))  # type: ignore[arg-type]
+        loaders = [
+            DataLoader(HeldOutShard(prompts, rank, world, self.hp.val_batch_size), batch_size=None, num_workers=0)
+            for prompts in self.val_sets.values() or [[]]
+        ]
         return loaders[0] if len(loaders) == 1 else loaders

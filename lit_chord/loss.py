@@ -2,17 +2,21 @@
 
 One optimizer step mixes on-policy rollouts (GRPO) with expert demonstrations (SFT):
 
-    L     = (1 − μ)·L_rl + μ·L_sft                                       the paper's hybrid loss
+    L     = (1 − μ)·L_rl + μ·L_sft − c_ent·H + c_kl·KL            the paper's hybrid loss, as the reference applies
+                                                                  the entropy bonus and KL penalty (outside 1 − μ)
     L_rl  = agg over rollout tokens of max(−A·r, −A·clip(r, 1 − ε_low, 1 + ε_high)),  r = π_θ(y_t) / π_old(y_t)
             (dual clip: for A < 0 the token loss is also capped at −A·c, c = 3)
     L_sft = agg over expert tokens of −φ(p)·log p,  p = π_θ(y*_t),  φ(p) = p(1 − p) detached        CHORD-φ
     A     = (R − mean_group R) / (std_group R + ε) per prompt group, broadcast over tokens       GRPO
     μ     = linear warm-up 0 → μ_peak, half-cosine μ_peak → μ_valley, then μ_valley             CHORD-μ
 
-Rollout rows enter only L_rl (and the optional entropy bonus and KL penalty), expert rows only L_sft. Each term is
-normalized by its own token (or sequence) count, so both weigh 1 before mixing with 1 − μ and μ, however many expert
-rows a batch holds. Counts are global (summed over micro-batches and ranks by the caller), so micro-batch losses add
-up to the full-batch loss. Semantics follow the reference implementation (Trinity-RFT, algorithm `mix_chord`).
+Rollout rows enter only L_rl and the entropy bonus H (mean entropy of rollout tokens), expert rows only L_sft; the KL
+penalty to the reference policy covers every response token, expert rows included. That is the reference's actor
+(Trinity-RFT, verl): ``policy_loss = pg_loss − entropy_coef·entropy + kl_coef·kl``, with the CHORD mix as ``pg_loss``,
+so neither regularizer is scaled by 1 − μ. Each term is normalized by its own token (or sequence) count, so L_rl and
+L_sft both weigh 1 before mixing with 1 − μ and μ, however many expert rows a batch holds. Counts are global (summed
+over micro-batches and ranks by the caller), so micro-batch losses add up to the full-batch loss. Semantics follow
+the reference implementation (Trinity-RFT, algorithm `mix_chord`).
 The log-probabilities come from `lit_chord.logprobs.token_logprobs`, which never materializes the logits.
 """
 
@@ -42,6 +46,9 @@ def mu_schedule(step: int, warmup_steps: int, decay_steps: int, peak: float, val
 def group_advantages(rewards: Tensor, group_size: int, scale_by_std: bool = True, eps: float = 1e-6) -> Tensor:
     """GRPO advantages A = (r − mean_g) / (std_g + eps), with the unbiased std of each group.
 
+    A group of one has no statistics: as the reference (verl, Trinity-RFT) it takes mean 0 and std 1, so A = r
+    and ``num_generations: 1`` keeps its RL signal (REINFORCE on the raw reward).
+
     Args:
         rewards: ``(N,)`` rewards laid out group after group (the completions of one prompt are contiguous).
         group_size: Completions per prompt; must divide N.
@@ -49,13 +56,15 @@ def group_advantages(rewards: Tensor, group_size: int, scale_by_std: bool = True
         eps: Added to the std.
 
     Returns:
-        ``(N,)`` float32; exactly 0 for a group whose rewards are all equal (a group of one included).
+        ``(N,)`` float32; exactly 0 for a group of two or more whose rewards are all equal.
     """
     if group_size < 1 or rewards.numel() % group_size != 0:
         raise ValueError(f"rewards has {rewards.numel()} elements, not a multiple of group_size={group_size}")
+    if group_size == 1:
+        return rewards.detach().float().reshape(-1).clone()  # mean 0, std 1
     groups = rewards.detach().float().reshape(-1, group_size)  # (G, group_size)
     advantages = groups - groups.mean(dim=1, keepdim=True)
-    if scale_by_std and group_size > 1:
+    if scale_by_std:
         advantages = advantages / (groups.std(dim=1, keepdim=True) + eps)
     constant = groups.amax(dim=1, keepdim=True) == groups.amin(dim=1, keepdim=True)  # the mean may round: force 0
     return advantages.masked_fill(constant, 0.0).reshape(-1)
@@ -105,6 +114,10 @@ def sft_loss(logprobs: Tensor, weighting: SftWeighting = "phi") -> Tensor:
     """Per-token SFT loss −w·log p ``(B, T)`` with a detached weight w.
 
     ``"none"``: w = 1 (plain SFT, CHORD-μ); ``"phi"``: w = φ(p) (CHORD-φ); ``"is"``: w = p (the paper's IS ablation).
+
+    The weight is detached on purpose, as in the reference (``(p·(1 − p)).detach()``): the gradient is then
+    −φ(p)·∇log p, a reweighted SFT gradient. Letting the gradient flow through φ (as another port does) would add
+    −log p·φ'(p)·∇p, a term that, for p < 0.5, pushes the token's probability further down. ``test_loss.py`` pins it.
     """
     if weighting == "none":
         return -logprobs
@@ -116,7 +129,7 @@ def sft_loss(logprobs: Tensor, weighting: SftWeighting = "phi") -> Tensor:
     raise ValueError(f"unknown sft weighting {weighting!r}")
 
 
-def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: KlEstimator = "k3") -> Tensor:
+def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: KlEstimator = "k2") -> Tensor:
     """Per-token KL(π_θ ‖ π_ref) estimate ``(B, T)``: k1 = log r, k2 = ½(log r)², k3 = 1/r + log r − 1."""
     log_ratio = logprobs - ref_logprobs  # log r
     if estimator == "k1":
@@ -210,19 +223,20 @@ def chord_loss(
     ref_logprobs: Tensor | None = None,  # (B, T) reference-policy log-probs, for the KL penalty and the metric
     rollout_weights: Tensor | None = None,  # (B, T) detached per-token weights of the policy loss (e.g. TIS)
     kl_coef: float = 0.0,
-    kl_estimator: KlEstimator = "k3",
+    kl_estimator: KlEstimator = "k2",
 ) -> LossOutput:
-    """CHORD loss L = (1 − μ)·L_rl + μ·L_sft of a (micro-)batch mixing rollout and expert rows.
+    """CHORD loss L = (1 − μ)·L_rl + μ·L_sft − entropy_coef·H + kl_coef·KL of a (micro-)batch.
 
-    L_rl = agg(policy loss) − entropy_coef·agg(entropy) + kl_coef·agg(KL) over rollout tokens, L_sft = agg(SFT loss)
-    over expert tokens; see `policy_loss`, `sft_loss`, `kl_penalty` and `aggregate` for the arguments.
+    L_rl = agg(policy loss) over rollout tokens, L_sft = agg(SFT loss) over expert tokens, H = agg(entropy) over
+    rollout tokens (``rl_agg``), KL = agg(KL to ``ref_logprobs``) over all response tokens, expert rows included
+    (``rl_agg`` with the counts of both kinds). See `policy_loss`, `sft_loss`, `kl_penalty` and `aggregate`.
 
     Returns:
         `LossOutput`. Metrics that add up over micro-batches sharing the same global ``normalizers``: ``loss``,
         ``loss_rl``, ``loss_sft``, and token-means over rollout tokens of ``clip_frac``, ``clip_frac_lower``,
-        ``approx_kl`` (old − new log-prob), ``entropy`` (0 without ``entropy``), ``kl`` (only with
-        ``ref_logprobs``), and over expert tokens of ``phi_mean`` (φ(p)). Not additive: ``mu`` (a constant) and
-        ``ratio_max`` (over rollout tokens, 0 if none; take the max over micro-batches).
+        ``approx_kl`` (old − new log-prob), ``entropy`` (0 without ``entropy``), over all response tokens of ``kl``
+        (only with ``ref_logprobs``), and over expert tokens of ``phi_mean`` (φ(p)). Not additive: ``mu`` (a
+        constant) and ``ratio_max`` (over rollout tokens, 0 if none; take the max over micro-batches).
     """
     norm = count_normalizers(mask, is_expert) if normalizers is None else normalizers
     expert = is_expert.bool().unsqueeze(-1)  # (B, 1)
@@ -231,22 +245,28 @@ def chord_loss(
     def rl_term(values: Tensor) -> Tensor:
         return aggregate(values, rl_mask, rl_agg, norm.rl_tokens, norm.rl_seqs, horizon)
 
-    def token_mean(values: Tensor, expert_tokens: bool = False) -> Tensor:  # detached metric
-        m, n = (sft_mask, norm.sft_tokens) if expert_tokens else (rl_mask, norm.rl_tokens)
+    def token_mean(values: Tensor, kind: Literal["rl", "sft", "all"] = "rl") -> Tensor:  # detached metric
+        m, n = {
+            "rl": (rl_mask, norm.rl_tokens),
+            "sft": (sft_mask, norm.sft_tokens),
+            "all": (mask.bool(), norm.rl_tokens + norm.sft_tokens),
+        }[kind]
         return aggregate(values.detach().float(), m, "token-mean", n, 0.0)
 
     clips = {"clip_low": clip_low, "clip_high": clip_high, "clip_ratio_c": clip_ratio_c}
     pg = policy_loss(logprobs, old_logprobs, advantages, rl_mask, **clips)
     loss_rl = rl_term(pg.losses if rollout_weights is None else pg.losses * rollout_weights)
+    loss_sft = aggregate(sft_loss(logprobs, sft_weighting), sft_mask, sft_agg, norm.sft_tokens, norm.sft_seqs, horizon)
+    loss = (1.0 - mu) * loss_rl + mu * loss_sft  # the hybrid loss, the paper's L = (1 − μ)·L_RL + μ·L_SFT
     metrics = {"entropy": token_mean(entropy if entropy is not None else torch.zeros_like(logprobs))}
     if entropy is not None and entropy_coef != 0.0:
-        loss_rl = loss_rl - entropy_coef * rl_term(entropy)  # entropy bonus
+        loss = loss - entropy_coef * rl_term(entropy)  # entropy bonus on rollout tokens, outside 1 − μ (reference)
     if ref_logprobs is not None:
         kl = kl_penalty(logprobs, ref_logprobs, kl_estimator)
-        loss_rl = loss_rl + kl_coef * rl_term(kl) if kl_coef != 0.0 else loss_rl  # KL penalty
-        metrics["kl"] = token_mean(kl)
-    loss_sft = aggregate(sft_loss(logprobs, sft_weighting), sft_mask, sft_agg, norm.sft_tokens, norm.sft_seqs, horizon)
-    loss = (1.0 - mu) * loss_rl + mu * loss_sft  # the hybrid loss
+        if kl_coef != 0.0:  # KL penalty on every response token, expert rows included, outside 1 − μ (reference)
+            all_tokens, all_seqs = norm.rl_tokens + norm.sft_tokens, norm.rl_seqs + norm.sft_seqs
+            loss = loss + kl_coef * aggregate(kl, mask.bool(), rl_agg, all_tokens, all_seqs, horizon)
+        metrics["kl"] = token_mean(kl, "all")
 
     metrics.update(
         loss=loss.detach(),
@@ -255,7 +275,7 @@ def chord_loss(
         clip_frac=token_mean(pg.clipped),
         clip_frac_lower=token_mean(pg.dual_clipped),
         approx_kl=token_mean(old_logprobs - logprobs),
-        phi_mean=token_mean(phi(logprobs.detach().float().exp()), expert_tokens=True),
+        phi_mean=token_mean(phi(logprobs.detach().float().exp()), "sft"),
         mu=torch.tensor(float(mu), device=logprobs.device),
         ratio_max=pg.ratio.float().amax(),  # 0 where masked, so 0 without rollout tokens
     )

@@ -6,9 +6,10 @@ correct, ``1 − C(n − c, k) / C(n, k)``, the probability that ``k`` samples d
 and grows with n. avg@k is the mean correctness of the samples, i.e. the same estimator at k = 1.
 
 Each named held-out set gets one ``HeldOutMetrics`` (torchmetrics ``MeanMetric``s, so ranks are reduced exactly
-and epochs reset by Lightning); its keys are ``val/<set>/greedy_acc``, ``val/<set>/avg@k``, ``val/<set>/pass@k``
-and ``val/<set>/response_len``. ``logprob_gap`` measures how far the rollout engine's numerics drift from the
-trainer's on the sampled tokens.
+and epochs reset by Lightning); its keys are ``val/<set>/greedy_acc``, ``val/<set>/avg@k``, ``val/<set>/pass@k``,
+``val/<set>/response_len`` and ``val/<set>/format_ok``. Accuracies count right answers only (the reward's
+``accuracy``); the format is ``format_ok``, logged for rewards that judge it. ``logprob_gap`` measures how far
+the rollout engine's numerics drift from the trainer's on the sampled tokens.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, SumMetric
 
 from lit_chord.batch import TrainTensors, ValResult
 from lit_chord.loss import Normalizers
@@ -43,7 +44,13 @@ class HeldOutMetrics(nn.Module):
     """Means over one held-out set's prompts, accumulated over a validation epoch."""
 
     # logged key suffix -> attribute
-    KEYS = {"greedy_acc": "greedy_acc", "avg@k": "avg_at_k", "pass@k": "pass_at_k", "response_len": "response_len"}
+    KEYS = {
+        "greedy_acc": "greedy_acc",
+        "avg@k": "avg_at_k",
+        "pass@k": "pass_at_k",
+        "response_len": "response_len",
+        "format_ok": "format_ok",
+    }
 
     def __init__(self) -> None:
         super().__init__()
@@ -51,18 +58,30 @@ class HeldOutMetrics(nn.Module):
         self.avg_at_k = MeanMetric()
         self.pass_at_k = MeanMetric()
         self.response_len = MeanMetric()
+        self.format_ok = MeanMetric()  # greedy completions that are well formed, for rewards that judge the format
+        self.count = SumMetric()  # ``val/<set>/count`` (logged on its own): prompts scored, summed over ranks
 
-    def update(self, results: list[ValResult]) -> None:
-        for result in results:
-            self.greedy_acc.update(result.greedy_correct)
-            self.response_len.update(result.greedy_length)
+    def update(self, results: list[ValResult], counted: list[bool] | None = None) -> None:
+        """Add one batch. Rows not ``counted`` (padding that keeps ranks in step) update with weight 0: they change
+        no mean, yet every rank updates, and so logs and syncs, the same metrics."""
+        weights = [1.0] * len(results) if counted is None else [float(c) for c in counted]
+        self.count.update(sum(weights))
+        for result, weight in zip(results, weights, strict=True):
+            self.greedy_acc.update(result.greedy_correct, weight)
+            self.response_len.update(result.greedy_length, weight)
             if result.sample_correct:
-                self.avg_at_k.update(sum(result.sample_correct) / len(result.sample_correct))
+                self.avg_at_k.update(sum(result.sample_correct) / len(result.sample_correct), weight)
             if result.pass_at_k is not None:
-                self.pass_at_k.update(result.pass_at_k)
+                self.pass_at_k.update(result.pass_at_k, weight)
+            if result.format_ok is not None:
+                self.format_ok.update(result.format_ok, weight)
 
     def updated(self) -> Iterator[tuple[str, str, MeanMetric]]:
-        """``(key suffix, attribute, metric)`` for each metric that has seen a value this epoch."""
+        """``(key suffix, attribute, metric)`` for each metric that has seen a value this epoch.
+
+        Lightning syncs each logged metric across ranks, so ranks must yield the same ones: which metrics a row
+        updates depends on the configuration (samples, the reward's format), not on the prompt, and every rank
+        updates with as many rows (``ValBatch.counted``)."""
         for suffix, attribute in self.KEYS.items():
             metric = getattr(self, attribute)
             if metric.update_count:

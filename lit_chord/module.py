@@ -25,7 +25,7 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.optimizer import LightningOptimizer
-from lightning.pytorch.utilities import AttributeDict
+from lightning.pytorch.utilities import AttributeDict, rank_zero_warn
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MeanMetric
@@ -62,9 +62,9 @@ class ChordModule(LightningModule):
         random_init: bool = False,
         init_seed: int = 0,
         mu_warmup_steps: int = 0,
-        mu_decay_steps: int = 200,
-        mu_peak: float = 0.9,
-        mu_valley: float = 0.05,
+        mu_decay_steps: int = 0,
+        mu_peak: float = 0.1,
+        mu_valley: float = 0.1,
         sft_weighting: Literal["none", "phi", "is"] = "phi",
         clip_low: float = 0.2,
         clip_high: float = 0.2,
@@ -73,7 +73,7 @@ class ChordModule(LightningModule):
         sft_loss_agg: LossAgg = "token-mean",
         entropy_coef: float = 0.0,
         kl_coef: float = 0.0,
-        kl_estimator: Literal["k1", "k2", "k3"] = "k3",
+        kl_estimator: Literal["k1", "k2", "k3"] = "k2",
         micro_batch_size: int = 8,
         logprob_chunk_size: int = 1024,
         max_grad_norm: float = 1.0,
@@ -84,6 +84,9 @@ class ChordModule(LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         """CHORD hyperparameters, the policy to load and the optimizer.
+
+        The defaults are the reference's (Trinity-RFT ``mix_chord``): CHORD-φ, a constant μ = 0.1 with φ on.
+        ``configs/chord_mu.yaml`` and ``configs/chord_phi.yaml`` hold the paper's two variants explicitly.
 
         Args:
             model: Path or hub name of a causal LM, loaded with ``AutoModelForCausalLM.from_pretrained``.
@@ -100,16 +103,19 @@ class ChordModule(LightningModule):
             clip_ratio_c: Dual-clip bound for negative advantages.
             rl_loss_agg: Aggregation of the RL term over rollout tokens.
             sft_loss_agg: Aggregation of the SFT term over expert tokens.
-            entropy_coef: Entropy bonus on rollout tokens (reference: 0).
-            kl_coef: KL penalty to the initial policy on rollout tokens (reference: 0; > 0 keeps a frozen copy).
-            kl_estimator: KL estimator: k1, k2 or k3.
+            entropy_coef: Entropy bonus on rollout tokens, added outside the (1 − μ) factor (reference: 0).
+            kl_coef: KL penalty to the initial policy on every response token, expert rows included, outside the
+                (1 − μ) factor (reference: 0; > 0 keeps a frozen copy of the policy).
+            kl_estimator: KL estimator: k1, k2 (the reference's default) or k3.
             micro_batch_size: Rows per forward/backward; the step's result does not depend on it.
             logprob_chunk_size: Tokens per chunk when projecting onto the vocabulary.
             max_grad_norm: Gradient clipping by global norm (reference: 1.0); 0 disables.
             max_consecutive_skips: Stop after this many consecutive steps with a non-finite loss or gradient.
             tis_cap: Truncated importance sampling for the sampler/trainer mismatch: weight each rollout token's
-                policy loss by min(π_trainer / π_engine, tis_cap), using the engine's log-probabilities (vLLM).
-                0 disables it (reference).
+                policy loss by min(π_trainer / π_engine, tis_cap), using the engine's log-probabilities (vLLM,
+                at the sampling temperature). 0 disables it (reference); otherwise it must be >= 1. Without engine
+                log-probabilities (the transformers engine samples from the policy itself) it has no effect, and
+                says so once.
             gradient_checkpointing: Recompute decoder activations in backward to save memory.
             optimizer: Optimizer factory (LightningCLI: ``--optimizer AdamW --optimizer.lr 1e-6``).
             lr_scheduler: Optional LR scheduler factory, stepped once per optimizer step.
@@ -129,6 +135,8 @@ class ChordModule(LightningModule):
                 raise ValueError(f"model.{name} must be >= 0, got {value}")
         if micro_batch_size < 1:
             raise ValueError(f"model.micro_batch_size must be >= 1, got {micro_batch_size}")
+        if tis_cap and tis_cap < 1.0:
+            raise ValueError(f"model.tis_cap must be 0 (off) or >= 1, got {tis_cap}: a cap below 1 shrinks every token")
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.automatic_optimization = False  # micro-batching inside a step needs manual backward
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
@@ -141,6 +149,8 @@ class ChordModule(LightningModule):
         self.val_before: float | None = None  # held-out accuracy of the sanity check, i.e. before training
         self.peak_flops: float | None = None  # the device's peak FLOP/s at the trainer's precision, for train/mfu
         self.shape: ModelShape | None = None  # what the policy's FLOPs depend on, for train/mfu
+        self.scaled_grad_norm: Tensor | None = None  # 16-mixed: the norm clipped after the plugin unscaled
+        self.tis_warned = False
 
     @property
     def hp(self) -> AttributeDict:
@@ -237,7 +247,9 @@ class ChordModule(LightningModule):
         assert batch.train is not None, "the rollout callback fills batch.train before training_step"
         rows = batch.train.to(self.device)
         normalizers = self.global_normalizers(rows)
-        horizon = rows.input_ids.shape[1] - 1  # one constant per step for seq-mean-token-sum-norm
+        # seq-mean-token-sum-norm divides by a constant of the run, the same on every rank: the generation budget
+        assert batch.horizon is not None, "the rollout callback sets batch.horizon (its max_new_tokens)"
+        horizon = batch.horizon
         optimizer = cast(LightningOptimizer, self.optimizers())  # one optimizer
         optimizer.zero_grad(set_to_none=True)
         totals: dict[str, Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
@@ -330,30 +342,63 @@ class ChordModule(LightningModule):
 
     def tis_weights(self, logprobs: Tensor, micro: TrainTensors) -> Tensor | None:
         """min(exp(trainer − engine log-prob), cap) per token, 1 where the engine reported none; None when off."""
-        if not self.hp.tis_cap or micro.engine_logprobs is None:
+        if not self.hp.tis_cap:
+            return None
+        if micro.engine_logprobs is None:
+            if not self.tis_warned and not micro.is_expert.all():
+                rank_zero_warn(
+                    f"model.tis_cap={self.hp.tis_cap} has no effect: the rollout engine reports no log-probabilities "
+                    "(the transformers engine samples from the trained policy itself, so there is no mismatch)"
+                )
+                self.tis_warned = True
             return None
         engine = micro.engine_logprobs[:, : logprobs.shape[1]].to(logprobs.device)
         ratio = torch.exp(logprobs.detach().float() - torch.nan_to_num(engine, nan=0.0))
         return torch.where(engine.isnan(), torch.ones_like(ratio), ratio.clamp(max=self.hp.tis_cap))
 
-    def clip_and_check(self, optimizer) -> Tensor:
-        """Clip the global gradient norm; step only if it is finite, else skip (counted, fatal if repeated)."""
-        max_norm = self.hp.max_grad_norm or float("inf")
+    def clip_grad_norm(self) -> Tensor:
+        """Clip the global gradient norm to ``max_grad_norm`` (0: no clipping); the norm before clipping."""
         assert self.scorer is not None, "configure_model has not run"
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.scorer.parameters(), max_norm)
-        if hasattr(grad_norm, "full_tensor"):  # DTensor under FSDP2
-            grad_norm = grad_norm.full_tensor()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.scorer.parameters(), self.hp.max_grad_norm or float("inf"))
+        return grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # DTensor under FSDP2
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """16-mixed only: Lightning's precision plugin unscales the gradients inside ``optimizer.step`` and calls
+        this hook right after, so this is where clipping sees the true gradients."""
+        if self.grad_scaler() is not None:
+            self.scaled_grad_norm = self.clip_grad_norm()
+
+    def grad_scaler(self):
+        """The precision plugin's ``GradScaler`` (16-mixed), else None."""
+        return getattr(self.trainer.precision_plugin, "scaler", None)
+
+    def clip_and_check(self, optimizer) -> Tensor:
+        """Clip the global gradient norm; step only if it is finite, else skip (counted, fatal if repeated).
+
+        Under 16-mixed the gradients are scaled until the precision plugin unscales them inside
+        ``optimizer.step``, so the clipping happens there (``on_before_optimizer_step``), and the plugin's
+        ``GradScaler`` skips the update itself when a gradient is not finite (and lowers its scale)."""
+        scaled = self.grad_scaler() is not None
+        if scaled:
+            self.scaled_grad_norm = None
+            optimizer.step()  # the plugin unscales, calls on_before_optimizer_step (clipping), then steps or skips
+            assert self.scaled_grad_norm is not None, "on_before_optimizer_step has not run"
+            grad_norm = self.scaled_grad_norm
+        else:
+            grad_norm = self.clip_grad_norm()
+            if torch.isfinite(grad_norm):
+                optimizer.step()
         if torch.isfinite(grad_norm):
-            optimizer.step()
             self.consecutive_skips = 0
         else:
-            optimizer.zero_grad(set_to_none=True)
             self.skipped_steps += 1
             self.consecutive_skips += 1
-            # Count the step anyway, so μ and the data streams stay aligned with global_step: the two hooks that
-            # LightningOptimizer.step runs around a real step (progress ready/completed, profiler start/stop).
-            optimizer._on_before_step()
-            optimizer._on_after_step()
+            if not scaled:
+                optimizer.zero_grad(set_to_none=True)
+                # Count the step anyway, so μ and the data streams stay aligned with global_step: the two hooks that
+                # LightningOptimizer.step runs around a real step (progress ready/completed, profiler start/stop).
+                optimizer._on_before_step()
+                optimizer._on_after_step()
             if self.consecutive_skips >= self.hp.max_consecutive_skips:
                 raise RuntimeError(
                     f"{self.consecutive_skips} consecutive steps had a non-finite loss or gradient "
@@ -392,22 +437,32 @@ class ChordModule(LightningModule):
             batch_size=1,
         )
 
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        """After the last step, ask to stop: Lightning then validates the final weights (``Trainer.should_stop``
+        forces a validation check) even where ``max_steps`` is not a multiple of ``val_check_interval``, so the
+        "after" accuracy is the final policy's."""
+        if 0 < self.trainer.max_steps <= self.trainer.global_step:
+            self.trainer.should_stop = True
+
     # ----- validation -------------------------------------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         """Held-out prompts arrive already answered by the rollout callback (greedy and sampled); one dataloader
-        per named set, logged as ``val/<set>/...`` (``lit_chord.metrics``)."""
+        per named set, logged as ``val/<set>/...`` (``lit_chord.metrics``). Rows not ``counted`` (padding that keeps
+        the ranks in step, ``HeldOutShard``) weigh 0; ``val/<set>/count`` sums the scored prompts over ranks."""
         names = getattr(self.trainer.datamodule, "val_set_names", None) or ["heldout"]  # type: ignore[attr-defined]
         key, size = str(dataloader_idx), len(batch.results)
         if key not in self.val_metrics:
             self.val_metrics[key] = HeldOutMetrics().to(self.device)
         metrics = cast(HeldOutMetrics, self.val_metrics[key])
-        metrics.update(batch.results)
+        metrics.update(batch.results, batch.counted)
         for suffix, attribute, metric in metrics.updated():
             name, path = f"val/{names[dataloader_idx]}/{suffix}", f"val_metrics.{key}.{attribute}"
             self.log(name, metric, batch_size=size, add_dataloader_idx=False, metric_attribute=path)
+        count, path = f"val/{names[dataloader_idx]}/count", f"val_metrics.{key}.count"
+        self.log(count, metrics.count, batch_size=size, add_dataloader_idx=False, metric_attribute=path)
         if dataloader_idx == 0:
-            for result in batch.results:
-                self.val_accuracy.update(result.greedy_correct)
+            for result, counted in zip(batch.results, batch.counted, strict=True):
+                self.val_accuracy.update(result.greedy_correct, weight=float(counted))
             self.log("val/accuracy", self.val_accuracy, prog_bar=True, batch_size=size, add_dataloader_idx=False)
 
     def on_validation_epoch_end(self) -> None:

@@ -1,13 +1,68 @@
-"""Reward functions: ``reward(completion, answer) -> float``.
+"""Reward functions: ``reward(completion, answer) -> Reward | float``.
+
+A reward is three things the reference logs apart: the scalar that drives the advantages, whether the answer is
+right (``accuracy``) and whether the response is well formed (``format_ok``). Keeping them apart matters for
+what a run reports: with the format penalty folded in, a right ``\\boxed{5}`` without ``<think>`` tags scores
+0.9, and an instruct model that does not emit tags would look ~0 accurate before training.
 
 ``math_boxed`` follows the reference's math workflow: 1 if the last ``\\boxed{}`` in the completion equals the
 answer (checked with math-verify, so ``1/2`` and ``0.5`` agree), minus 0.1 when the ``<think>`` format is
 broken, giving rewards in {-0.1, 0, 0.9, 1}. ``exact_match`` compares the boxed (or whole) text as a string.
+
+A user reward may return a plain number: its accuracy is then ``reward >= ACCURACY_THRESHOLD`` (1.0), which is
+the number itself for 0/1 rewards, and it reports no format (``format_ok`` is not logged). Or it may return a
+``Reward``, or a mapping with the keys ``reward`` and optionally ``accuracy`` and ``format``.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
 FORMAT_PENALTY = 0.1
+ACCURACY_THRESHOLD = 1.0  # a plain-number reward counts as a correct answer at or above this
+
+
+@dataclass(frozen=True)
+class Reward:
+    """One completion's score: the scalar for the advantages and its components for the metrics."""
+
+    reward: float  # drives the GRPO advantages
+    accuracy: float  # 1.0 if the answer is right, else 0.0 (``rollout/accuracy``, ``val/<set>/greedy_acc``, ...)
+    format_ok: float | None = None  # 1.0 if the response is well formed, 0.0 if not; None: the reward has no format
+
+
+def as_reward(value: object) -> Reward:
+    """Normalize what a reward function returned; raises ``TypeError`` / ``ValueError`` on anything else.
+
+    A number ``r`` becomes ``Reward(r, float(r >= ACCURACY_THRESHOLD))``; a mapping needs ``reward`` and may give
+    ``accuracy`` and ``format``. Every value must be a finite number.
+    """
+    if isinstance(value, Reward):
+        value = {"reward": value.reward, "accuracy": value.accuracy, "format": value.format_ok}
+    elif not isinstance(value, Mapping):
+        value = {"reward": value}
+    if "reward" not in value or set(value) - {"reward", "accuracy", "format"}:
+        raise TypeError(f"reward_fn returned {dict(value)!r}: expected keys 'reward' [, 'accuracy', 'format']")
+    reward = finite_number(value["reward"], "reward")
+    accuracy = value.get("accuracy")
+    form = value.get("format")
+    return Reward(
+        reward,
+        float(reward >= ACCURACY_THRESHOLD) if accuracy is None else finite_number(accuracy, "accuracy"),
+        None if form is None else finite_number(form, "format"),
+    )
+
+
+def finite_number(value: object, what: str) -> float:
+    """``value`` as a finite float; a string is refused (``float("1")`` would let one pass silently)."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"reward_fn returned {value!r} as {what!r}, not a number")
+    number = float(value)  # type: ignore[arg-type]  # int, float, bool, numpy or 0-dim tensor; else TypeError
+    if not math.isfinite(number):
+        raise ValueError(f"reward_fn returned a non-finite {what!r}: {number}")
+    return number
 
 
 def last_boxed(text: str) -> str | None:
@@ -41,11 +96,12 @@ def answers_match(predicted: str, answer: str) -> bool:
     return bool(gold and guess and verify(gold, guess))
 
 
-def math_boxed(completion: str, answer: str) -> float:
+def math_boxed(completion: str, answer: str) -> Reward:
     """Accuracy of the last boxed answer, minus ``FORMAT_PENALTY`` if the <think> tags are malformed."""
     boxed = last_boxed(completion)
     accuracy = 1.0 if boxed is not None and answers_match(boxed, answer) else 0.0
-    return accuracy - (0.0 if think_format_ok(completion) else FORMAT_PENALTY)
+    well_formed = think_format_ok(completion)
+    return Reward(accuracy - (0.0 if well_formed else FORMAT_PENALTY), accuracy, float(well_formed))
 
 
 def exact_match(completion: str, answer: str) -> float:

@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 import torch
@@ -27,7 +28,7 @@ from lit_chord.batch import Sequence, StepBatch, ValBatch, ValResult
 from lit_chord.engines import Completion, Engine, SamplingConfig
 from lit_chord.loss import group_advantages
 from lit_chord.metrics import pass_at_k
-from lit_chord.rewards import math_boxed
+from lit_chord.rewards import Reward, as_reward, math_boxed
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -35,7 +36,22 @@ if TYPE_CHECKING:
     from lit_chord.module import ChordModule
 
 log = logging.getLogger(__name__)
-RewardFn = Callable[[str, str], float]
+RewardFn = Callable[[str, str], "Reward | float"]
+
+
+@dataclass
+class Scores:
+    """The rewards of a batch of completions and their components, ``(N,)`` each, laid out group after group."""
+
+    rewards: Tensor  # the scalars the advantages are computed from
+    accuracy: Tensor  # 1.0 where the answer is right
+    format_ok: Tensor  # 1.0 where the response is well formed; NaN where the reward reports no format
+    errors: int  # completions whose reward function raised or returned a non-number
+
+    def format_rate(self) -> float | None:
+        """Share of well-formed responses among those the reward judged; None if it judged none."""
+        known = self.format_ok[~self.format_ok.isnan()]
+        return known.mean().item() if len(known) else None
 
 
 class RolloutCallback(Callback):
@@ -91,11 +107,13 @@ class RolloutCallback(Callback):
         self.seed = seed
         self.last_synced_step = -1
         self.tokenizer: PreTrainedTokenizerBase | None = None  # the datamodule's, set by setup
+        self.stop_ids: list[int] | None = None  # the datamodule's end-of-turn ids, set by setup
         self.attached_to: nn.Module | None = None
 
     # ----- lifecycle --------------------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.tokenizer = trainer.datamodule.tokenizer  # type: ignore[attr-defined]
+        self.stop_ids = trainer.datamodule.stop_token_ids  # type: ignore[attr-defined]
 
     def attach(self, pl_module: ChordModule) -> None:
         """Bind the engine to the policy once it exists (after ``configure_model`` and device placement)."""
@@ -103,9 +121,16 @@ class RolloutCallback(Callback):
             return
         tokenizer = self.tokenizer
         assert tokenizer is not None and pl_module.policy is not None, "setup and configure_model have not run"
-        stop_ids = sorted({tokenizer.eos_token_id, tokenizer.pad_token_id} - {None})
-        self.engine.attach(pl_module.policy, stop_ids, tokenizer.pad_token_id)
+        self.engine.attach(pl_module.policy, self.stop_token_ids(pl_module), tokenizer.pad_token_id)
         self.attached_to = pl_module.policy
+
+    def stop_token_ids(self, pl_module: ChordModule) -> list[int]:
+        """Where rollouts stop: the datamodule's end-of-turn ids (``lit_chord.chat``, the ones expert responses are
+        cut at) and the policy's ``generation_config.eos_token_id``."""
+        assert self.stop_ids is not None and pl_module.policy is not None, "setup and configure_model have not run"
+        eos = getattr(pl_module.policy.generation_config, "eos_token_id", None)
+        extra = set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
+        return sorted(set(self.stop_ids) | extra)
 
     def sync_weights(self, trainer: Trainer, pl_module: ChordModule) -> float:
         """Push the policy's weights into the engine if the optimizer stepped since the last push."""
@@ -136,8 +161,8 @@ class RolloutCallback(Callback):
         # The training step's own randomness (dropout, if the model has any) follows (seed, step, rank) too: Lightning
         # does not checkpoint RNG states, so a resumed run would otherwise draw other masks than an uninterrupted one.
         torch.manual_seed(seed + 1)
-        rewards, errors = self.score(groups, [p.answer for p in batch.prompts])
-        advantages = group_advantages(rewards, batch.num_generations, scale_by_std=self.scale_advantages_by_std)
+        scores = self.score(groups, [p.answer for p in batch.prompts])
+        advantages = group_advantages(scores.rewards, batch.num_generations, scale_by_std=self.scale_advantages_by_std)
         completions = [c for group in groups for c in group]
         prompts = [p for p in batch.prompts for _ in range(batch.num_generations)]
         batch.rollouts = [
@@ -152,8 +177,9 @@ class RolloutCallback(Callback):
             for p, c, a in zip(prompts, completions, advantages.tolist(), strict=True)
         ]
         batch.temperature = self.sampling.temperature
+        batch.horizon = self.sampling.max_new_tokens
         batch.train = trainer.datamodule.collate_rollouts(batch)  # type: ignore[attr-defined]
-        batch.metrics = rollout_metrics(rewards, completions, batch.num_generations, errors)
+        batch.metrics = rollout_metrics(scores, completions, batch.num_generations)
         batch.metrics.update({"rollout/gen_seconds": gen_seconds, "rollout/sync_seconds": sync_seconds})
 
     def generate(
@@ -162,27 +188,27 @@ class RolloutCallback(Callback):
         with pl_module.gathered() if self.engine.uses_live_policy else nullcontext():
             return self.engine.generate(prompt_ids, n, sampling)
 
-    def score(self, groups: list[list[Completion]], answers: list[str]) -> tuple[Tensor, int]:
-        """Rewards laid out group after group; a reward function that raises or returns a non-number scores 0."""
-        rewards, errors, first_error = [], 0, None
+    def score(self, groups: list[list[Completion]], answers: list[str]) -> Scores:
+        """Score every completion, group after group; a reward function that raises or returns a non-number scores
+        0 (reward, accuracy and format) and is counted."""
+        rows, errors, first_error = [], 0, None
         for group, answer in zip(groups, answers, strict=True):
             for completion in group:
-                text = self.decode(completion.token_ids)
                 try:
-                    value = self.reward_fn(text, answer)
-                    if isinstance(value, (str, bytes)):  # float("1") would pass silently
-                        raise TypeError(f"reward_fn returned {value!r}, not a number")
-                    reward = float(value)
-                    if not math.isfinite(reward):
-                        raise ValueError(f"non-finite reward {reward}")
+                    reward = as_reward(self.reward_fn(self.decode(completion.token_ids), answer))
                 except Exception as err:  # a bad reward must not kill a long run; it is logged and counted
-                    reward, errors, first_error = 0.0, errors + 1, first_error or err
-                rewards.append(reward)
+                    reward, errors, first_error = Reward(0.0, 0.0, 0.0), errors + 1, first_error or err
+                rows.append(reward)
         if errors:
             log.warning(
-                "reward_fn failed on %d of %d completions (scored 0); first: %r", errors, len(rewards), first_error
+                "reward_fn failed on %d of %d completions (scored 0); first: %r", errors, len(rows), first_error
             )
-        return torch.tensor(rewards, dtype=torch.float32), errors
+        return Scores(
+            rewards=torch.tensor([r.reward for r in rows], dtype=torch.float32),
+            accuracy=torch.tensor([r.accuracy for r in rows], dtype=torch.float32),
+            format_ok=torch.tensor([math.nan if r.format_ok is None else r.format_ok for r in rows]),
+            errors=errors,
+        )
 
     def decode(self, token_ids: list[int]) -> str:
         """A completion's text, without special tokens."""
@@ -199,41 +225,58 @@ class RolloutCallback(Callback):
         answers = [p.answer for p in batch.prompts]
         greedy = SamplingConfig(temperature=0.0, max_new_tokens=self.sampling.max_new_tokens)
         greedy_groups = self.generate(module, prompt_ids, 1, greedy)
-        greedy_rewards, _ = self.score(greedy_groups, answers)
+        greedy_scores = self.score(greedy_groups, answers)
         sampled: list[list[float]] = [[] for _ in prompt_ids]
         if self.val_num_samples:
             sampling = SamplingConfig(
                 temperature=self.val_temperature,
                 top_p=self.sampling.top_p,
                 max_new_tokens=self.sampling.max_new_tokens,
-                seed=self.seed + batch_idx,
+                # A pure function of (seed, set, index of the batch's first prompt): an engine that seeds the call's
+                # i-th prompt from seed + i·n (VLLMEngine) samples every prompt alike, however ranks split the set.
+                seed=self.seed + 1_000_003 * dataloader_idx + self.val_num_samples * batch.indices[0],
             )
             groups = self.generate(module, prompt_ids, self.val_num_samples, sampling)
-            rewards, _ = self.score(groups, answers)
-            sampled = (rewards >= 1.0).float().view(len(prompt_ids), -1).tolist()
+            sampled = self.score(groups, answers).accuracy.view(len(prompt_ids), -1).tolist()
         batch.results = [
             ValResult(
-                greedy_correct=float(reward >= 1.0),
+                greedy_correct=correct,
                 greedy_length=len(group[0].token_ids),
                 sample_correct=samples,
                 completion=self.decode(group[0].token_ids),
                 greedy_reward=reward,
                 pass_at_k=pass_at_k(len(samples), int(sum(samples)), self.val_pass_k) if samples else None,
+                format_ok=None if math.isnan(form) else form,
             )
-            for reward, group, samples in zip(greedy_rewards.tolist(), greedy_groups, sampled, strict=True)
+            for reward, correct, form, group, samples in zip(
+                greedy_scores.rewards.tolist(),
+                greedy_scores.accuracy.tolist(),
+                greedy_scores.format_ok.tolist(),
+                greedy_groups,
+                sampled,
+                strict=True,
+            )
         ]
 
 
-def rollout_metrics(rewards: Tensor, completions: list[Completion], group_size: int, errors: int) -> dict[str, float]:
-    """Scalar summaries of one step's rollouts."""
+def rollout_metrics(scores: Scores, completions: list[Completion], group_size: int) -> dict[str, float]:
+    """Scalar summaries of one step's rollouts. ``rollout/accuracy`` counts right answers only, whatever the format;
+    ``rollout/format_ok`` (only for rewards that judge the format) is the share of well-formed responses."""
+    rewards = scores.rewards
     grouped = rewards.view(-1, group_size)
     lengths = torch.tensor([len(c.token_ids) for c in completions], dtype=torch.float32)
-    return {
+    metrics = {
         "rollout/reward_mean": rewards.mean().item(),
         "rollout/reward_std": rewards.std().item() if len(rewards) > 1 else 0.0,
-        "rollout/accuracy": (rewards >= 1.0).float().mean().item(),
+        "rollout/accuracy": scores.accuracy.mean().item(),
         "rollout/response_len": lengths.mean().item(),
         "rollout/truncated_frac": sum(not c.finished for c in completions) / len(completions),
-        "rollout/zero_std_groups": (grouped.max(-1).values == grouped.min(-1).values).float().sum().item(),
-        "rollout/reward_errors": float(errors),
+        # groups of two or more with equal rewards: advantage 0 (a group of one has A = r, see group_advantages)
+        "rollout/zero_std_groups": (grouped.max(-1).values == grouped.min(-1).values).float().sum().item()
+        if group_size > 1
+        else 0.0,
+        "rollout/reward_errors": float(scores.errors),
     }
+    if (format_rate := scores.format_rate()) is not None:
+        metrics["rollout/format_ok"] = format_rate
+    return metrics

@@ -71,6 +71,8 @@ class SampleTable(Callback):
 
     @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # trainer.log_dir broadcasts rank 0's directory, a collective: every rank must ask, not only rank 0.
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
         if not trainer.is_global_zero or not self.rows:
             return
         wandb = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
@@ -78,8 +80,6 @@ class SampleTable(Callback):
             data = [[row[column] for column in COLUMNS] for row in self.rows]
             wandb[0].log_table(key=self.key, columns=COLUMNS, data=data, step=trainer.global_step)
             return
-        self.path = (
-            Path(trainer.log_dir or trainer.default_root_dir) / self.dirname / f"step_{trainer.global_step}.jsonl"
-        )
+        self.path = log_dir / self.dirname / f"step_{trainer.global_step}.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text("".join(json.dumps(row) + "\n" for row in self.rows))

@@ -147,7 +147,16 @@ def build_tiny_world(out_dir: str | Path, seed: int = 0, with_weights: bool = Fa
         AutoModelForCausalLM.from_config(config).save_pretrained(out / "model")
     else:
         config.save_pretrained(out / "model")
+    tiny_generation_config(tokenizer).save_pretrained(out / "model")
     return out
+
+
+def tiny_generation_config(tokenizer):
+    """As Qwen2.5-Instruct's ``generation_config.json``: a turn ends at ``<|im_end|>`` or at ``<|endoftext|>``."""
+    from transformers import GenerationConfig
+
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    return GenerationConfig(eos_token_id=[eos, pad], pad_token_id=pad, bos_token_id=pad)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Shared test helpers: the tiny world's datamodule, a quiet CPU ``Trainer``, and a NaN-gradient fault injector."""
+"""Shared test helpers: the tiny world's datamodule, a quiet CPU ``Trainer``, a deterministic rollout engine and a
+NaN-gradient fault injector."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 from lightning.pytorch import Callback
 
 from lit_chord.datamodule import ChordDataModule
+from lit_chord.engines import Completion, SamplingConfig
 
 QUIET = dict(
     accelerator="cpu",
@@ -55,3 +57,29 @@ class NanGradient(Callback):
         if self.handle is not None:
             self.handle.remove()
             self.handle = None
+
+
+class EchoEngine:
+    """Completion j of a prompt: its last 2 + j % 3 tokens reversed, then a stop token (the last one truncated).
+
+    Rollouts are a function of the prompt, so runs that must train on the same rows (1 rank vs 2, two precisions)
+    do, and a random tiny model's habit of never stopping does not empty the step."""
+
+    uses_live_policy = False
+
+    def attach(self, policy, stop_token_ids, pad_token_id):
+        self.stop = stop_token_ids[0]
+
+    def generate(self, prompt_ids, n, sampling: SamplingConfig):
+        groups = []
+        for ids in prompt_ids:
+            group = []
+            for j in range(n):
+                body = list(reversed(ids[-(2 + j % 3) :]))
+                finished = j != n - 1
+                group.append(Completion(body + [self.stop] if finished else body, finished=finished))
+            groups.append(group)
+        return groups
+
+    def load_weights(self, named_tensors):
+        pass

@@ -22,7 +22,7 @@ from lit_chord.datamodule import ChordDataModule, DataError
 from lit_chord.engines import Completion
 from lit_chord.loss import group_advantages, mu_schedule
 from lit_chord.module import ChordModule
-from lit_chord.rollout_callback import RolloutCallback, rollout_metrics
+from lit_chord.rollout_callback import RolloutCallback, Scores, rollout_metrics
 
 BAD = Path(__file__).parent / "data" / "bad"
 REPO = Path(__file__).parent.parent
@@ -185,8 +185,9 @@ def test_bad_reward_is_scored_zero_and_counted(tiny_world, reward_fn):
     callback.tokenizer = AutoTokenizer.from_pretrained(tiny_world / "model")
     good, bad = callback.tokenizer("good")["input_ids"], callback.tokenizer("bad")["input_ids"]
     groups = [[Completion(good, True), Completion(bad, True)], [Completion(bad, True), Completion(good, True)]]
-    rewards, errors = callback.score(groups, ["x", "y"])
-    assert rewards.tolist() == [1.0, 0.0, 0.0, 1.0] and errors == 2
+    scores = callback.score(groups, ["x", "y"])
+    assert scores.rewards.tolist() == [1.0, 0.0, 0.0, 1.0] and scores.errors == 2
+    assert scores.accuracy.tolist() == [1.0, 0.0, 0.0, 1.0]  # a plain 1.0 is a right answer, a failure is not
 
 
 @pytest.mark.parametrize("scale_by_std", [True, False])
@@ -194,7 +195,8 @@ def test_all_equal_rewards_give_zero_advantages_and_are_counted(scale_by_std):
     rewards = torch.tensor([0.7] * 8 + [-0.1] * 8)  # two groups of 8, each constant (0.7 is not exact in binary)
     advantages = group_advantages(rewards, 8, scale_by_std=scale_by_std)
     assert torch.equal(advantages, torch.zeros(16))
-    metrics = rollout_metrics(rewards, [Completion([1], True)] * 16, 8, errors=0)
+    scores = Scores(rewards, accuracy=torch.zeros(16), format_ok=torch.full((16,), math.nan), errors=0)
+    metrics = rollout_metrics(scores, [Completion([1], True)] * 16, 8)
     assert metrics["rollout/zero_std_groups"] == 2.0 and all(math.isfinite(v) for v in metrics.values())
 
 

@@ -49,6 +49,13 @@ def test_every_config_instantiates(path, monkeypatch):
     assert cli.datamodule.__class__.__name__ == "ChordDataModule"
 
 
+@pytest.mark.parametrize("path", sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name not in VARIANTS), ids=str)
+def test_every_recipe_measures_before_on_the_whole_held_out_set(path, monkeypatch):
+    """The "before" accuracy is the sanity check's: Lightning's default of 2 batches would score a sliver."""
+    monkeypatch.chdir(CONFIGS.parent)
+    assert instantiate("--config", str(CONFIGS / path)).trainer.num_sanity_val_steps == float("inf")
+
+
 def test_paper_variants_set_the_papers_values(monkeypatch):
     monkeypatch.chdir(CONFIGS.parent)
     mu = instantiate("--config", str(BASE), "--config", str(CONFIGS / "chord_mu.yaml")).model.hparams

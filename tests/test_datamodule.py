@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from lit_chord.datamodule import ChordDataModule, DataError
+from lit_chord.batch import Prompt
+from lit_chord.datamodule import ChordDataModule, DataError, HeldOutShard
 
 
 def make_dm(world, tmp_path, expert_records=None, **kwargs):
@@ -87,6 +88,19 @@ def test_step_composition_follows_expert_ratio(tiny_world, tmp_path):
     assert make_dm(tiny_world, tmp_path, prompts_per_step=32, num_generations=8).experts_per_step == 64
 
 
+def test_an_exact_expert_count_gives_the_reference_toolace_step(tiny_world, tmp_path):
+    # ToolACE: 96 prompts x 8 = 768 rollouts with 96 expert. Ratio 0.11: ceil(0.11 * 768 / 0.89) = ceil(94.92) = 95.
+    assert (
+        make_dm(tiny_world, tmp_path, prompts_per_step=96, num_generations=8, expert_data_ratio=0.11).experts_per_step
+        == 95
+    )
+    dm = make_dm(tiny_world, tmp_path, prompts_per_step=96, num_generations=8, experts_per_step=96)
+    assert dm.experts_per_step == 96
+    assert len(dm.step_batch(0, rank=1, world_size=2).expert) == 48  # split across ranks like the ratio's count
+    with pytest.raises(ValueError, match="experts_per_step"):
+        make_dm(tiny_world, tmp_path, experts_per_step=-1)
+
+
 def test_streams_are_a_function_of_the_step_and_split_across_ranks(tiny_world, tmp_path):
     dm = make_dm(tiny_world, tmp_path)
     assert dm.step_batch(7).prompts == dm.step_batch(7).prompts
@@ -122,3 +136,48 @@ def test_missing_field_is_named(tiny_world, tmp_path):
 def test_expert_ratio_out_of_range_is_rejected(tiny_world):
     with pytest.raises(ValueError, match="expert_data_ratio"):
         ChordDataModule(tokenizer="x", prompt_data="y", expert_data_ratio=1.0)
+
+
+def test_a_turn_ends_at_the_template_end_of_turn_when_eos_differs(tiny_world, tmp_path):
+    """Qwen2.5 base/Math style: eos <|endoftext|>, the template closes turns with <|im_end|>. Rollouts must stop at
+    either, and expert responses end at <|im_end|> (before, they ran on into the template's trailing newline and
+    rollouts stopped at <|endoftext|> only)."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from lit_chord.rollout_callback import RolloutCallback
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_world / "model")
+    tokenizer.eos_token = "<|endoftext|>"
+    tokenizer.save_pretrained(tmp_path / "tok")
+    im_end, endoftext = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    dm = make_dm(tiny_world, tmp_path, tokenizer=str(tmp_path / "tok"))
+    assert dm.stop_token_ids == sorted([im_end, endoftext])
+    for row in dm.expert[:20]:
+        assert row.response_ids[-1] == im_end and im_end not in row.response_ids[:-1]
+    callback = RolloutCallback()
+    callback.stop_ids = dm.stop_token_ids
+    policy = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[endoftext, 7]))
+    assert callback.stop_token_ids(SimpleNamespace(policy=policy)) == sorted({im_end, endoftext, 7})
+
+
+@pytest.mark.parametrize(("world_size", "sizes"), [(1, [2] * 5 + [1]), (2, [2, 2, 2]), (3, [2, 2])])
+def test_ranks_split_a_heldout_set_once_in_equal_batches(world_size, sizes):
+    """11 prompts in batches of 2: the ranks' counted rows are the set, each prompt once; every rank runs the same
+    batch sizes (11 = 6 + 5 on 2 ranks, 4 + 4 + 3 on 3: the shorter shares end with an uncounted row)."""
+    prompts = [Prompt([index], answer=str(index)) for index in range(11)]
+    shards = [HeldOutShard(prompts, rank, world_size, batch_size=2) for rank in range(world_size)]
+    batches = [list(shard) for shard in shards]
+    for shard, mine in zip(shards, batches, strict=True):
+        assert len(shard) == len(mine) and [len(batch.prompts) for batch in mine] == sizes
+    rows = [row for mine in batches for b in mine for row in zip(b.indices, b.counted, b.prompts, strict=True)]
+    assert all(prompt.answer == str(index) for index, _, prompt in rows)  # indices are positions in the set
+    assert sorted(index for index, counted, _ in rows if counted) == list(range(11))
+
+
+def test_a_rank_with_no_prompt_of_its_own_runs_an_uncounted_batch():
+    """1 prompt on 2 ranks: rank 1 still generates once (its collectives stay in step with rank 0's), counting none."""
+    prompts = [Prompt([7], answer="7")]
+    assert [(b.indices, b.counted) for b in HeldOutShard(prompts, 0, 2, batch_size=4)] == [([0], [True])]
+    assert [(b.indices, b.counted) for b in HeldOutShard(prompts, 1, 2, batch_size=4)] == [([0], [False])]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
@@ -87,6 +88,61 @@ def test_ranks_come_from_slurm_variables(tiny_world, tmp_path, single):
     assert two["loss"] == pytest.approx(single["loss"], abs=1e-5)
     for name, weight in single["weights"].items():
         torch.testing.assert_close(two["weights"][name], weight, atol=2e-5, rtol=1e-4, msg=name)
+
+
+def validate(world: Path, sets: Path, out: Path, devices: int, layout: str) -> tuple[dict, list[dict]]:
+    """Run ``validate_ranks.py``: rank 0's logged metrics (and ``val_before``) and every rank's scored rows."""
+    out.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    command = [sys.executable, str(SCRIPT.with_name("validate_ranks.py")), str(world), str(sets), str(out)]
+    result = subprocess.run([*command, str(devices), layout], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = [
+        {**row, "rank": rank} for rank in range(devices) for row in json.loads((out / f"rank{rank}.json").read_text())
+    ]
+    return json.loads((out / "metrics.json").read_text()), rows
+
+
+@pytest.fixture(scope="module")
+def val_sets(tiny_world, tmp_path_factory):
+    """Two held-out sets that 2 ranks (and batches of 4) do not divide: 11 and 7 prompts."""
+    sets = tmp_path_factory.mktemp("val_sets")
+    records = (tiny_world / "heldout.jsonl").read_text().splitlines(keepends=True)
+    (sets / "odd.jsonl").write_text("".join(records[:11]))
+    (sets / "small.jsonl").write_text("".join(records[11:18]))
+    return sets
+
+
+@pytest.fixture(scope="module")
+def single_validation(tiny_world, val_sets, tmp_path_factory):
+    return validate(tiny_world, val_sets, tmp_path_factory.mktemp("validate") / "single", 1, "single")[0]
+
+
+def batch_sizes(rows: list[dict], stage: str, name: str, rank: int) -> list[int]:
+    batches = [r["batch"] for r in rows if (r["stage"], r["set"], r["rank"]) == (stage, name, rank)]
+    return [batches.count(b) for b in sorted(set(batches))]
+
+
+@pytest.mark.parametrize("layout", ["ddp", "fsdp2"])
+def test_two_ranks_score_each_heldout_prompt_once(tiny_world, val_sets, tmp_path, single_validation, layout):
+    """Uneven sets on 2 ranks: every prompt scored exactly once in the sanity check and in the validation, the
+    same batches on each rank, ``val/<set>/count`` the set's size, and every metric as on 1 rank."""
+    single = single_validation
+    two, rows = validate(tiny_world, val_sets, tmp_path / layout, 2, layout)
+    sizes = {"odd": 11, "small": 7}
+    for stage in ("sanity", "validate"):
+        for name, size in sizes.items():
+            scored = [r["index"] for r in rows if (r["stage"], r["set"], r["counted"]) == (stage, name, True)]
+            assert sorted(scored) == list(range(size)), (stage, name)
+            # batches of 4 over ceil(size / 2) rows per rank: 11 -> [4, 2] on both ranks, 7 -> [4]
+            expected = [min(4, math.ceil(size / 2) - start) for start in range(0, math.ceil(size / 2), 4)]
+            assert batch_sizes(rows, stage, name, 0) == batch_sizes(rows, stage, name, 1) == expected, (stage, name)
+    assert {k: two["metrics"][f"val/{k}/count"] for k in sizes} == sizes
+    assert single["metrics"].keys() == two["metrics"].keys()
+    for key, value in single["metrics"].items():
+        assert two["metrics"][key] == pytest.approx(value, abs=1e-6), key
+    assert two["val_before"] == pytest.approx(single["metrics"]["val/accuracy"], abs=1e-6)  # the whole first set
 
 
 @pytest.mark.vllm

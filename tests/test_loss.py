@@ -114,7 +114,10 @@ def test_group_advantages():
 
 
 def test_group_advantages_singletons_and_errors():
-    assert torch.equal(group_advantages(torch.tensor([1.0, 0.0, 3.0]), group_size=1), torch.zeros(3))
+    # a group of one: mean 0, std 1 as the reference, so A = r (it was 0: num_generations 1 lost all RL signal)
+    for scale_by_std in (True, False):
+        advantages = group_advantages(torch.tensor([1.0, 0.0, -0.1]), 1, scale_by_std=scale_by_std)
+        assert torch.equal(advantages, torch.tensor([1.0, 0.0, -0.1]))
     with pytest.raises(ValueError, match=r"5.*group_size=4"):
         group_advantages(torch.zeros(5), group_size=4)
 
@@ -231,6 +234,39 @@ def test_chord_loss_by_hand():
     assert m["phi_mean"].item() == pytest.approx(0.25) and m["mu"].item() == pytest.approx(0.2)
     assert m["clip_frac"].item() == 0.0 and m["ratio_max"].item() == 1.0 and m["approx_kl"].item() == 0.0
     assert "kl" not in m and m["entropy"].item() == 0.0
+
+
+def test_entropy_bonus_and_kl_penalty_sit_outside_the_mix_as_the_reference():
+    # L = (1 − μ)·L_rl + μ·L_sft − c_ent·H(rollout tokens) + c_kl·KL(all response tokens), μ = 0.2, c_ent = 0.1,
+    # c_kl = 0.5, k2 = ½(logp − ref)².
+    # row 0: rollout, A = 1, on-policy → L_rl = −1; entropies 0.4, 0.8 → H = 0.6 (expert entropies 2.0 ignored)
+    # row 1: expert, p = 0.5 → L_sft = 0.25·ln 2
+    # KL: rollout logp − ref = 0.2, 0 → k2 = 0.02, 0; expert 0.4, 0 → 0.08, 0; mean over 4 tokens = 0.025
+    # L = 0.8·(−1) + 0.2·0.25·ln 2 − 0.1·0.6 + 0.5·0.025 = −0.8128426
+    logp = torch.tensor([[-0.3, -1.2], [math.log(0.5), math.log(0.5)]], requires_grad=True)
+    entropy = torch.tensor([[0.4, 0.8], [2.0, 2.0]], requires_grad=True)
+    ref = torch.tensor([[-0.5, -1.2], [math.log(0.5) - 0.4, math.log(0.5)]])
+    out = chord_loss(
+        logp,
+        logp.detach(),
+        torch.tensor([1.0, 0.0]),
+        torch.ones(2, 2),
+        torch.tensor([False, True]),
+        0.2,
+        entropy=entropy,
+        entropy_coef=0.1,
+        ref_logprobs=ref,
+        kl_coef=0.5,
+        kl_estimator="k2",
+    )
+    assert out.loss.item() == pytest.approx(-0.8 + 0.2 * 0.25 * math.log(2) - 0.06 + 0.0125, abs=1e-6)
+    assert out.metrics["loss_rl"].item() == pytest.approx(-1.0)  # the policy-gradient term alone
+    assert out.metrics["kl"].item() == pytest.approx(0.025) and out.metrics["entropy"].item() == pytest.approx(0.6)
+    d_logp, d_entropy = torch.autograd.grad(out.loss, [logp, entropy])
+    # rollout: (1 − μ)·(−A)/2 = −0.4, plus c_kl·(logp − ref)/4 = 0.5·0.2/4 = 0.025 on its first token
+    # expert: μ·(−φ(0.5))/2 = −0.025, plus 0.5·0.4/4 = 0.05 on its first token
+    torch.testing.assert_close(d_logp, torch.tensor([[-0.375, -0.4], [0.025, -0.025]]))
+    torch.testing.assert_close(d_entropy, torch.tensor([[-0.05, -0.05], [0.0, 0.0]]))  # −c_ent/2, rollouts only
 
 
 def test_mu_zero_and_one_are_exact():

@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from lit_chord.batch import ValResult
 from lit_chord.datamodule import ChordDataModule, val_set_sources
+from lit_chord.engines import Completion
 from lit_chord.metrics import HeldOutMetrics, pass_at_k
 from lit_chord.module import ChordModule
 from lit_chord.rollout_callback import RolloutCallback
@@ -124,3 +125,57 @@ def test_named_sets_log_their_own_metrics(tiny_world, tmp_path):
     assert float(row["val/accuracy"]) == float(row["val/heldout/greedy_acc"])
     assert not any("dataloader_idx" in key for key in row)
     assert torch.isfinite(torch.tensor(float(row["val/train/response_len"])))
+
+
+class ReversingEngine:
+    """Answers ``Reverse 472.`` right: greedy as a bare ``\\boxed{274}`` (no <think> tags), samples alternately
+    with tags and right, and with tags and wrong (the digits copied)."""
+
+    uses_live_policy = False
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def attach(self, policy, stop_token_ids, pad_token_id):
+        self.stop = stop_token_ids[0]
+
+    def generate(self, prompt_ids, n, sampling):
+        groups = []
+        for ids in prompt_ids:
+            digits = self.tokenizer.decode(ids).split("Reverse ")[1].split(".")[0]
+            if sampling.temperature == 0.0:
+                texts = [f"\\boxed{{{digits[::-1]}}}"] * n
+            else:
+                texts = [f"<think>x</think>\\boxed{{{digits[::-1] if j % 2 == 0 else digits}}}" for j in range(n)]
+            groups.append([Completion(self.tokenizer(t)["input_ids"] + [self.stop], True) for t in texts])
+        return groups
+
+    def load_weights(self, named_tensors):
+        pass
+
+
+def test_validation_accuracy_counts_right_answers_without_tags(tiny_world):
+    """The greedy answers are right but untagged (math_boxed reward 0.9): accuracy 1 (it was 0 when accuracy meant
+    reward >= 1), format_ok 0. Samples: 2 of 4 right, all tagged: avg@k = 0.5, pass@2 = 1 − C(2,2)/C(4,2) = 5/6."""
+    from transformers import AutoTokenizer
+
+    data = ChordDataModule(
+        tokenizer=str(tiny_world / "model"),
+        prompt_data=str(tiny_world / "prompts.jsonl"),
+        val_data=str(tiny_world / "heldout.jsonl"),
+        prompts_per_step=2,
+        num_generations=2,
+        expert_data_ratio=0.0,
+        system_prompt=None,
+        max_prompt_length=64,
+        val_size=5,
+    )
+    engine = ReversingEngine(AutoTokenizer.from_pretrained(tiny_world / "model"))
+    module = ChordModule(model=str(tiny_world / "model"))
+    trainer = cpu_trainer(limit_val_batches=1.0, callbacks=[RolloutCallback(engine, val_num_samples=4, val_pass_k=2)])
+    (metrics,) = trainer.validate(module, datamodule=data, verbose=False)
+    assert metrics["val/heldout/greedy_acc"] == 1.0
+    assert metrics["val/heldout/format_ok"] == 0.0
+    assert metrics["val/heldout/avg@k"] == 0.5
+    assert metrics["val/heldout/pass@k"] == pytest.approx(5 / 6)
+    assert metrics["val/accuracy"] == 1.0

@@ -1,6 +1,11 @@
-import pytest
+import math
 
-from lit_chord.rewards import exact_match, last_boxed, math_boxed, think_format_ok
+import pytest
+import torch
+
+from lit_chord.engines import Completion
+from lit_chord.rewards import Reward, as_reward, exact_match, last_boxed, math_boxed, think_format_ok
+from lit_chord.rollout_callback import RolloutCallback, rollout_metrics
 
 
 def test_last_boxed_takes_the_last_and_balances_braces():
@@ -10,18 +15,20 @@ def test_last_boxed_takes_the_last_and_balances_braces():
 
 
 @pytest.mark.parametrize(
-    ("completion", "answer", "expected"),
+    ("completion", "answer", "reward", "accuracy", "format_ok"),
     [
-        ("<think>\n3+5=8\n</think>\n\\boxed{8}", "8", 1.0),  # right, well formed
-        ("<think>x</think>\\boxed{7}", "8", 0.0),  # wrong, well formed
-        ("\\boxed{8}", "8", 0.9),  # right, no think tags: 1 - 0.1
-        ("nothing", "8", -0.1),  # wrong and malformed: 0 - 0.1
-        ("<think>a</think><think>b</think>\\boxed{8}", "8", 0.9),  # two <think>: malformed
-        ("<think>a</think>\\boxed{0.5}", "1/2", 1.0),  # math-verify: 0.5 == 1/2
+        ("<think>\n3+5=8\n</think>\n\\boxed{8}", "8", 1.0, 1.0, 1.0),  # right, well formed
+        ("<think>x</think>\\boxed{7}", "8", 0.0, 0.0, 1.0),  # wrong, well formed
+        ("\\boxed{8}", "8", 0.9, 1.0, 0.0),  # right, no think tags: reward 1 - 0.1, but the answer is right
+        ("nothing", "8", -0.1, 0.0, 0.0),  # wrong and malformed: 0 - 0.1
+        ("<think>a</think><think>b</think>\\boxed{8}", "8", 0.9, 1.0, 0.0),  # two <think>: malformed
+        ("<think>a</think>\\boxed{0.5}", "1/2", 1.0, 1.0, 1.0),  # math-verify: 0.5 == 1/2
     ],
 )
-def test_math_boxed(completion, answer, expected):
-    assert math_boxed(completion, answer) == pytest.approx(expected)
+def test_math_boxed(completion, answer, reward, accuracy, format_ok):
+    result = math_boxed(completion, answer)
+    assert result.reward == pytest.approx(reward)
+    assert (result.accuracy, result.format_ok) == (accuracy, format_ok)
 
 
 def test_think_format_order():
@@ -33,3 +40,55 @@ def test_exact_match():
     assert exact_match("\\boxed{ 12 }", "12") == 1.0
     assert exact_match("12", "12") == 1.0
     assert exact_match("\\boxed{13}", "12") == 0.0
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (1.0, Reward(1.0, 1.0, None)),  # a 0/1 reward is its own accuracy
+        (0, Reward(0.0, 0.0, None)),
+        (0.9, Reward(0.9, 0.0, None)),  # below ACCURACY_THRESHOLD = 1.0: not a right answer
+        (1.5, Reward(1.5, 1.0, None)),
+        (torch.tensor(1.0), Reward(1.0, 1.0, None)),
+        ({"reward": 0.9, "accuracy": 1, "format": 0}, Reward(0.9, 1.0, 0.0)),
+        ({"reward": -1.0}, Reward(-1.0, 0.0, None)),
+        (Reward(0.5, 1.0, 1.0), Reward(0.5, 1.0, 1.0)),
+    ],
+)
+def test_a_reward_is_normalized_to_its_components(value, expected):
+    assert as_reward(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value", ["1.0", None, {"accuracy": 1.0}, {"reward": 1.0, "acc": 1.0}, {"reward": "1"}, math.nan, [1.0]]
+)
+def test_a_bad_reward_value_is_refused(value):
+    with pytest.raises((TypeError, ValueError)):
+        as_reward(value)
+
+
+def test_rollout_accuracy_counts_right_answers_and_format_is_its_own_metric(tiny_world):
+    """Four completions: right + tags, right without tags (reward 0.9), wrong + tags, wrong without tags.
+    Before, accuracy was reward >= 1 (1 of 4); now it is 2 of 4 right answers, and 2 of 4 are well formed."""
+    from transformers import AutoTokenizer
+
+    callback = RolloutCallback()  # math_boxed
+    callback.tokenizer = AutoTokenizer.from_pretrained(tiny_world / "model")
+    texts = ["<think>a</think>\\boxed{12}", "\\boxed{12}", "<think>a</think>\\boxed{21}", "\\boxed{21}"]
+    group = [Completion(callback.tokenizer(t)["input_ids"], True) for t in texts]
+    scores = callback.score([group], ["12"])
+    assert scores.rewards.tolist() == pytest.approx([1.0, 0.9, 0.0, -0.1])
+    metrics = rollout_metrics(scores, group, group_size=4)
+    assert metrics["rollout/accuracy"] == 0.5  # (1 + 1 + 0 + 0) / 4
+    assert metrics["rollout/format_ok"] == 0.5  # (1 + 0 + 1 + 0) / 4
+    assert metrics["rollout/reward_mean"] == pytest.approx((1.0 + 0.9 + 0.0 - 0.1) / 4)
+
+
+def test_a_plain_number_reward_logs_no_format(tiny_world):
+    from transformers import AutoTokenizer
+
+    callback = RolloutCallback(reward_fn=exact_match)
+    callback.tokenizer = AutoTokenizer.from_pretrained(tiny_world / "model")
+    group = [Completion(callback.tokenizer(t)["input_ids"], True) for t in ["\\boxed{12}", "\\boxed{1}"]]
+    metrics = rollout_metrics(callback.score([group], ["12"]), group, group_size=2)
+    assert metrics["rollout/accuracy"] == 0.5 and "rollout/format_ok" not in metrics

@@ -39,16 +39,22 @@ def engine(policy):
     return engine
 
 
-def scored(model, prompt: list[int], tokens: list[int]) -> torch.Tensor:
-    """log p(token | prefix) of each completion token under ``model``: full forward, log_softmax."""
+def next_token_logprobs(model, prompt: list[int], tokens: list[int], temperature: float = 1.0) -> torch.Tensor:
+    """log_softmax(logits / temperature) at each completion position, (T, V): the trainer's scoring."""
     with torch.no_grad():
         logits = model(torch.tensor([prompt + tokens])).logits[0, len(prompt) - 1 : -1].float()
-    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(tokens)[:, None])[:, 0]
+    return torch.log_softmax(logits / temperature, -1)
 
 
-def max_logprob_gap(model, groups) -> float:
+def scored(model, prompt: list[int], tokens: list[int], temperature: float = 1.0) -> torch.Tensor:
+    """log p(token | prefix) of each completion token under ``model`` at ``temperature``: full forward."""
+    logprobs = next_token_logprobs(model, prompt, tokens, temperature)
+    return logprobs.gather(-1, torch.tensor(tokens)[:, None])[:, 0]
+
+
+def max_logprob_gap(model, groups, temperature: float = 1.0) -> float:
     return max(
-        (scored(model, prompt, c.token_ids) - torch.tensor(c.logprobs)).abs().max().item()
+        (scored(model, prompt, c.token_ids, temperature) - torch.tensor(c.logprobs)).abs().max().item()
         for prompt, group in zip(PROMPTS, groups, strict=True)
         for c in group
     )
@@ -114,6 +120,38 @@ def test_logprobs_match_transformers_rescoring(engine, policy):
     groups = engine.generate(PROMPTS, 4, SamplingConfig(max_new_tokens=32, seed=1))
     # Each completion is re-scored with its own prompt, so this also checks the grouping.
     assert max_logprob_gap(policy, groups) < 1e-4
+
+
+def test_logprobs_are_reported_at_the_sampling_temperature(engine, policy):
+    """The engine's logprobs are the trainer's, log_softmax(logits / τ), not vLLM's default raw ones (τ = 1)."""
+    engine.load_weights(policy.named_parameters())
+    groups = engine.generate(PROMPTS, 4, SamplingConfig(temperature=0.7, max_new_tokens=32, seed=3))
+    assert max_logprob_gap(policy, groups, temperature=0.7) < 1e-5
+    # A real difference: the raw logprobs are far from the reported ones.
+    assert max_logprob_gap(policy, groups) > 0.1
+    # Greedy has no temperature: vLLM reports the raw logprobs (temperature 1), finite.
+    greedy = engine.generate(PROMPTS, 1, SamplingConfig(temperature=0.0, max_new_tokens=8))
+    assert max_logprob_gap(policy, greedy) < 1e-5
+
+
+def test_with_top_p_the_logprobs_are_renormalized_over_the_nucleus(engine, policy):
+    """Below top_p = 1 vLLM reports the probability the token was drawn with: the trainer's, divided by the
+    nucleus' mass (vLLM's ``apply_top_k_top_p_pytorch``: drop the least likely tokens while their sum <= 1 - p)."""
+    engine.load_weights(policy.named_parameters())
+    top_p, temperature = 0.8, 0.7
+    groups = engine.generate(
+        PROMPTS, 4, SamplingConfig(temperature=temperature, top_p=top_p, max_new_tokens=16, seed=4)
+    )
+    corrections = []
+    for prompt, group in zip(PROMPTS, groups, strict=True):
+        for c in group:
+            logprobs = next_token_logprobs(policy, prompt, c.token_ids, temperature)  # (T, V)
+            ascending = logprobs.exp().sort(-1).values
+            dropped = torch.where(ascending.cumsum(-1) <= 1 - top_p, ascending, 0.0).sum(-1)  # (T,)
+            expected = logprobs.gather(-1, torch.tensor(c.token_ids)[:, None])[:, 0] - torch.log1p(-dropped)
+            assert torch.allclose(torch.tensor(c.logprobs), expected, atol=1e-5, rtol=0)
+            corrections.append(-torch.log1p(-dropped))
+    assert torch.cat(corrections).min() > 0.05  # the nucleus left out a clear share of the mass at every step
 
 
 def test_weight_sync_makes_the_engine_follow_the_updated_policy(engine, policy):

@@ -28,9 +28,13 @@ class TransformersEngine:
         self.policy: nn.Module | None = None
         self.stop_token_ids: list[int] = []
         self.pad_token_id = 0
+        self.sharded = False
 
     def attach(self, policy: nn.Module, stop_token_ids: list[int], pad_token_id: int) -> None:
         self.policy, self.stop_token_ids, self.pad_token_id = policy, list(stop_token_ids), pad_token_id
+        # Under FSDP2 every forward gathers each layer's shards, a collective: a rank whose sequences all stopped
+        # must keep stepping until every rank's have, or the others hang (transformers' ``synced_gpus``).
+        self.sharded = any(hasattr(param, "full_tensor") for param in policy.parameters())
 
     def generate(self, prompt_ids: list[list[int]], n: int, sampling: SamplingConfig) -> list[list[Completion]]:
         flat = [ids for ids in prompt_ids for _ in range(n)]
@@ -69,6 +73,7 @@ class TransformersEngine:
             top_k=None,
             eos_token_id=self.stop_token_ids,
             pad_token_id=self.pad_token_id,
+            synced_gpus=self.sharded,
         )
         return [self._completion(row[width:].tolist()) for row in output.cpu()]
 

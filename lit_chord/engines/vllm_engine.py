@@ -10,6 +10,16 @@ Under a distributed trainer (torchrun, srun) every rank builds its own engine wi
 ``distributed_executor_backend="external_launcher"``: vLLM reuses the trainer's process group and each rank
 generates its own prompts independently (tensor parallel size 1).
 
+Sampled-token logprobs are vLLM's ``processed_logprobs`` (``logprobs_mode``; vLLM's default, ``raw_logprobs``,
+is taken before temperature): log_softmax of the logits the token was drawn from, after penalties and logits
+processors (none are set here), temperature, min_p and top-k/top-p masking (``Sampler.sample`` in
+``vllm/v1/sample/sampler.py``, ``TopKTopPSampler.forward_native``/``forward_cpu`` in
+``vllm/v1/sample/ops/topk_topp_sampler.py``). At top_p = 1 that is exactly the trainer's log_softmax(logits / τ).
+Below 1 it is renormalized over the nucleus, i.e. the trainer's value minus log(nucleus mass): the probability
+the token was really sampled with, which is what importance sampling divides by; ``rollout/logprob_gap`` then
+includes that truncation. Greedy requests get no temperature: their logprobs are the raw ones. On CUDA this mode
+keeps vLLM off FlashInfer's fused sampler (already the case with per-request seeds).
+
 vLLM internals used (all in this file, vLLM 0.32): the worker method ``reload_weights`` reached through
 ``collective_rpc``, and ``llm.llm_engine.model_config.dtype``. Side effects of an in-process engine: it
 reseeds the global random generators while it starts (undone here) and, on CPU, replaces
@@ -68,8 +78,8 @@ class VLLMEngine:
             time (``random_sample`` in ``vllm/v1/sample/ops/topk_topp_sampler.py``), a kernel per running
             sequence per decoding step; False samples the whole batch from the engine's generator instead:
             faster with hundreds of sequences in flight, not reproducible across a resume.
-        return_logprobs: Report vLLM's logprob of each sampled token in ``Completion.logprobs`` (raw
-            model logprobs, i.e. at temperature 1 before top-p; the trainer recomputes its own).
+        return_logprobs: Report vLLM's logprob of each sampled token in ``Completion.logprobs``, at the sampling
+            temperature as the trainer computes it (renormalized over the nucleus when top_p < 1; module doc).
         """
         if tensor_parallel_size != 1:
             raise ValueError(
@@ -131,6 +141,7 @@ class VLLMEngine:
                 enable_sleep_mode=self.enable_sleep_mode,
                 enforce_eager=self.enforce_eager,
                 seed=self.seed + rank,
+                logprobs_mode="processed_logprobs",  # at the sampling temperature, as the trainer scores (module doc)
                 **kwargs,
             )
         self.sleep()

@@ -17,35 +17,11 @@ from lightning.pytorch import Callback
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers import cpu_trainer  # noqa: E402
+from helpers import EchoEngine, cpu_trainer  # noqa: E402
 
 from lit_chord.datamodule import ChordDataModule  # noqa: E402
-from lit_chord.engines import Completion, SamplingConfig  # noqa: E402
 from lit_chord.module import ChordModule  # noqa: E402
 from lit_chord.rollout_callback import RolloutCallback  # noqa: E402
-
-
-class EchoEngine:
-    """Completion j of a prompt: its last 2 + j % 3 tokens reversed, then a stop token (the last one truncated)."""
-
-    uses_live_policy = False
-
-    def attach(self, policy, stop_token_ids, pad_token_id):
-        self.stop = stop_token_ids[0]
-
-    def generate(self, prompt_ids, n, sampling: SamplingConfig):
-        groups = []
-        for ids in prompt_ids:
-            group = []
-            for j in range(n):
-                body = list(reversed(ids[-(2 + j % 3) :]))
-                finished = j != n - 1
-                group.append(Completion(body + [self.stop] if finished else body, finished=finished))
-            groups.append(group)
-        return groups
-
-    def load_weights(self, named_tensors):
-        pass
 
 
 def length_reward(completion: str, answer: str) -> float:
