@@ -1,25 +1,27 @@
-"""Command line: ``python -m lit_chord fit --config configs/demo.yaml [--model.mu_peak 0.5 ...]``."""
+"""Command line: ``python -m lit_chord fit --config configs/demo.yaml [--model.mu_peak 0.5 ...]``.
 
-import warnings
+``main()`` without ``args`` is the command line (``python -m lit_chord`` and the ``lit-chord`` script): it exits, with
+code 0, or with code 2 and one line on stderr for a user error (``cli.py``). With ``args`` (tests, notebooks) it
+returns the CLI and lets every exception through.
+"""
+
+import sys
 
 from lightning.pytorch.cli import LightningCLI
 
+from lit_chord.cli import ChordCLI, command_line
 from lit_chord.datamodule import ChordDataModule
 from lit_chord.module import ChordModule
 
-# Lightning warns that with manual optimization a checkpoint holds the weights after the step's update, and prints
-# a recipe to save them from before it. After the update is what resuming needs: the next step starts from there.
-warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
-
 
 def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
-    return LightningCLI(
-        ChordModule,
-        ChordDataModule,
-        args=args,
-        run=run,
-        save_config_kwargs={"overwrite": True},
-    )
+    if args is None:
+        sys.exit(command_line(lambda: build(None, run)))
+    return build(args, run)
+
+
+def build(args: list[str] | None, run: bool) -> LightningCLI:
+    return ChordCLI(ChordModule, ChordDataModule, args=args, run=run, save_config_kwargs={"overwrite": True})
 
 
 if __name__ == "__main__":

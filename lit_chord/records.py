@@ -11,9 +11,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lit_chord.errors import UserError
 
-class DataError(ValueError):
-    """Bad input data; the message names the file, the record and what was expected."""
+
+class DataError(UserError, ValueError):
+    """Bad input data; the message names the file, the record and what was expected.
+
+    A ``UserError``, so the command line prints it as one line; a ``ValueError`` as it always was.
+    """
 
 
 def load_records(source: str) -> list[dict]:

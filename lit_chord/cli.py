@@ -1,0 +1,236 @@
+"""The command line's error boundary, its early checks and its quiet defaults.
+
+Why: LightningCLI ends a user's mistake (a null answer on line 2, ``mu_peak: 2``, a GPU recipe on a laptop, a path
+relative to another folder) in a 40-line traceback with the useful line last, and every run prints tips and
+deprecation warnings that say nothing about it. Here:
+
+- ``ChordCLI`` turns the errors that are config errors into our ``ConfigError`` while the classes are built: the
+  ``ValueError`` of our (or Lightning's) ``__init__`` checks, Lightning's ``MisconfigurationException``, a GPU
+  accelerator on a machine without one.
+- Before ``fit`` it checks the cheap things: every local path in the config exists, and a hub name is in the local
+  cache or the hub answers one short request (none in offline mode), so a typo fails in seconds, not after a minute
+  of download retries. Data files are read and checked by the datamodule's ``setup``, which Lightning runs before
+  ``configure_model``, so bad data, too, fails before the model is loaded.
+- ``command_line`` prints a ``UserError`` (and an ``OSError`` out of ``from_pretrained``) as one line, with exit
+  code 2. Anything else is a bug and keeps its traceback; ``LIT_CHORD_DEBUG=1`` shows it for user errors too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning
+from huggingface_hub import HfApi, is_offline_mode, try_to_load_from_cache
+from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
+from huggingface_hub.utils import validate_repo_id
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import WandbLogger
+
+from lit_chord.datamodule import val_set_sources
+from lit_chord.errors import ConfigError, UserError
+
+DEBUG_ENV = "LIT_CHORD_DEBUG"
+HUB_PROBE_TIMEOUT_S = 3.0  # one request, no retries: an answer takes well under a second when the hub is there
+DATA_SUFFIXES = (".json", ".jsonl", ".parquet")  # any other data source is a ``datasets`` hub name
+CKPT_KEYWORDS = ("last", "best", "hpc")  # ``ckpt_path`` values Lightning resolves itself
+# Where a ValueError raised while the config's classes are built means a bad value rather than a bug.
+CHECKING_PACKAGES = (Path(__file__).parent, Path(lightning.__file__).parent)
+
+# ----- quiet by default -------------------------------------------------------------------------------------------
+# Lightning warns that with manual optimization a checkpoint holds the weights after the step's update, and prints
+# a recipe to save them from before it. After the update is what resuming needs: the next step starts from there.
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+# Lightning 2.6's CombinedLoader flattens the dataloaders with torch's ``LeafSpec``, which recent torch deprecates.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+
+
+def _not_the_litlogger_tip(record: logging.LogRecord) -> bool:
+    """Lightning advertises its cloud logger at every start of a run without one."""
+    return "try installing [litlogger]" not in record.getMessage()
+
+
+# Lightning's rank-zero messages go through one of these, whichever of the two modules was imported last.
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    logging.getLogger(_name).addFilter(_not_the_litlogger_tip)
+
+
+class UsagelessParser(LightningArgumentParser):
+    """Prints no usage above a parse error (an unknown key, a wrong type): 100 lines of options would bury the line
+    that says what is wrong; ``--help`` still lists them."""
+
+    def print_usage(self, file: Any = None) -> None:
+        pass
+
+
+class ChordCLI(LightningCLI):
+    """LightningCLI whose config errors are ``ConfigError``s, and whose subcommands check paths before loading."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("parser_class", UsagelessParser)
+        super().__init__(*args, **kwargs)
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, MisconfigurationException) as err:
+            error = config_error(err, accelerator=self._get(self.config, "trainer.accelerator"))
+            if error is None:
+                raise
+            raise error from err
+        for logger in self.trainer.loggers:
+            # Lightning calls wandb.init(anonymous=None), and wandb warns that the setting is deprecated, every run.
+            if isinstance(logger, WandbLogger) and logger._wandb_init.get("anonymous", False) is None:
+                del logger._wandb_init["anonymous"]
+
+    def before_fit(self) -> None:
+        """Fail in seconds on a missing path or a model nobody can provide, before ``fit`` loads anything."""
+        model, data = self.model.hparams, self.datamodule.hparams
+        files = {"data.prompt_data": data.get("prompt_data"), "data.expert_data": data.get("expert_data")}
+        for name, source in val_set_sources(data.get("val_data")).items():
+            files["data.val_data" if isinstance(data.get("val_data"), str) else f"data.val_data.{name}"] = source
+        files = {key: path for key, path in files.items() if path and Path(path).suffix in DATA_SUFFIXES}
+        ckpt_path = self._get(self.config_init, "ckpt_path")
+        if isinstance(ckpt_path, str) and not _resolved_by_lightning(ckpt_path):
+            files["ckpt_path"] = ckpt_path
+        pretrained = {
+            "model.model": (model.get("model"), ("config.json",)),
+            "data.tokenizer": (data.get("tokenizer"), ("tokenizer_config.json", "tokenizer.json")),
+        }
+        check_paths({key: spec for key, spec in pretrained.items() if spec[0]}, files)
+
+    # The datamodule's setup reads every source for any stage, and each stage loads the model.
+    before_validate = before_test = before_predict = before_fit
+
+
+def _resolved_by_lightning(ckpt_path: str) -> bool:
+    return ckpt_path in CKPT_KEYWORDS or ckpt_path.startswith("registry") or "://" in ckpt_path
+
+
+def config_error(err: Exception, accelerator: object) -> ConfigError | None:
+    """The ``ConfigError`` an error raised while building the config's classes stands for, or None: a bug."""
+    message = str(err)
+    if isinstance(err, MisconfigurationException):
+        if "No supported gpu backend" in message or "the accelerator is not available" in message:
+            return ConfigError(
+                f"this config asks for accelerator {accelerator}, which this machine does not have ({message})",
+                hint="on this machine use `--trainer.accelerator cpu` or `configs/demo.yaml`",
+            )
+        return ConfigError(message)
+    frames = traceback.extract_tb(err.__traceback__)
+    raised_in = Path(frames[-1].filename) if frames else None
+    if isinstance(err, ValueError) and raised_in and any(raised_in.is_relative_to(p) for p in CHECKING_PACKAGES):
+        return ConfigError(message)
+    return None
+
+
+def check_paths(pretrained: dict[str, tuple[str, tuple[str, ...]]], files: dict[str, str]) -> None:
+    """Raise a ``ConfigError`` for the first missing local path, else for a hub name that cannot be had.
+
+    Args:
+        pretrained: Config key -> (local folder or hub name for ``from_pretrained``, files of which such a folder
+            or repo has at least one).
+        files: Config key -> a local file that must exist.
+    """
+    cwd = Path.cwd()
+    missing = {key: name for key, (name, _) in pretrained.items() if not Path(name).is_dir() and not is_repo_id(name)}
+    missing |= {key: path for key, path in files.items() if not Path(path).exists()}
+    if missing:
+        (key, path), *others = missing.items()
+        where = "" if Path(path).is_absolute() else f" (relative paths are resolved from the working directory, {cwd})"
+        also = f"; also missing: {', '.join(other for other, _ in others)}" if others else ""
+        raise ConfigError(
+            f"{key}: {path!r} not found{where}{also}",
+            hint="run from the folder the config's paths are relative to, or pass absolute paths",
+        )
+    for key, (name, filenames) in pretrained.items():
+        problem = pretrained_problem(name, filenames)
+        if problem is not None:
+            raise ConfigError(f"{key}: {problem}")
+
+
+def pretrained_problem(name: str, filenames: tuple[str, ...]) -> str | None:
+    """Why ``from_pretrained(name)`` would fail, or None if it can work: a folder without the files, or a hub name
+    that neither the local cache nor the hub can provide now."""
+    if Path(name).is_dir():
+        if any((Path(name) / filename).is_file() for filename in filenames):
+            return None
+        return f"folder {name!r} has no {' or '.join(filenames)}; it is not a model saved with save_pretrained"
+    if any(isinstance(try_to_load_from_cache(name, filename), str) for filename in filenames):
+        return None
+    problem = hub_problem(name)
+    if problem is None:
+        return None
+    return (
+        f"{name!r} is not a local folder (relative to {Path.cwd()}) and not in the Hugging Face cache, "
+        f"and {problem}: download it first or pass a local path"
+    )
+
+
+def is_repo_id(name: str) -> bool:
+    """Whether ``name`` could be a hub repository ("org/name"); "data/demo/model" or "./model" cannot."""
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def hub_problem(name: str) -> str | None:
+    """Why the hub cannot provide the model ``name`` now, or None if it can: one short request, no retries."""
+    if is_offline_mode():
+        return "offline mode is on (HF_HUB_OFFLINE)"
+    try:
+        HfApi().model_info(name, timeout=HUB_PROBE_TIMEOUT_S)
+    except RepositoryNotFoundError:
+        return "the hub has no such model (or it is private or gated: log in with `hf auth login`)"
+    except Exception as err:  # no route, no DNS, a timeout, a 5xx: the download would fail the same way
+        return f"the hub is unreachable ({type(err).__name__}: {_first_line(err)})"
+    return None
+
+
+# ----- the boundary -----------------------------------------------------------------------------------------------
+def command_line(run: Callable[[], object]) -> int:
+    """Call ``run``; a user error ends in one line on stderr (plus a hint) and exit code 2, a bug in its traceback.
+
+    Returns:
+        The exit code: 0, or 2 after a user error.
+    """
+    try:
+        run()
+    except Exception as err:
+        explained = user_message(err)
+        if explained is None or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        message, hint = explained
+        print(f"error: {message}", file=sys.stderr)
+        if hint:
+            print(f"hint: {hint}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def user_message(err: BaseException) -> tuple[str, str | None] | None:
+    """(message, hint) for an error the user caused, None for a bug."""
+    if isinstance(err, UserError):
+        return str(err), err.hint
+    # What the checks before fit cannot see: a cached repo without a file that is needed, a download that fails.
+    if isinstance(err, (OSError, HFValidationError)) and _raised_in(err, "from_pretrained"):
+        hint = f"model.model and data.tokenizer take a local folder (relative to {Path.cwd()}) or a hub name"
+        return _first_line(err), hint
+    return None
+
+
+def _raised_in(err: BaseException, function: str) -> bool:
+    return any(frame.f_code.co_name == function for frame, _ in traceback.walk_tb(err.__traceback__))
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().split("\n", 1)[0]
