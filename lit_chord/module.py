@@ -30,11 +30,13 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MeanMetric
 
-from lit_chord.batch import StepBatch, TrainTensors
+from lit_chord.batch import StepBatch, TrainTensors, ValBatch
 from lit_chord.flops import ModelShape, forward_flops, model_shape, peak_flops, training_flops
 from lit_chord.loss import LossAgg, Normalizers, chord_loss, count_normalizers, mu_schedule
-from lit_chord.metrics import HeldOutMetrics, logprob_gap
+from lit_chord.metrics import logprob_gap
+from lit_chord.schedules import CosineDecay
 from lit_chord.scorer import PolicyScorer, shard_fsdp2
+from lit_chord.validation import log_before_training, log_held_out
 
 if TYPE_CHECKING:
     from torch.distributed.fsdp import FSDPModule
@@ -222,7 +224,17 @@ class ChordModule(LightningModule):
         optimizer = self.optimizer_factory(self.scorer.parameters())
         if self.lr_scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_scheduler_factory(optimizer)}}
+        scheduler = self.lr_scheduler_factory(optimizer)
+        max_steps = self.trainer.max_steps
+        if isinstance(scheduler, CosineDecay):
+            scheduler.follow_run_length(max_steps)  # total_steps: null follows trainer.max_steps
+        pinned = getattr(scheduler, "T_max", None) or getattr(scheduler, "total_steps", None)
+        if pinned and 0 < max_steps != pinned:
+            rank_zero_warn(
+                f"the LR schedule {type(scheduler).__name__} spans {pinned} steps but trainer.max_steps is "
+                f"{max_steps}; lit_chord.schedules.CosineDecay with total_steps: null follows the run's length"
+            )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler}}
 
     def token_logprobs(self, scorer: PolicyScorer, rows: TrainTensors, temperature: float, with_entropy: bool):
         """Log-probabilities (and entropies) of ``input_ids[:, 1:]``, shapes ``(B, T - 1)``."""
@@ -429,6 +441,8 @@ class ChordModule(LightningModule):
         if self.peak_flops:  # model FLOPs utilization (lit_chord.flops), where Lightning knows the device's peak
             metrics["train/mfu"] = flops / (seconds * self.peak_flops * self.trainer.world_size)
         metrics.update({k: torch.tensor(float(v)) for k, v in batch.metrics.items()})
+        # The x-axis: the optimizer steps taken, k after the k-th (its optimizer.step, or a skip, has counted it)
+        metrics["step"] = torch.tensor(float(self.trainer.global_step))
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
         self.log_dict(
             {"mu": metrics["train/mu"], "reward": metrics.get("rollout/reward_mean", torch.tensor(0.0))},
@@ -445,29 +459,12 @@ class ChordModule(LightningModule):
             self.trainer.should_stop = True
 
     # ----- validation -------------------------------------------------------------------------------------------
-    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Held-out prompts arrive already answered by the rollout callback (greedy and sampled); one dataloader
-        per named set, logged as ``val/<set>/...`` (``lit_chord.metrics``). Rows not ``counted`` (padding that keeps
-        the ranks in step, ``HeldOutShard``) weigh 0; ``val/<set>/count`` sums the scored prompts over ranks."""
-        names = getattr(self.trainer.datamodule, "val_set_names", None) or ["heldout"]  # type: ignore[attr-defined]
-        key, size = str(dataloader_idx), len(batch.results)
-        if key not in self.val_metrics:
-            self.val_metrics[key] = HeldOutMetrics().to(self.device)
-        metrics = cast(HeldOutMetrics, self.val_metrics[key])
-        metrics.update(batch.results, batch.counted)
-        for suffix, attribute, metric in metrics.updated():
-            name, path = f"val/{names[dataloader_idx]}/{suffix}", f"val_metrics.{key}.{attribute}"
-            self.log(name, metric, batch_size=size, add_dataloader_idx=False, metric_attribute=path)
-        count, path = f"val/{names[dataloader_idx]}/count", f"val_metrics.{key}.count"
-        self.log(count, metrics.count, batch_size=size, add_dataloader_idx=False, metric_attribute=path)
-        if dataloader_idx == 0:
-            for result, counted in zip(batch.results, batch.counted, strict=True):
-                self.val_accuracy.update(result.greedy_correct, weight=float(counted))
-            self.log("val/accuracy", self.val_accuracy, prog_bar=True, batch_size=size, add_dataloader_idx=False)
+    def validation_step(self, batch: ValBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Held-out prompts arrive already answered by the rollout callback; ``lit_chord.validation`` logs them."""
+        log_held_out(self, batch, dataloader_idx)
 
     def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking and self.val_accuracy.update_count and self.val_before is None:
-            self.val_before = float(self.val_accuracy.compute())
+        log_before_training(self)
 
     # ----- checkpoint -------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

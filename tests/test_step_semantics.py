@@ -89,22 +89,75 @@ def test_tis_cap_below_one_is_refused_and_without_engine_logprobs_it_says_it_doe
     assert sum("tis_cap" in str(w.message) for w in caught) == 1  # once, not every micro-batch
 
 
-def test_the_final_weights_are_validated_when_max_steps_is_off_the_interval(tiny_world, tmp_path):
-    """3 steps, validation every 2: the run validates after step 2 and after the last step (it stopped at 2)."""
+def test_the_final_weights_are_validated_and_every_log_row_sits_at_its_optimizer_step(tiny_world, tmp_path):
+    """3 steps, validation every 2, the sanity check over the whole set: validations at steps 0 (before training), 2
+    and 3 (the last step, though off the interval); training rows at 1, 2, 3. Lightning alone logged the validations
+    at 1 (the last batch's index) and the training rows at 0, 1, 2, never the sanity check, nor a final one."""
     module = ChordModule(model=str(tiny_world / "model"), optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
     trainer = cpu_trainer(
         max_steps=3,
         val_check_interval=2,
         check_val_every_n_epoch=None,
         limit_val_batches=1.0,
+        num_sanity_val_steps=-1,
+        log_every_n_steps=1,
         logger=CSVLogger(tmp_path, name=""),
-        callbacks=[RolloutCallback(max_new_tokens=4, val_num_samples=0)],
+        callbacks=[RolloutCallback(EchoEngine(), max_new_tokens=4, val_num_samples=0)],
     )
-    data = tiny_datamodule(tiny_world, val_data=str(tiny_world / "heldout.jsonl"), val_size=2)
+    data = tiny_datamodule(tiny_world, val_data=str(tiny_world / "heldout.jsonl"), val_size=3)
     trainer.fit(module, datamodule=data)
     with open(tmp_path / "version_0" / "metrics.csv") as handle:
-        val_steps = [int(row["step"]) for row in csv.DictReader(handle) if row.get("val/accuracy")]
-    assert val_steps == [1, 2]  # Lightning logs a validation at the step index of the last batch: steps 2 and 3
+        rows = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in rows if r.get("val/accuracy")] == [0, 2, 3]
+    assert [int(r["step"]) for r in rows if r.get("train/loss")] == [1, 2, 3]
+    before = next(r for r in rows if r.get("val/accuracy") and int(r["step"]) == 0)
+    assert float(before["val/heldout/count"]) == 3.0 and float(before["val/accuracy"]) == module.val_before
+
+
+class BarState(Callback):
+    """Where the step bar stands when training starts and at the end."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if not hasattr(self, "start"):
+            self.start = self.task(trainer).completed
+
+    def on_train_end(self, trainer, pl_module):
+        self.end = self.task(trainer)
+
+    @staticmethod
+    def task(trainer):
+        bar = trainer.progress_bar_callback
+        return bar.progress.tasks[bar.train_progress_bar_id]
+
+
+def test_the_progress_bar_counts_optimizer_steps_across_a_resume(tiny_world, tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lit_chord.progress import StepProgressBar
+
+    def run(steps, ckpt_path=None):
+        state = BarState()
+        trainer = cpu_trainer(
+            max_steps=steps,
+            enable_progress_bar=True,
+            enable_checkpointing=True,
+            callbacks=[
+                RolloutCallback(EchoEngine(), max_new_tokens=4),
+                StepProgressBar(),
+                ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=1),
+                state,
+            ],
+        )
+        module = ChordModule(model=str(tiny_world / "model"), optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+        trainer.fit(module, datamodule=tiny_datamodule(tiny_world), ckpt_path=ckpt_path)
+        return state, trainer
+
+    first, _ = run(2)
+    assert (first.start, first.end.completed, first.end.total) == (0, 2, 2)
+    resumed, trainer = run(4, ckpt_path=str(tmp_path / "last.ckpt"))
+    assert (resumed.start, resumed.end.completed, resumed.end.total) == (2, 4, 4)  # was 0 -> 2 of 2 ("4/2")
+    assert resumed.end.description.strip().endswith("step")
+    assert "v_num" not in trainer.progress_bar_callback.get_metrics(trainer, trainer.lightning_module)
 
 
 def test_the_transformers_engine_keeps_sharded_ranks_in_step(tiny_world):
@@ -131,3 +184,50 @@ def test_the_transformers_engine_keeps_sharded_ranks_in_step(tiny_world):
         engine.attach(policy, [2], pad_token_id=0)
         engine.generate([[5, 6, 7]], 2, SamplingConfig(max_new_tokens=3, seed=0))
     assert calls == [False, True]
+
+
+def test_cosine_decay_by_hand_and_it_follows_the_run_length(tiny_world):
+    from functools import partial
+
+    from lit_chord.schedules import CosineDecay
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    schedule = CosineDecay(optimizer, min_ratio=0.1, total_steps=4)
+    # 0.1 + 0.9·½(1 + cos(π·t/4)): t = 0 → 1, t = 2 → 0.55, t = 4 → 0.1, then flat
+    assert [schedule.factor(t) for t in (0, 2, 4, 9)] == pytest.approx([1.0, 0.55, 0.1, 0.1])
+    for scheduler, steps in [(partial(CosineDecay, min_ratio=0.1), 3), (partial(CosineDecay, total_steps=7), 7)]:
+        module = ChordModule(model=str(tiny_world / "model"), lr_scheduler=scheduler)
+        cpu_trainer(max_steps=3, callbacks=[RolloutCallback(EchoEngine(), max_new_tokens=4)]).fit(
+            module, datamodule=tiny_datamodule(tiny_world)
+        )
+        assert module.lr_schedulers().total_steps == steps  # null follows max_steps = 3; a pinned 7 stays
+
+
+def test_a_pinned_schedule_length_that_is_not_the_runs_warns(tiny_world):
+    from functools import partial
+
+    module = ChordModule(
+        model=str(tiny_world / "model"), lr_scheduler=partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=600)
+    )
+    trainer = cpu_trainer(max_steps=2, callbacks=[RolloutCallback(EchoEngine(), max_new_tokens=4)])
+    with pytest.warns(UserWarning, match="spans 600 steps but trainer.max_steps is 2"):
+        trainer.fit(module, datamodule=tiny_datamodule(tiny_world))
+
+
+def test_a_run_says_what_it_uses_and_warns_about_the_demo_held_out_set(tiny_world, tmp_path, caplog):
+    from lit_chord.summary import DEMO_DATA, RunSummary
+
+    data = tiny_datamodule(tiny_world, val_data=str(DEMO_DATA / "heldout.jsonl"), val_size=2)
+    module = ChordModule(model=str(tiny_world / "model"), mu_peak=0.9, mu_valley=0.05, mu_decay_steps=300)
+    trainer = cpu_trainer(max_steps=1, callbacks=[RolloutCallback(EchoEngine(), max_new_tokens=4), RunSummary()])
+    with pytest.warns(UserWarning, match="still the demo's held-out set"), caplog.at_level("INFO"):
+        trainer.fit(module, datamodule=data)
+    summary = caplog.text
+    for expected in [
+        f"model:      {tiny_world / 'model'}",
+        f"prompts:    {tiny_world / 'prompts.jsonl'}: {len(data.prompts)} kept",
+        "held-out:   heldout (2 prompts)",
+        "each step:  2 prompts x 4 rollouts + 2 expert; μ 0 → 0.9 over 0 steps, → 0.05 over 300",
+        "steps:      1",
+    ]:
+        assert expected in summary

@@ -1,0 +1,73 @@
+"""One short summary at the start of a run: what it trains, on what, for how long, and where its files go.
+
+A run of hours should say in its first lines what it is about to do, so a wrong file or schedule is caught before
+the first rollout rather than read off a curve the next morning. It also warns about one easy slip: a run that
+trains on other prompts but still validates on the demo's shipped held-out set.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+if TYPE_CHECKING:
+    from lit_chord.datamodule import ChordDataModule
+    from lit_chord.module import ChordModule
+
+DEMO_DATA = Path(__file__).resolve().parent.parent / "data" / "demo"
+
+
+def run_summary(trainer: Trainer, module: ChordModule, data: ChordDataModule) -> str:
+    """The summary's lines: model, data (kept and filtered), held-out sets, μ, steps and directories."""
+    hp, dhp = module.hp, data.hp
+    mu = (
+        f"μ {hp.mu_valley} constant"
+        if hp.mu_warmup_steps == hp.mu_decay_steps == 0
+        else f"μ 0 → {hp.mu_peak} over {hp.mu_warmup_steps} steps, → {hp.mu_valley} over {hp.mu_decay_steps}"
+    )
+
+    def kept(rows: list, field: str) -> str:
+        dropped = data.filtered.get(field, 0)
+        return f"{len(rows)} kept" + (f", {dropped} too long dropped" if dropped else "")
+
+    held_out = ", ".join(f"{name} ({len(prompts)} prompts)" for name, prompts in data.val_sets.items()) or "none"
+    checkpoints = [getattr(cb, "dirpath", None) for cb in trainer.checkpoint_callbacks]
+    lines = [
+        f"model:      {hp.model}{' (random init)' if hp.random_init else ''}",
+        f"prompts:    {dhp.prompt_data}: {kept(data.prompts, 'prompt_data')}",
+        f"expert:     {dhp.expert_data or 'none'}" + (f": {kept(data.expert, 'expert_data')}" if data.expert else ""),
+        f"held-out:   {held_out}",
+        f"each step:  {data.prompts_per_step} prompts x {data.num_generations} rollouts + "
+        f"{data.experts_per_step} expert; {mu}, SFT weighting {hp.sft_weighting}",
+        f"steps:      {trainer.max_steps}",
+        f"logs:       {trainer.log_dir or trainer.default_root_dir}",
+        f"checkpoints: {', '.join(str(c) for c in checkpoints if c) or 'none'}",
+    ]
+    return "\n".join(lines)
+
+
+def demo_held_out_with_other_prompts(data: ChordDataModule) -> bool:
+    """Whether the run trains on prompts of its own but validates on the demo's shipped held-out set."""
+
+    def in_demo(source: str) -> bool:
+        return Path(source).resolve().is_relative_to(DEMO_DATA)
+
+    return not in_demo(data.hp.prompt_data) and any(in_demo(source) for source in data.val_sources.values())
+
+
+class RunSummary(Callback):
+    """Prints ``run_summary`` when ``fit`` starts (rank 0) and warns about a demo held-out set next to other
+    prompts."""
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        data = cast("ChordDataModule", trainer.datamodule)  # type: ignore[attr-defined]
+        summary = run_summary(trainer, cast("ChordModule", pl_module), data)  # every rank: log_dir is a collective
+        rank_zero_info(summary)
+        if demo_held_out_with_other_prompts(data):
+            rank_zero_warn(
+                f"data.prompt_data is {data.hp.prompt_data!r} but data.val_data is still the demo's held-out set "
+                f"({', '.join(data.val_sources.values())}); set --data.val_data to held-out prompts of your task"
+            )
