@@ -34,7 +34,13 @@ class PolicyExport(Callback):
         state = {name: tensor.cpu() for name, tensor in module.full_parameters()}  # collective if sharded
         if trainer.is_global_zero:
             assert module.policy is not None, "configure_model has not run"
-            module.policy.save_pretrained(self.path, state_dict=state)
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # a "Writing model shards" bar for one small file says nothing
+            try:
+                module.policy.save_pretrained(self.path, state_dict=state)
+            finally:
+                hf_logging.enable_progress_bar()
             trainer.datamodule.tokenizer.save_pretrained(self.path)  # type: ignore[attr-defined]
         self.report(trainer, pl_module, run_dir)
 

@@ -23,10 +23,11 @@ DEMO_DATA = Path(__file__).resolve().parent.parent / "data" / "demo"
 def run_summary(trainer: Trainer, module: ChordModule, data: ChordDataModule) -> str:
     """The summary's lines: model, data (kept and filtered), held-out sets, μ, steps and directories."""
     hp, dhp = module.hp, data.hp
+    warmup = f"0 → {hp.mu_peak} over {hp.mu_warmup_steps} steps, then " if hp.mu_warmup_steps else ""
     mu = (
         f"μ {hp.mu_valley} constant"
         if hp.mu_warmup_steps == hp.mu_decay_steps == 0
-        else f"μ 0 → {hp.mu_peak} over {hp.mu_warmup_steps} steps, → {hp.mu_valley} over {hp.mu_decay_steps}"
+        else f"μ {warmup}{hp.mu_peak} → {hp.mu_valley} over {hp.mu_decay_steps} steps"
     )
 
     def kept(rows: list, field: str) -> str:

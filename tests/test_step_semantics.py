@@ -227,7 +227,7 @@ def test_a_run_says_what_it_uses_and_warns_about_the_demo_held_out_set(tiny_worl
         f"model:      {tiny_world / 'model'}",
         f"prompts:    {tiny_world / 'prompts.jsonl'}: {len(data.prompts)} kept",
         "held-out:   heldout (2 prompts)",
-        "each step:  2 prompts x 4 rollouts + 2 expert; μ 0 → 0.9 over 0 steps, → 0.05 over 300",
+        "each step:  2 prompts x 4 rollouts + 2 expert; μ 0.9 → 0.05 over 300 steps, SFT weighting phi",
         "steps:      1",
     ]:
         assert expected in summary
