@@ -11,6 +11,9 @@ deprecation warnings that say nothing about it. Here:
   cache or the hub answers one short request (none in offline mode), so a typo fails in seconds, not after a minute
   of download retries. Data files are read and checked by the datamodule's ``setup``, which Lightning runs before
   ``configure_model``, so bad data, too, fails before the model is loaded.
+- Then it gives the run its own folder and resolves ``--ckpt_path last`` to the checkpoint of the run to continue,
+  refusing one with other hyper-parameters unless ``--resume_anyway true`` (``lit_chord.runs``); Ctrl-C and SIGTERM
+  save the step in progress once it completes.
 - ``command_line`` prints a ``UserError`` (and an ``OSError`` out of ``from_pretrained``) as one line, with exit
   code 2. Anything else is a bug and keeps its traceback; ``LIT_CHORD_DEBUG=1`` shows it for user errors too.
 """
@@ -36,6 +39,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from lit_chord.datamodule import val_set_sources
 from lit_chord.errors import ConfigError, UserError
+from lit_chord.runs import RESUME_FLAG, last_checkpoint, prepare_fit
 
 DEBUG_ENV = "LIT_CHORD_DEBUG"
 HUB_PROBE_TIMEOUT_S = 3.0  # one request, no retries: an answer takes well under a second when the hub is there
@@ -75,7 +79,16 @@ class ChordCLI(LightningCLI):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("parser_class", UsagelessParser)
+        self.command_args: list[str] | None = kwargs.get("args")  # None: the command line (sys.argv)
         super().__init__(*args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            RESUME_FLAG,
+            type=bool,
+            default=False,
+            help="Resume from a checkpoint whose hyper-parameters differ from this command's (refused otherwise).",
+        )
 
     def instantiate_classes(self) -> None:
         try:
@@ -91,6 +104,28 @@ class ChordCLI(LightningCLI):
                 del logger._wandb_init["anonymous"]
 
     def before_fit(self) -> None:
+        """Check the paths, then give the run its folder and resolve ``--ckpt_path last`` (``lit_chord.runs``)."""
+        self.check_before_run()
+        ckpt_path = prepare_fit(
+            self.trainer,
+            self.model,
+            self.datamodule,
+            ckpt_path=self._get(self.config_init, "ckpt_path"),
+            resume_anyway=bool(self._get(self.config_init, RESUME_FLAG.lstrip("-"))),
+            args=self.command_args,
+        )
+        self.config_init[self.subcommand]["ckpt_path"] = ckpt_path
+
+    def before_evaluating(self) -> None:
+        """Check the paths; ``--ckpt_path last`` is the newest checkpoint of this config's runs."""
+        self.check_before_run()
+        if self._get(self.config_init, "ckpt_path") == "last":
+            self.config_init[self.subcommand]["ckpt_path"] = str(last_checkpoint(self.trainer))
+
+    # The datamodule's setup reads every source for any stage, and each stage loads the model.
+    before_validate = before_test = before_predict = before_evaluating
+
+    def check_before_run(self) -> None:
         """Fail in seconds on a missing path or a model nobody can provide, before ``fit`` loads anything."""
         model, data = self.model.hparams, self.datamodule.hparams
         files = {"data.prompt_data": data.get("prompt_data"), "data.expert_data": data.get("expert_data")}
@@ -105,9 +140,6 @@ class ChordCLI(LightningCLI):
             "data.tokenizer": (data.get("tokenizer"), ("tokenizer_config.json", "tokenizer.json")),
         }
         check_paths({key: spec for key, spec in pretrained.items() if spec[0]}, files)
-
-    # The datamodule's setup reads every source for any stage, and each stage loads the model.
-    before_validate = before_test = before_predict = before_fit
 
 
 def _resolved_by_lightning(ckpt_path: str) -> bool:

@@ -91,8 +91,8 @@ def run_config(
 
 
 def checkpoints_into(dirpath: Path, layers: list[Path]) -> list | None:
-    """The layered configs' callbacks with every ``ModelCheckpoint`` saving into ``dirpath``: a base config pins one
-    folder (so that ``--ckpt_path last`` finds it), which the runs of a comparison must not share."""
+    """The layered configs' callbacks with every ``ModelCheckpoint`` saving into ``dirpath``, the variant's own folder
+    (a config may pin a ``dirpath``, which the runs of a comparison must not share)."""
     callbacks = None
     for layer in layers:
         callbacks = ((yaml.safe_load(layer.read_text()) or {}).get("trainer") or {}).get("callbacks", callbacks)

@@ -14,7 +14,6 @@ each step's draw, so a prompt group never straddles ranks.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -24,8 +23,9 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import AttributeDict, rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, IterableDataset
 
-from lit_chord.batch import Prompt, Sequence, StepBatch, TrainTensors, ValBatch, pad_sequences
+from lit_chord.batch import Prompt, Sequence, StepBatch, TrainTensors, pad_sequences
 from lit_chord.chat import stop_token_ids
+from lit_chord.held_out import HeldOutShard
 from lit_chord.records import DataError, json_type, located_records, text_field_problem
 
 if TYPE_CHECKING:
@@ -38,10 +38,6 @@ PAPER_SYSTEM_PROMPT = (
     "\\boxed{} as closed-form results."
 )
 ROLES = ("system", "user", "assistant", "tool")
-
-# HeldOutShard has a length (progress bars, fractional limit_val_batches) and its loaders use no worker processes,
-# so Lightning's warning that workers could make an iterable dataset's length inaccurate does not apply.
-warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
 
 
 def val_set_sources(val_data: str | list[str] | dict[str, str] | None) -> dict[str, str]:
@@ -79,36 +75,6 @@ class StepStream(IterableDataset):
         while True:
             yield self.dm.step_batch(step, self.rank, self.world_size)
             step += 1
-
-
-class HeldOutShard(IterableDataset):
-    """One rank's share of a held-out set as ``ValBatch``es: as many batches, of the same sizes, on every rank.
-
-    Why an ``IterableDataset``: Lightning puts a ``DistributedSampler`` into map-style loaders (unless the trainer
-    sets ``use_distributed_sampler=False``), which shards a rank's share a second time and pads it by repeating
-    prompts, so some prompts were scored twice and others never. Iterable datasets it leaves alone: this split is
-    the only one, whatever the trainer's flags. Rank r takes a contiguous block (the first ``len % world_size``
-    ranks one prompt more); a shorter block ends with a padding row, the set's first prompt, generated (the ranks'
-    collectives stay in step) but not counted. Contiguous blocks put the set's first prompts on rank 0, where the
-    sample table reads them, and keep each batch's indices consecutive, which the per-prompt seeds rely on.
-    """
-
-    def __init__(self, prompts: list[Prompt], rank: int, world_size: int, batch_size: int) -> None:
-        per_rank, extra = divmod(len(prompts), world_size)
-        start = rank * per_rank + min(rank, extra)
-        self.indices = list(range(start, start + per_rank + (rank < extra)))
-        self.rows = per_rank + (extra > 0)  # the largest share: every rank's row count
-        self.prompts, self.batch_size = prompts, batch_size
-
-    def __len__(self) -> int:
-        return math.ceil(self.rows / self.batch_size)
-
-    def __iter__(self) -> Iterator[ValBatch]:
-        padding = self.rows - len(self.indices)
-        indices, counted = self.indices + [0] * padding, [True] * len(self.indices) + [False] * padding
-        for first in range(0, self.rows, self.batch_size):
-            rows = slice(first, first + self.batch_size)
-            yield ValBatch([self.prompts[i] for i in indices[rows]], indices=indices[rows], counted=counted[rows])
 
 
 class ChordDataModule(LightningDataModule):

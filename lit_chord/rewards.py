@@ -7,7 +7,9 @@ what a run reports: with the format penalty folded in, a right ``\\boxed{5}`` wi
 
 ``math_boxed`` follows the reference's math workflow: 1 if the last ``\\boxed{}`` in the completion equals the
 answer (checked with math-verify, so ``1/2`` and ``0.5`` agree), minus 0.1 when the ``<think>`` format is
-broken, giving rewards in {-0.1, 0, 0.9, 1}. ``exact_match`` compares the boxed (or whole) text as a string.
+broken, giving rewards in {-0.1, 0, 0.9, 1}. ``paper_math`` is the paper's: 1 right, 0 wrong but well formed,
+-0.1 wrong and malformed, -1 cut at the length limit with no answer. ``exact_match`` compares the boxed (or whole)
+text as a string. A reward function that takes a ``truncated`` keyword is told whether the response hit the limit.
 
 A user reward may return a plain number: its accuracy is then ``reward >= ACCURACY_THRESHOLD`` (1.0), which is
 the number itself for 0/1 rewards, and it reports no format (``format_ok`` is not logged). Or it may return a
@@ -102,6 +104,27 @@ def math_boxed(completion: str, answer: str) -> Reward:
     accuracy = 1.0 if boxed is not None and answers_match(boxed, answer) else 0.0
     well_formed = think_format_ok(completion)
     return Reward(accuracy - (0.0 if well_formed else FORMAT_PENALTY), accuracy, float(well_formed))
+
+
+def paper_math(completion: str, answer: str, truncated: bool = False) -> Reward:
+    """The CHORD paper's math reward: 1 for a right boxed answer, 0 for a wrong one in the ``<think>`` format, −0.1
+    for a wrong one out of it, and −1 for a response cut at the length limit without an answer.
+
+    Compared with ``math_boxed`` (the reference code's: {−0.1, 0, 0.9, 1}, no length penalty), a right answer is
+    worth 1 whatever its format, and running out of tokens is the worst outcome. ``truncated`` comes from the rollout
+    callback (a reward function that takes a ``truncated`` argument is told whether the response hit
+    ``max_new_tokens``); ``format_ok`` is reported either way.
+    """
+    boxed = last_boxed(completion)
+    accuracy = 1.0 if boxed is not None and answers_match(boxed, answer) else 0.0
+    well_formed = think_format_ok(completion)
+    if accuracy:
+        reward = 1.0
+    elif truncated and boxed is None:
+        reward = -1.0
+    else:
+        reward = 0.0 if well_formed else -FORMAT_PENALTY
+    return Reward(reward, accuracy, float(well_formed))
 
 
 def exact_match(completion: str, answer: str) -> float:

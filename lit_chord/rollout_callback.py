@@ -12,6 +12,7 @@ Generation is seeded by ``(seed, step, rank)``, so a resumed run samples what an
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import math
 import time
@@ -73,8 +74,10 @@ class RolloutCallback(Callback):
         Args:
             engine: Rollout engine (``class_path``): ``lit_chord.engines.transformers_engine.TransformersEngine``
                 (default; CPU-friendly) or ``lit_chord.engines.vllm_engine.VLLMEngine``.
-            reward_fn: ``reward(completion, answer) -> float``, as an import path, e.g.
-                ``lit_chord.rewards.math_boxed`` (default) or ``lit_chord.rewards.exact_match``.
+            reward_fn: ``reward(completion, answer) -> Reward | float`` (``lit_chord.rewards``), as an import path:
+                ``lit_chord.rewards.math_boxed`` (default, the reference code's), ``lit_chord.rewards.paper_math``
+                (the paper's, with a length penalty) or ``lit_chord.rewards.exact_match``. One that takes a
+                ``truncated`` keyword is told whether the completion hit ``max_new_tokens``.
             temperature: Sampling temperature of rollouts; the trainer scales its logits by the same value.
             top_p: Nucleus sampling threshold.
             max_new_tokens: Longest completion; longer ones are truncated and contribute no tokens to the loss.
@@ -100,6 +103,8 @@ class RolloutCallback(Callback):
             engine = TransformersEngine()
         self.engine = engine
         self.reward_fn = reward_fn
+        # A reward that judges running out of tokens (``rewards.paper_math``) declares a ``truncated`` parameter.
+        self.reward_takes_truncated = "truncated" in inspect.signature(reward_fn).parameters
         self.sampling = SamplingConfig(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
         self.scale_advantages_by_std = scale_advantages_by_std
         self.val_temperature, self.val_num_samples = val_temperature, val_num_samples
@@ -195,7 +200,9 @@ class RolloutCallback(Callback):
         for group, answer in zip(groups, answers, strict=True):
             for completion in group:
                 try:
-                    reward = as_reward(self.reward_fn(self.decode(completion.token_ids), answer))
+                    text = self.decode(completion.token_ids)
+                    extra = {"truncated": not completion.finished} if self.reward_takes_truncated else {}
+                    reward = as_reward(self.reward_fn(text, answer, **extra))
                 except Exception as err:  # a bad reward must not kill a long run; it is logged and counted
                     reward, errors, first_error = Reward(0.0, 0.0, 0.0), errors + 1, first_error or err
                 rows.append(reward)

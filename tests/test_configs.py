@@ -138,3 +138,14 @@ def test_help_documents_the_chord_knobs(capsys):
     ):
         assert knob in text
     assert "Largest weight of the SFT term" in text
+
+
+@pytest.mark.parametrize("path", ["chord_qwen2.5_7b_openr1.yaml", "chord_qwen2.5_1.5b_1gpu.yaml"])
+def test_paper_recipes_use_the_papers_reward(path, monkeypatch):
+    from lit_chord.rewards import paper_math
+    from lit_chord.rollout_callback import RolloutCallback
+
+    monkeypatch.chdir(CONFIGS.parent)
+    callbacks = instantiate("--config", str(CONFIGS / path)).trainer.callbacks
+    (rollout,) = [c for c in callbacks if isinstance(c, RolloutCallback)]
+    assert rollout.reward_fn is paper_math and rollout.reward_takes_truncated

@@ -3,7 +3,8 @@ import json
 import pytest
 
 from lit_chord.batch import Prompt
-from lit_chord.datamodule import ChordDataModule, DataError, HeldOutShard
+from lit_chord.datamodule import ChordDataModule, DataError
+from lit_chord.held_out import HeldOutShard
 
 
 def make_dm(world, tmp_path, expert_records=None, **kwargs):

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from helpers import cpu_trainer
+from helpers import cpu_trainer, tiny_datamodule
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import CSVLogger
 
@@ -159,17 +159,7 @@ def test_validation_accuracy_counts_right_answers_without_tags(tiny_world):
     reward >= 1), format_ok 0. Samples: 2 of 4 right, all tagged: avg@k = 0.5, pass@2 = 1 − C(2,2)/C(4,2) = 5/6."""
     from transformers import AutoTokenizer
 
-    data = ChordDataModule(
-        tokenizer=str(tiny_world / "model"),
-        prompt_data=str(tiny_world / "prompts.jsonl"),
-        val_data=str(tiny_world / "heldout.jsonl"),
-        prompts_per_step=2,
-        num_generations=2,
-        expert_data_ratio=0.0,
-        system_prompt=None,
-        max_prompt_length=64,
-        val_size=5,
-    )
+    data = tiny_datamodule(tiny_world, val_data=str(tiny_world / "heldout.jsonl"), val_size=5)
     engine = ReversingEngine(AutoTokenizer.from_pretrained(tiny_world / "model"))
     module = ChordModule(model=str(tiny_world / "model"))
     trainer = cpu_trainer(limit_val_batches=1.0, callbacks=[RolloutCallback(engine, val_num_samples=4, val_pass_k=2)])

@@ -146,20 +146,9 @@ def test_fit_resumed_from_a_checkpoint_equals_an_uninterrupted_fit(tiny_world, d
     assert torch.equal(engine_b.loads[0], engine_a.loads[2]) and not torch.equal(engine_b.loads[0], engine_a.loads[0])
 
 
-@pytest.mark.parametrize(
-    "name", sorted(p.name for p in (REPO / "configs").glob("*.yaml") if "ModelCheckpoint" in p.read_text())
-)
-def test_configs_checkpoint_where_ckpt_path_last_looks(name):
-    """Without a ``dirpath``, checkpoints go to the logger's version folder, and a resumed run's logger takes a new
-    version: ``--ckpt_path last`` then finds nothing and silently trains from scratch (Lightning only warns)."""
-    callbacks = yaml.safe_load((REPO / "configs" / name).read_text())["trainer"]["callbacks"]
-    checkpoints = [c for c in callbacks if str(c.get("class_path", "")).endswith("ModelCheckpoint")]
-    assert checkpoints and all((c.get("init_args") or {}).get("dirpath") for c in checkpoints)
-
-
 # ----- a real process, killed -------------------------------------------------------------------------------------
 def write_config(path: Path, world: Path, root: Path, seed: int, stall_at: int | None = None) -> Path:
-    """A small CHORD run; the ModelCheckpoint has an explicit ``dirpath`` so that ``--ckpt_path last`` finds it."""
+    """A small CHORD run; its ModelCheckpoint has no ``dirpath``: checkpoints go to the run's own folder."""
     config = {
         "seed_everything": seed,
         "trainer": {
@@ -182,7 +171,7 @@ def write_config(path: Path, world: Path, root: Path, seed: int, stall_at: int |
                 },
                 {
                     "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {"dirpath": str(root / "checkpoints"), "save_last": True, "every_n_train_steps": 2},
+                    "init_args": {"save_last": True, "every_n_train_steps": 2},
                 },
                 {"class_path": "test_resume.StallAt", "init_args": {"step": stall_at, "marker": str(root / "stalled")}},
             ],
@@ -254,10 +243,12 @@ def test_killed_cli_run_resumed_with_ckpt_path_last_equals_an_uninterrupted_run(
         killed.send_signal(signal.SIGKILL)  # no clean-up, no exception hooks, no on-exception checkpoint
         killed.wait(timeout=30)
         assert killed.returncode == -signal.SIGKILL
-        assert torch.load(killed_root / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 2
+        last = killed_root / "version_0/checkpoints/last.ckpt"
+        assert torch.load(last, weights_only=False)["global_step"] == 2
 
         resume_config = write_config(tmp_path / "resume.yaml", tiny_world, killed_root, seed=3)
         output = finish(launch(resume_config, "--ckpt_path", "last"))
+        assert f"resuming {killed_root}/version_0 from {last} at step 2" in output
         assert "Restored all states from the checkpoint" in output
         finish(whole)
     finally:
@@ -266,10 +257,10 @@ def test_killed_cli_run_resumed_with_ckpt_path_last_equals_an_uninterrupted_run(
                 process.kill()
                 process.wait()
 
+    # The resumed run logs into the killed run's folder, after the rows it had logged (flushed every step).
     expected = step_rows(whole_root / "version_0/metrics.csv")
-    after_resume = step_rows(killed_root / "version_1/metrics.csv")
-    assert len(expected) == 4 and len(after_resume) == 2
-    assert after_resume == {step: expected[step] for step in after_resume}
+    assert not (killed_root / "version_1").exists()
+    assert len(expected) == 4 and step_rows(killed_root / "version_0/metrics.csv") == expected
 
 
 # ----- atomic checkpoints -----------------------------------------------------------------------------------------

@@ -92,3 +92,33 @@ def test_a_plain_number_reward_logs_no_format(tiny_world):
     group = [Completion(callback.tokenizer(t)["input_ids"], True) for t in ["\\boxed{12}", "\\boxed{1}"]]
     metrics = rollout_metrics(callback.score([group], ["12"]), group, group_size=2)
     assert metrics["rollout/accuracy"] == 0.5 and "rollout/format_ok" not in metrics
+
+
+@pytest.mark.parametrize(
+    ("completion", "truncated", "reward", "accuracy", "format_ok"),
+    [
+        ("<think>x</think>\\boxed{12}", False, 1.0, 1.0, 1.0),  # right
+        ("\\boxed{12}", False, 1.0, 1.0, 0.0),  # right without tags: still 1 (math_boxed gives 0.9)
+        ("<think>x</think>\\boxed{21}", False, 0.0, 0.0, 1.0),  # wrong, well formed
+        ("\\boxed{21}", False, -0.1, 0.0, 0.0),  # wrong, malformed
+        ("<think>x and on and on", True, -1.0, 0.0, 0.0),  # cut at the length limit with no answer
+        ("<think>x</think>\\boxed{21} and on", True, 0.0, 0.0, 1.0),  # cut, but it had answered (wrongly)
+        ("<think>x</think>\\boxed{12} and on", True, 1.0, 1.0, 1.0),  # cut after a right answer
+    ],
+)
+def test_paper_math(completion, truncated, reward, accuracy, format_ok):
+    from lit_chord.rewards import paper_math
+
+    assert paper_math(completion, "12", truncated=truncated) == Reward(reward, accuracy, format_ok)
+
+
+def test_a_reward_that_takes_truncated_is_told(tiny_world):
+    from transformers import AutoTokenizer
+
+    from lit_chord.rewards import paper_math
+
+    callback = RolloutCallback(reward_fn=paper_math)
+    callback.tokenizer = AutoTokenizer.from_pretrained(tiny_world / "model")
+    ids = callback.tokenizer("<think>x")["input_ids"]
+    scores = callback.score([[Completion(ids, finished=False), Completion(ids, finished=True)]], ["12"])
+    assert scores.rewards.tolist() == pytest.approx([-1.0, -0.1])  # truncated without answer; finished, malformed
