@@ -251,7 +251,14 @@ def stopped(tiny_world, tmp_path_factory) -> dict:
         name: write_config(work / f"{name}.yaml", tiny_world, work / name, STEPS, p) for name, p in pauses.items()
     }
     whole = start(fit_command(write_config(work / "whole.yaml", tiny_world, work / "whole", STEPS)), work / "whole.log")
-    envs = {"SIGUSR1": FAKE_SLURM}
+    # A stand-in scontrol that records its arguments: never the real one (a local Slurm may run, job 7 may exist).
+    bin_dir = work / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" > {work / "scontrol.args"}\n')
+    scontrol.chmod(0o755)
+    fake_slurm = {**FAKE_SLURM, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    envs = {"SIGUSR1": fake_slurm}
     running = {name: start(fit_command(c), work / f"{name}.log", envs.get(name)) for name, c in configs.items()}
     results: dict = {"work": work, "pauses": pauses}
     try:
@@ -267,7 +274,7 @@ def stopped(tiny_world, tmp_path_factory) -> dict:
             command = re.search(r"resume with: (.*)", results[name][0])
             assert command, results[name][0][-3000:]
             resumed[name] = start(shlex.split(command.group(1)), work / f"{name}.resumed.log")
-        requeued = {**FAKE_SLURM, "SLURM_RESTART_COUNT": "1"}
+        requeued = {**fake_slurm, "SLURM_RESTART_COUNT": "1"}
         resumed["SIGUSR1"] = start(fit_command(configs["SIGUSR1"]), work / "SIGUSR1.resumed.log", requeued)
         results |= {f"{name} resumed": finish(process) for name, process in resumed.items()}
         results["whole"] = finish(whole)
@@ -287,7 +294,8 @@ def test_a_stop_saves_the_step_in_progress_and_prints_the_command_that_resumes(s
     saved = root / "version_0/checkpoints/last.ckpt"
     if name == "SIGUSR1":
         assert f"SIGUSR1: saving a checkpoint once step {step} completes, then requeueing the job" in text
-        assert "could not requeue SLURM job 7: no scontrol on this machine" in text
+        assert "requeued SLURM job 7" in text
+        assert (stopped["work"] / "scontrol.args").read_text().split() == ["requeue", "7"]
         last = f"interrupted at step {step}; saved {saved}; the requeued job resumes from it"
     else:
         assert f"{name}: saving a checkpoint once step {step} completes" in text
