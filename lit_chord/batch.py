@@ -60,23 +60,21 @@ class TrainTensors:
         tensors: dict[str, Any] = {k: None if v is None else v[keep] for k, v in self.__dict__.items()}
         return TrainTensors(**tensors)
 
+    def take(self, rows: Tensor | slice) -> TrainTensors:
+        """The rows at ``rows`` (indices or a slice), without the trailing columns that are padding in all of them."""
+        width = int(self.attention_mask[rows].sum(-1).max())
+        return TrainTensors(
+            input_ids=self.input_ids[rows, :width],
+            attention_mask=self.attention_mask[rows, :width],
+            loss_mask=self.loss_mask[rows, :width],
+            is_expert=self.is_expert[rows],
+            advantages=self.advantages[rows],
+            engine_logprobs=None if self.engine_logprobs is None else self.engine_logprobs[rows, :width],
+        )
+
     def micro_batches(self, size: int) -> list[TrainTensors]:
-        """Split rows into chunks of ``size`` and trim each chunk's trailing padding."""
-        chunks = []
-        for start in range(0, len(self), size):
-            rows = slice(start, start + size)
-            width = int(self.attention_mask[rows].sum(-1).max())
-            chunks.append(
-                TrainTensors(
-                    input_ids=self.input_ids[rows, :width],
-                    attention_mask=self.attention_mask[rows, :width],
-                    loss_mask=self.loss_mask[rows, :width],
-                    is_expert=self.is_expert[rows],
-                    advantages=self.advantages[rows],
-                    engine_logprobs=None if self.engine_logprobs is None else self.engine_logprobs[rows, :width],
-                )
-            )
-        return chunks
+        """Split rows into chunks of ``size`` in arrival order and trim each chunk's trailing padding."""
+        return [self.take(slice(start, start + size)) for start in range(0, len(self), size)]
 
     def to(self, device: torch.device | str) -> TrainTensors:
         tensors: dict[str, Any] = {k: None if v is None else v.to(device) for k, v in self.__dict__.items()}

@@ -16,6 +16,7 @@ scores with is the one the batch was sampled from; the old log-probabilities are
 from __future__ import annotations
 
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +35,7 @@ from lit_chord.batch import StepBatch, TrainTensors, ValBatch
 from lit_chord.flops import ModelShape, forward_flops, model_shape, peak_flops, training_flops
 from lit_chord.loss import LossAgg, Normalizers, chord_loss, count_normalizers, mu_schedule
 from lit_chord.metrics import logprob_gap
+from lit_chord.packing import pack_micro_batches
 from lit_chord.schedules import CosineDecay
 from lit_chord.scorer import PolicyScorer, shard_fsdp2
 from lit_chord.validation import log_before_training, log_held_out
@@ -77,6 +79,7 @@ class ChordModule(LightningModule):
         kl_coef: float = 0.0,
         kl_estimator: Literal["k1", "k2", "k3"] = "k2",
         micro_batch_size: int = 8,
+        max_tokens_per_micro_batch: int | None = None,
         logprob_chunk_size: int = 1024,
         max_grad_norm: float = 1.0,
         max_consecutive_skips: int = 10,
@@ -109,7 +112,17 @@ class ChordModule(LightningModule):
             kl_coef: KL penalty to the initial policy on every response token, expert rows included, outside the
                 (1 − μ) factor (reference: 0; > 0 keeps a frozen copy of the policy).
             kl_estimator: KL estimator: k1, k2 (the reference's default) or k3.
-            micro_batch_size: Rows per forward/backward; the step's result does not depend on it.
+            micro_batch_size: Rows per forward/backward, in arrival order; the step's result does not depend on it.
+            max_tokens_per_micro_batch: Token budget per forward/backward instead of ``micro_batch_size`` (None:
+                rows). Rows sorted by length are packed into passes of at most this many padded tokens, rows ×
+                longest row (``lit_chord.packing``): short rows share a pass, a long one gets its own, and a row over
+                the budget a pass of its own (warned once). The step's result does not depend on it. For a 7B policy
+                per 80 GB GPU (``configs/chord_qwen2.5_7b_openr1.yaml``), 25600, the reference's
+                ``max_token_len_per_gpu``: 80 GB − 15 GB of sharded fp32 states (16 B/param × 7.6B / 8 GPUs) − 28 GB
+                of vLLM (0.35) − ~6 GB of CUDA context, gathered FSDP2 layers and the LM-head chunk leaves ~30 GB;
+                with gradient checkpointing a token keeps its fp32 input to each layer (28 × 3584 × 4 B = 0.4 MB)
+                plus one layer's recomputed activations and their gradients (~0.5 MB): ~0.9 MB a token, ~33k
+                tokens, of which 25600 leaves ~20% for fragmentation.
             logprob_chunk_size: Tokens per chunk when projecting onto the vocabulary.
             max_grad_norm: Gradient clipping by global norm (reference: 1.0); 0 disables.
             max_consecutive_skips: Stop after this many consecutive steps with a non-finite loss or gradient.
@@ -137,6 +150,8 @@ class ChordModule(LightningModule):
                 raise ValueError(f"model.{name} must be >= 0, got {value}")
         if micro_batch_size < 1:
             raise ValueError(f"model.micro_batch_size must be >= 1, got {micro_batch_size}")
+        if max_tokens_per_micro_batch is not None and max_tokens_per_micro_batch < 1:
+            raise ValueError(f"model.max_tokens_per_micro_batch must be >= 1 or null, got {max_tokens_per_micro_batch}")
         if tis_cap and tis_cap < 1.0:
             raise ValueError(f"model.tis_cap must be 0 (off) or >= 1, got {tis_cap}: a cap below 1 shrinks every token")
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
@@ -153,6 +168,8 @@ class ChordModule(LightningModule):
         self.shape: ModelShape | None = None  # what the policy's FLOPs depend on, for train/mfu
         self.scaled_grad_norm: Tensor | None = None  # 16-mixed: the norm clipped after the plugin unscaled
         self.tis_warned = False
+        self.budget_warned = False
+        self.pass_counts = [0, 0, 0]  # this step's passes, tokens processed, of which padding (micro_batches)
 
     @property
     def hp(self) -> AttributeDict:
@@ -308,14 +325,34 @@ class ChordModule(LightningModule):
     def micro_batches(
         self, rows: TrainTensors, padding: TrainTensors, at_least: int = 0
     ) -> tuple[list[TrainTensors], int]:
-        """``rows`` in micro-batches, and how many of them are real. Every rank must run as many passes as the
-        others (DDP and FSDP2 reduce gradients in backward, FSDP2 gathers parameters in every forward), so ranks
-        with fewer, or all below ``at_least``, are padded with zero-weight passes over the first row of ``padding``."""
-        micro_batches = rows.micro_batches(self.hp.micro_batch_size) if len(rows) else []
+        """``rows`` in micro-batches (``micro_batch_size`` rows, or by token budget), and how many of them are real.
+        Every rank must run as many passes as the others (DDP and FSDP2 reduce gradients in backward, FSDP2 gathers
+        parameters in every forward), so ranks with fewer, or all below ``at_least``, are padded with zero-weight
+        passes over the first row of ``padding``."""
+        budget = self.hp.max_tokens_per_micro_batch
+        if not len(rows):
+            micro_batches = []
+        elif budget is None:
+            micro_batches = rows.micro_batches(self.hp.micro_batch_size)
+        else:
+            micro_batches = pack_micro_batches(rows, budget)
+            longest = micro_batches[0].input_ids.shape[1]  # packing puts the longest row first
+            if longest > budget and not self.budget_warned:
+                warnings.warn(  # on every rank: each packs its own rows
+                    f"a row of {longest} tokens exceeds model.max_tokens_per_micro_batch={budget}: it gets a "
+                    "micro-batch of its own, over the budget (warned once)",
+                    stacklevel=2,
+                )
+                self.budget_warned = True
         real = len(micro_batches)
         most = int(self.trainer.strategy.reduce(torch.tensor(real, device=self.device), reduce_op="max"))
         most = max(most, at_least)
-        return micro_batches + [padding.micro_batches(1)[0]] * (most - real), real
+        passes = micro_batches + [padding.micro_batches(1)[0]] * (most - real)
+        # For train/padding_frac: a zero-weight pass is padding through and through (computed, then discarded).
+        processed = sum(micro.input_ids.numel() for micro in passes)
+        for index, count in enumerate([len(passes), processed, processed - int(rows.attention_mask.sum())]):
+            self.pass_counts[index] += count
+        return passes, real
 
     def micro_batch_loss(
         self, micro: TrainTensors, mu: float, normalizers: Normalizers, temperature: float, horizon: int | None = None
@@ -425,11 +462,17 @@ class ChordModule(LightningModule):
         self, totals: dict[str, Tensor], mu: float, grad_norm: Tensor, lr: float, seconds: float, batch: StepBatch
     ) -> None:
         additive = {k: v for k, v in totals.items() if k not in NON_ADDITIVE}
+        (passes, processed, padding), self.pass_counts = self.pass_counts, [0, 0, 0]
+        counts = torch.tensor([processed, padding], dtype=torch.float32, device=self.device)
+        additive |= {"processed_tokens": counts[0], "padding_tokens": counts[1]}
         keys = sorted(additive)  # the same on every rank: padding passes report the same metrics (times 0)
         reduced = self.trainer.strategy.reduce(torch.stack([additive[k] for k in keys]), reduce_op="sum")
         summed = dict(zip(keys, reduced, strict=True))
         flops = summed.pop("flops")
-        metrics = {f"{'rollout' if k == 'logprob_gap' else 'train'}/{k}": v for k, v in summed.items()}
+        # Pad tokens over tokens processed, all ranks; passes per step are the same on every rank (micro_batches).
+        metrics = {"train/padding_frac": summed.pop("padding_tokens") / summed.pop("processed_tokens")}
+        metrics["train/micro_batches"] = torch.tensor(float(passes))
+        metrics |= {f"{'rollout' if k == 'logprob_gap' else 'train'}/{k}": v for k, v in summed.items()}
         metrics["train/ratio_max"] = totals["ratio_max"]
         metrics["train/mu"] = torch.tensor(mu)
         metrics["train/grad_norm"] = grad_norm.detach().float()

@@ -43,6 +43,7 @@ VERSION = re.compile(r"version_(\d+)")
 MAY_DIFFER = frozenset(
     {
         "model.micro_batch_size",
+        "model.max_tokens_per_micro_batch",
         "model.logprob_chunk_size",
         "model.gradient_checkpointing",
         "model.max_consecutive_skips",

@@ -6,13 +6,16 @@ import math
 
 import pytest
 import torch
-from helpers import cpu_trainer, tiny_datamodule
+from helpers import EchoEngine, cpu_trainer, tiny_datamodule
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import CSVLogger
 
 from lit_chord.loss import count_normalizers
 from lit_chord.module import ChordModule
 from lit_chord.rollout_callback import RolloutCallback
+
+# How a step was cut into passes, not what it computed: these differ between micro-batchings of the same step.
+PASSES = ("train/micro_batches", "train/padding_frac")
 
 
 class Recorder(Callback):
@@ -242,7 +245,55 @@ def test_a_step_with_score_only_rows_equals_one_that_trains_every_row(tiny_world
     assert sum(scored) > 0, "no zero-advantage rollout to score: the test would prove nothing"
     for step in range(2):
         for key, value in every_log.logged[step].items():
-            if "seconds" not in key and key not in ("train/tokens_per_second", "train/update_seconds"):
+            if "seconds" not in key and key not in ("train/tokens_per_second", "train/update_seconds", *PASSES):
                 assert split_log.logged[step][key] == pytest.approx(value, abs=1e-5), key
     for a, b in zip(split.policy.parameters(), every.policy.parameters(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+class GradientRecorder(Recorder):
+    """Also keeps each step's gradient as the optimizer receives it (after clipping)."""
+
+    def __init__(self):
+        super().__init__()
+        self.gradients = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.gradients.append(torch.cat([p.grad.flatten() for p in pl_module.policy.parameters()]))
+
+
+def test_token_budget_packing_changes_neither_the_gradient_nor_the_metrics(tiny_world):
+    """Two whole steps (no-grad scoring passes, backward passes, metric totals, AdamW) with row micro-batches of 3 and
+    with token budgets of 64, 256 and 4096 tokens: the same gradients, metrics and weights, in other passes."""
+
+    def length_reward(completion: str, answer: str) -> float:  # varied rewards; some groups all 0: score-only rows
+        return 0.0 if answer[-1] in "01234" else float(len(completion) % 3)
+
+    runs = []
+    for budget in (None, 64, 256, 4096):
+        torch.manual_seed(0)
+        module = ChordModule(
+            model=str(tiny_world / "model"),
+            micro_batch_size=3,
+            max_tokens_per_micro_batch=budget,
+            # SGD: weights move by −lr·gradient and agree as the gradients do. AdamW's first step, g / (|g| + eps),
+            # would blow the float noise of entries near 0 (the passes sum in other orders) up to lr-sized changes.
+            optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+        )
+        recorder = GradientRecorder()
+        rollout = RolloutCallback(EchoEngine(), reward_fn=length_reward, max_new_tokens=8)
+        trainer = cpu_trainer(max_steps=2, callbacks=[rollout, recorder])
+        trainer.fit(module, datamodule=datamodule(tiny_world, prompts_per_step=4))
+        runs.append((module, recorder))
+    (rows_module, rows_log), *budgeted = runs
+    passes = [[log.logged[step]["train/micro_batches"] for step in range(2)] for _, log in runs]
+    assert len({tuple(p) for p in passes}) == 4, passes  # four different cuts of the same steps
+    assert sum(len(rows_module.split_rows(b.train)[1]) for b in rows_log.batches) > 0, "no score-only rows"
+    for module, log in budgeted:
+        for step in range(2):
+            torch.testing.assert_close(log.gradients[step], rows_log.gradients[step], atol=1e-6, rtol=1e-5)
+            for key, value in rows_log.logged[step].items():
+                if "seconds" not in key and key not in ("train/tokens_per_second", *PASSES):
+                    assert log.logged[step][key] == pytest.approx(value, abs=1e-5), key
+        for a, b in zip(module.policy.parameters(), rows_module.policy.parameters(), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

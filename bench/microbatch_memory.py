@@ -1,0 +1,184 @@
+"""Peak memory and time of one training step cut into row micro-batches vs micro-batches by token budget.
+
+The step CHORD steps look like, scaled down for a CPU: one long expert row (the paper's R1 responses average 6,132
+tokens, rollouts 659–2,444) first, as the datamodule's collate puts expert rows, among many short rollouts of spread
+lengths. Row micro-batches (``--micro-batch-size`` rows in arrival order, each padded to its longest row) put the
+long row's width on every row beside it; a token budget (``lit_chord.packing``, ``--max-tokens``) gives it a pass
+of its own and packs the short rows by length. The policy is a Qwen2 built from its config with random weights
+(~16M parameters by default, float32, no download); each micro-batch goes through ``ChordModule.micro_batch_loss``
+(the chunked log-probabilities, the CHORD loss with the step's global normalizers) and backward, then one AdamW
+step, as ``ChordModule.training_step`` does on one rank. Both variants run in this one invocation and the script ends
+with the line ``peak_memory_ratio=<budget/rows> time_ratio=<budget/rows>``.
+
+    python bench/microbatch_memory.py                          # defaults: ~3 min on 2 shared cores
+    python bench/microbatch_memory.py --long 512 --short-max 128 --repeats 1   # smoke test
+
+The measurement is ``bench/logprob_memory.py``'s: each variant lives in its own fresh worker process (the kernel's
+resident-memory high-water mark, ``ru_maxrss``, only grows); after the worker has built the model, the optimizer and
+the rows, the high-water mark is its baseline, and the variant's peak is the high-water mark after its first step
+(the warm-up) minus that baseline, so both peaks also hold the gradients and AdamW's two moments, which the two
+variants share. Time: median wall-clock of ``--repeats`` steps after the warm-up; the two workers take turns step
+by step, so a change in machine load hits both alike. Both start from the same weights and rows, so the gradient
+norms of their first step are printed as a correctness check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from logprob_memory import rss_bytes  # noqa: E402
+
+from lit_chord.batch import Sequence, TrainTensors, pad_sequences  # noqa: E402
+from lit_chord.loss import count_normalizers  # noqa: E402
+from lit_chord.module import ChordModule  # noqa: E402
+from lit_chord.packing import pack_micro_batches  # noqa: E402
+
+VARIANTS = ("rows", "budget")
+
+
+def step_rows(args: argparse.Namespace) -> TrainTensors:
+    """One long expert row first, then ``--short-rows`` rollouts of uniform random lengths, advantages ±1."""
+    rng = random.Random(0)
+    lengths = [args.long] + [rng.randint(args.short_min, args.short_max) for _ in range(args.short_rows)]
+    sequences = []
+    for index, length in enumerate(lengths):
+        ids = [rng.randrange(4, args.vocab) for _ in range(length)]
+        advantage = 0.0 if index == 0 else rng.choice([-1.0, 1.0])
+        sequences.append(Sequence(ids[: args.prompt], ids[args.prompt :], is_expert=index == 0, advantage=advantage))
+    return pad_sequences(sequences, pad_id=0)
+
+
+def build(args: argparse.Namespace, folder: Path) -> ChordModule:
+    """A ``ChordModule`` around a random Qwen2 written to ``folder`` as a config only."""
+    from transformers import Qwen2Config
+
+    Qwen2Config(
+        hidden_size=args.hidden, intermediate_size=args.intermediate, num_hidden_layers=args.layers,
+        num_attention_heads=args.hidden // 64, num_key_value_heads=2, vocab_size=args.vocab, tie_word_embeddings=True,
+    ).save_pretrained(folder)  # fmt: skip
+    module = ChordModule(model=str(folder), random_init=True, micro_batch_size=args.micro_batch_size)
+    module.configure_model()
+    return module
+
+
+def micro_batches(args: argparse.Namespace, rows: TrainTensors) -> list[TrainTensors]:
+    """What ``ChordModule.micro_batches`` cuts on one rank, without a trainer."""
+    if args.variant == "rows":
+        return rows.micro_batches(args.micro_batch_size)
+    return pack_micro_batches(rows, args.max_tokens)
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Serve one variant: build everything, then answer each "run" line on stdin with a JSON line on stdout."""
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as folder:
+        module = build(args, Path(folder))
+    assert module.scorer is not None
+    optimizer = torch.optim.AdamW(module.scorer.parameters(), lr=1e-6)
+    rows = step_rows(args)
+    normalizers = count_normalizers(rows.loss_mask[:, :-1], rows.is_expert)  # the step's global counts
+    parts = micro_batches(args, rows)
+    current, baseline = rss_bytes()
+    for _ in sys.stdin:
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        for micro in parts:
+            module.micro_batch_loss(micro, 0.1, normalizers, 1.0, horizon=args.short_max).loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(module.scorer.parameters(), float("inf"))
+        optimizer.step()
+        seconds = time.perf_counter() - start
+        processed = sum(m.input_ids.numel() for m in parts)
+        report = {
+            "seconds": seconds,
+            "peak_bytes": rss_bytes()[1] - baseline,
+            "baseline_gap_bytes": baseline - current,
+            "grad_norm": grad_norm.item(),
+            "passes": len(parts),
+            "processed": processed,
+            "largest_pass": max(m.input_ids.numel() for m in parts),
+            "padding_frac": 1.0 - int(rows.attention_mask.sum()) / processed,
+            "parameters": sum(p.numel() for p in module.scorer.parameters()),
+            "threads": torch.get_num_threads(),
+        }
+        print(json.dumps(report), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--long", type=int, default=2048, help="tokens of the expert row")
+    parser.add_argument("--short-rows", type=int, default=31)
+    parser.add_argument("--short-min", type=int, default=64, help="shortest rollout row, tokens")
+    parser.add_argument("--short-max", type=int, default=384, help="longest rollout row, tokens")
+    parser.add_argument("--prompt", type=int, default=32, help="prompt tokens of every row")
+    parser.add_argument("--micro-batch-size", type=int, default=8, help="rows per pass, rows variant")
+    parser.add_argument("--max-tokens", type=int, default=2048, help="token budget per pass, budget variant")
+    parser.add_argument("--hidden", type=int, default=384)
+    parser.add_argument("--intermediate", type=int, default=1024)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--vocab", type=int, default=8192)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # worker mode
+    args = parser.parse_args()
+    if args.variant:
+        worker(args)
+        return
+
+    def start(variant: str) -> subprocess.Popen:
+        command = [sys.executable, __file__, *sys.argv[1:], "--variant", variant]
+        return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def run(proc: subprocess.Popen) -> dict:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write("run\n")
+        proc.stdin.flush()
+        line = proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"a worker died (exit {proc.wait()}); out of memory? (dmesg tells)")
+        return json.loads(line)
+
+    workers = {v: start(v) for v in VARIANTS}
+    warmup = {v: run(workers[v]) for v in VARIANTS}  # first step of each fresh process: its peak memory
+    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for _ in range(args.repeats):
+        for v in VARIANTS:
+            times[v].append(run(workers[v])["seconds"])
+    for proc in workers.values():
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait()
+
+    first = warmup["rows"]
+    print(
+        f"parameters={first['parameters'] / 1e6:.1f}M long={args.long} short_rows={args.short_rows} "
+        f"short={args.short_min}-{args.short_max} micro_batch_size={args.micro_batch_size} "
+        f"max_tokens={args.max_tokens} repeats={args.repeats} threads={first['threads']} torch={torch.__version__}"
+    )
+    print(f"{'variant':<7} {'passes':>6} {'tokens':>7} {'largest':>7} {'padding':>7} {'peak MiB':>9} {'median s':>9}")
+    for v in VARIANTS:
+        w = warmup[v]
+        print(
+            f"{v:<7} {w['passes']:>6} {w['processed']:>7} {w['largest_pass']:>7} {w['padding_frac']:>7.3f} "
+            f"{w['peak_bytes'] / 2**20:>9.0f} {statistics.median(times[v]):>9.2f}  runs s: "
+            + " ".join(f"{t:.2f}" for t in [w["seconds"], *times[v]])
+        )
+    a, b = warmup["rows"]["grad_norm"], warmup["budget"]["grad_norm"]
+    print(f"|grad|: rows {a:.6g} budget {b:.6g} (rel. diff {abs(a - b) / max(abs(a), 1e-30):.1e})")
+    memory_ratio = warmup["budget"]["peak_bytes"] / warmup["rows"]["peak_bytes"]
+    time_ratio = statistics.median(times["budget"]) / statistics.median(times["rows"])
+    print(f"peak_memory_ratio={memory_ratio:.3f} time_ratio={time_ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()
