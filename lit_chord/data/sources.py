@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import HfApi, is_offline_mode, try_to_load_from_cache
-from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
-from huggingface_hub.utils import validate_repo_id
+from huggingface_hub.errors import RepositoryNotFoundError
 
+from lit_chord.cli import HUB_PROBE_TIMEOUT_S, is_repo_id
 from lit_chord.errors import UserError
 
 if TYPE_CHECKING:
@@ -34,7 +34,6 @@ DOWNLOAD_HINT = (
     "where the hub is reachable, save it with `datasets.load_dataset(...).to_parquet('x.parquet')` "
     "and pass the .parquet file instead"
 )
-HUB_PROBE_TIMEOUT_S = 3.0
 
 
 def load_source(source: str, config: str | None = None, split: str = "train") -> Dataset:
@@ -66,14 +65,6 @@ def load_source(source: str, config: str | None = None, split: str = "train") ->
         return datasets.load_dataset(source, config, split=split)
     except (OSError, ValueError) as err:  # no route to the hub; no such data set, config or split
         raise UserError(f"{source} ({where}) cannot be loaded: {first_line(err)}", hint=DOWNLOAD_HINT) from err
-
-
-def is_repo_id(name: str) -> bool:
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
 
 
 def hub_problem(name: str) -> str | None:
