@@ -33,9 +33,13 @@ def generation_eos_ids(source: str) -> set[int]:
     from transformers import GenerationConfig
 
     try:
-        eos = GenerationConfig.from_pretrained(source).eos_token_id
+        return eos_ids(GenerationConfig.from_pretrained(source).eos_token_id)
     except OSError:  # no generation_config.json there
         return set()
+
+
+def eos_ids(eos: int | list[int] | None) -> set[int]:
+    """A generation config's ``eos_token_id`` (an int, a list or None) as a set."""
     if eos is None:
         return set()
     return {eos} if isinstance(eos, int) else set(eos)

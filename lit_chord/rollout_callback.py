@@ -26,6 +26,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor, nn
 
 from lit_chord.batch import Sequence, StepBatch, ValBatch, ValResult
+from lit_chord.chat import eos_ids
 from lit_chord.engines import Completion, Engine, SamplingConfig
 from lit_chord.loss import group_advantages
 from lit_chord.metrics import pass_at_k
@@ -134,8 +135,7 @@ class RolloutCallback(Callback):
         cut at) and the policy's ``generation_config.eos_token_id``."""
         assert self.stop_ids is not None and pl_module.policy is not None, "setup and configure_model have not run"
         eos = getattr(pl_module.policy.generation_config, "eos_token_id", None)
-        extra = set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
-        return sorted(set(self.stop_ids) | extra)
+        return sorted(set(self.stop_ids) | eos_ids(eos))
 
     def sync_weights(self, trainer: Trainer, pl_module: ChordModule) -> float:
         """Push the policy's weights into the engine if the optimizer stepped since the last push."""
