@@ -151,6 +151,8 @@ class ValBatch:
     results: list[ValResult] = field(default_factory=list)
     indices: list[int] = field(default_factory=list)  # position in the set per row (default: 0, 1, ...)
     counted: list[bool] = field(default_factory=list)  # False for padding rows (default: all counted)
+    num_samples: int = 0  # samples per prompt, and the k of pass@k: the set's protocol (``lit_chord.protocol``)
+    pass_k: int = 0
 
     def __post_init__(self) -> None:
         self.indices = self.indices or list(range(len(self.prompts)))

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from lit_chord.batch import Prompt, Sequence, StepBatch, TrainTensors, pad_sequences
 from lit_chord.chat import stop_token_ids
 from lit_chord.held_out import HeldOutShard
-from lit_chord.records import DataError, json_type, located_records, text_field_problem
+from lit_chord.records import DataError, chat_messages, json_type, located_records, text_field_problem
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -37,7 +37,6 @@ PAPER_SYSTEM_PROMPT = (
     "<think>\n ...your reasoning process here... </think>\n first. You should always include your final answer in "
     "\\boxed{} as closed-form results."
 )
-ROLES = ("system", "user", "assistant", "tool")
 
 
 def val_set_sources(val_data: str | list[str] | dict[str, str] | None) -> dict[str, str]:
@@ -104,12 +103,13 @@ class ChordDataModule(LightningDataModule):
         Args:
             tokenizer: Path or hub name for ``AutoTokenizer.from_pretrained``; its chat template formats both streams.
             prompt_data: RL prompts: a .json/.jsonl/.parquet file or a ``datasets`` name, with ``prompt_key`` and
-                ``answer_key`` fields.
+                ``answer_key`` fields; or ``messages_key`` (the prompt's own chat turns, ending on a user's or a
+                tool's turn, used as they are without ``system_prompt``: the ToolACE prompts) and ``answer_key``.
             expert_data: Expert demonstrations, same sources; records with ``messages_key`` (chat messages, the last
                 one from the assistant) or ``prompt_key`` + ``response_key``. None trains pure GRPO.
             val_data: Held-out prompts (same format as ``prompt_data``) for validation: one source (the set
                 "heldout"), a list of sources (each named by its file stem) or a mapping name -> source. Each set is
-                a validation dataloader of its own and logs ``val/<name>/greedy_acc``, ``avg@k``, ``pass@k``;
+                a validation dataloader of its own and logs ``val/<name>/greedy_acc``, ``avg@<n>``, ``pass@<k>``;
                 ``val/accuracy`` is the first set's greedy accuracy.
             prompts_per_step: Prompts per optimizer step across all ranks (reference: 32).
             num_generations: Rollouts per prompt, the GRPO group size (reference: 8).
@@ -122,7 +122,7 @@ class ChordDataModule(LightningDataModule):
                 keep their own). None for no system message. Default: the paper's zero-shot prompt with tags.
             prompt_key: Field with the problem text.
             answer_key: Field with the reference answer.
-            messages_key: Field with chat messages in expert records.
+            messages_key: Field with chat messages in expert records (and, optionally, in prompt records).
             response_key: Field with the response in prompt/response expert records.
             max_prompt_length: Prompts longer than this (in tokens) are filtered out and counted.
             max_response_length: Expert responses longer than this are filtered out and counted (reference).
@@ -213,45 +213,44 @@ class ChordDataModule(LightningDataModule):
         hp = self.hp
         prompts = []
         for where, record in located_records(source):
-            for key in (hp.prompt_key, hp.answer_key):
-                if problem := text_field_problem(record, key):
-                    raise DataError(
-                        f"{where}: field {key!r} {problem}; expected a string or number "
-                        f"(data.{field_name} records need {hp.prompt_key!r} and {hp.answer_key!r})"
-                    )
-            messages = [*self._system(), {"role": "user", "content": str(record[hp.prompt_key])}]
+            messages = self.prompt_messages(record, where, field_name)
             ids = self._chat_ids(messages, generation_prompt=True)
             if len(ids) > hp.max_prompt_length:
                 self.filtered[field_name] = self.filtered.get(field_name, 0) + 1
                 continue
-            prompts.append(Prompt(ids, str(record[hp.answer_key]), str(record[hp.prompt_key])))
+            prompts.append(Prompt(ids, str(record[hp.answer_key]), messages[-1]["content"]))
         if not prompts:
             raise DataError(f"{source}: no prompt fits max_prompt_length={hp.max_prompt_length}")
         return prompts
+
+    def prompt_messages(self, record: dict, where: str, field_name: str) -> list[dict]:
+        """An RL or held-out record's prompt as chat turns: its own ``messages_key`` turns (a tool-use prompt: the
+        system text with the tools, then the conversation, ending on a user's or a tool's turn), or the system
+        prompt and ``prompt_key`` as the user's turn."""
+        hp = self.hp
+        own_turns = record.get(hp.messages_key) is not None
+        for key in (hp.answer_key,) if own_turns else (hp.prompt_key, hp.answer_key):
+            if problem := text_field_problem(record, key):
+                needs = f"{hp.answer_key!r} and {hp.prompt_key!r} or {hp.messages_key!r}"
+                raise DataError(
+                    f"{where}: field {key!r} {problem}; expected a string or number (data.{field_name} records need "
+                    f"{needs})"
+                )
+        if not own_turns:
+            return [*self._system(), {"role": "user", "content": str(record[hp.prompt_key])}]
+        messages = chat_messages(record[hp.messages_key], hp.messages_key, where)
+        if messages[-1]["role"] not in ("user", "tool"):
+            raise DataError(
+                f"{where}: a prompt's {hp.messages_key!r} must end on a user's or a tool's turn, not the "
+                f"{messages[-1]['role']!r}'s"
+            )
+        return messages
 
     def expert_messages(self, record: dict, where: str) -> list[dict]:
         """Normalize an expert record to chat messages whose last turn is the assistant's response."""
         hp = self.hp
         if record.get(hp.messages_key) is not None:
-            messages = record[hp.messages_key]
-            if not isinstance(messages, list):
-                hint = " (JSON-encoded? store the list itself)" if isinstance(messages, str) else ""
-                raise DataError(
-                    f"{where}: field {hp.messages_key!r} must be a list of {{'role': ..., 'content': ...}} "
-                    f"objects, got {json_type(messages)}{hint}"
-                )
-            for number, m in enumerate(messages, start=1):
-                if not isinstance(m, dict):
-                    raise DataError(f"{where}: message {number}: expected an object, got {json_type(m)}")
-                if m.get("role") not in ROLES:
-                    role = "'role' missing" if "role" not in m else f"unknown chat role {m['role']!r}"
-                    raise DataError(f"{where}: message {number}: {role}; expected one of {', '.join(ROLES)}")
-                if not isinstance(m.get("content"), str):
-                    raise DataError(
-                        f"{where}: message {number}: 'content' must be a string, got {json_type(m.get('content'))}"
-                    )
-            if not messages:
-                raise DataError(f"{where}: field {hp.messages_key!r} is empty")
+            messages = chat_messages(record[hp.messages_key], hp.messages_key, where)
             if messages[-1]["role"] != "assistant":
                 raise DataError(
                     f"{where}: no assistant turn at the end: the last message (role {messages[-1]['role']!r}) "

@@ -6,7 +6,8 @@ correct, ``1 − C(n − c, k) / C(n, k)``, the probability that ``k`` samples d
 and grows with n. avg@k is the mean correctness of the samples, i.e. the same estimator at k = 1.
 
 Each named held-out set gets one ``HeldOutMetrics`` (torchmetrics ``MeanMetric``s, so ranks are reduced exactly
-and epochs reset by Lightning); its keys are ``val/<set>/greedy_acc``, ``val/<set>/avg@k``, ``val/<set>/pass@k``,
+and epochs reset by Lightning); its keys are ``val/<set>/greedy_acc``, ``val/<set>/avg@<n>``, ``val/<set>/pass@<k>``
+(the set's numbers, ``lit_chord.protocol``),
 ``val/<set>/response_len`` and ``val/<set>/format_ok``. Accuracies count right answers only (the reward's
 ``accuracy``); the format is ``format_ok``, logged for rewards that judge it. ``logprob_gap`` measures how far
 the rollout engine's numerics drift from the trainer's on the sampled tokens.
@@ -41,19 +42,19 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 class HeldOutMetrics(nn.Module):
-    """Means over one held-out set's prompts, accumulated over a validation epoch."""
+    """Means over one held-out set's prompts, accumulated over a validation epoch, from ``num_samples`` samples per
+    prompt and pass@``pass_k``."""
 
-    # logged key suffix -> attribute
-    KEYS = {
-        "greedy_acc": "greedy_acc",
-        "avg@k": "avg_at_k",
-        "pass@k": "pass_at_k",
-        "response_len": "response_len",
-        "format_ok": "format_ok",
-    }
-
-    def __init__(self) -> None:
+    def __init__(self, num_samples: int = 0, pass_k: int = 0) -> None:
         super().__init__()
+        # logged key suffix -> attribute
+        self.keys = {
+            "greedy_acc": "greedy_acc",
+            f"avg@{num_samples}": "avg_at_k",
+            f"pass@{pass_k}": "pass_at_k",
+            "response_len": "response_len",
+            "format_ok": "format_ok",
+        }
         self.greedy_acc = MeanMetric()
         self.avg_at_k = MeanMetric()
         self.pass_at_k = MeanMetric()
@@ -82,7 +83,7 @@ class HeldOutMetrics(nn.Module):
         Lightning syncs each logged metric across ranks, so ranks must yield the same ones: which metrics a row
         updates depends on the configuration (samples, the reward's format), not on the prompt, and every rank
         updates with as many rows (``ValBatch.counted``)."""
-        for suffix, attribute in self.KEYS.items():
+        for suffix, attribute in self.keys.items():
             metric = getattr(self, attribute)
             if metric.update_count:
                 yield suffix, attribute, metric

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from lit_chord.errors import UserError
 
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+
 
 class DataError(UserError, ValueError):
     """Bad input data; the message names the file, the record and what was expected.
@@ -115,3 +117,25 @@ def _is_json_object(line: str) -> bool:
         return isinstance(json.loads(line), dict)
     except json.JSONDecodeError:
         return False
+
+
+def chat_messages(messages: object, field: str, where: str) -> list[dict]:
+    """``messages`` checked to be a non-empty list of ``{"role", "content"}`` chat turns with known roles and string
+    contents; the error names ``where`` (file:line), the field and the turn."""
+    if not isinstance(messages, list):
+        hint = " (JSON-encoded? store the list itself)" if isinstance(messages, str) else ""
+        raise DataError(
+            f"{where}: field {field!r} must be a list of {{'role': ..., 'content': ...}} objects, "
+            f"got {json_type(messages)}{hint}"
+        )
+    for number, m in enumerate(messages, start=1):
+        if not isinstance(m, dict):
+            raise DataError(f"{where}: message {number}: expected an object, got {json_type(m)}")
+        if m.get("role") not in CHAT_ROLES:
+            role = "'role' missing" if "role" not in m else f"unknown chat role {m['role']!r}"
+            raise DataError(f"{where}: message {number}: {role}; expected one of {', '.join(CHAT_ROLES)}")
+        if not isinstance(m.get("content"), str):
+            raise DataError(f"{where}: message {number}: 'content' must be a string, got {json_type(m.get('content'))}")
+    if not messages:
+        raise DataError(f"{where}: field {field!r} is empty")
+    return messages

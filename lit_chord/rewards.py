@@ -10,6 +10,9 @@ answer (checked with math-verify, so ``1/2`` and ``0.5`` agree), minus 0.1 when 
 broken, giving rewards in {-0.1, 0, 0.9, 1}. ``paper_math`` is the paper's: 1 right, 0 wrong but well formed,
 -0.1 wrong and malformed, -1 cut at the length limit with no answer. ``exact_match`` compares the boxed (or whole)
 text as a string. A reward function that takes a ``truncated`` keyword is told whether the response hit the limit.
+``tool_call`` is the reference's tool-use reward (ToolACE, its ``toolcall_workflow``): 1 when the function calls in
+the last ``<tool_call>`` block are the ground truth's, compared as multisets of (name, arguments), and the reply
+reasons in one pair of ``<think>`` tags before it; 0 otherwise.
 
 A user reward may return a plain number: its accuracy is then ``reward >= ACCURACY_THRESHOLD`` (1.0), which is
 the number itself for 0/1 rewards, and it reports no format (``format_ok`` is not logged). Or it may return a
@@ -18,7 +21,9 @@ the number itself for 0/1 rewards, and it reports no format (``format_ok`` is no
 
 from __future__ import annotations
 
+import json
 import math
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -131,3 +136,61 @@ def exact_match(completion: str, answer: str) -> float:
     """1 if the boxed answer (or, without a box, the stripped completion) equals the answer string."""
     boxed = last_boxed(completion)
     return float((boxed if boxed is not None else completion).strip() == answer.strip())
+
+
+def last_tool_calls(text: str) -> list | None:
+    """The calls in the last ``<tool_call>...</tool_call>`` block, as a list (one bare call object becomes a list
+    of one; a JSON string holding the JSON is decoded once more); None without a closed block or valid JSON."""
+    end = text.rfind("</tool_call>")
+    start = text.rfind("<tool_call>", 0, end) if end >= 0 else -1
+    if start < 0:
+        return None
+    calls = decode_json(text[start + len("<tool_call>") : end].strip())
+    if isinstance(calls, str):
+        calls = decode_json(calls)
+    if isinstance(calls, dict):
+        calls = [calls]
+    return calls if isinstance(calls, list) else None
+
+
+def decode_json(text: str) -> object:
+    """``json.loads(text)``, or None if it is not JSON."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
+
+
+def call_multiset(calls: list) -> Counter | None:
+    """The calls as a multiset of (name, arguments with sorted keys); None unless every call is an object with a
+    string ``name`` and an ``arguments`` field."""
+    if not all(isinstance(c, dict) and isinstance(c.get("name"), str) and "arguments" in c for c in calls):
+        return None
+    return Counter((c["name"], json.dumps(c["arguments"], sort_keys=True)) for c in calls)
+
+
+def tool_call(completion: str, answer: str) -> Reward:
+    """The reference's tool-use reward: 1 when the reply's last ``<tool_call>`` block holds exactly the ground
+    truth's calls and the reply is in format, else 0.
+
+    ``answer`` is the ground truth's JSON list of ``{"name", "arguments"}`` calls (ToolACE's ``answer`` column, as
+    ``python -m lit_chord.data toolace`` writes it). Calls match as multisets of (name, arguments): their order in
+    the list and the order of keys inside the arguments do not matter, a repeated call must be repeated, values
+    must match in type (``"5"`` is not ``5``). ``accuracy`` is whether the calls match; ``format_ok`` whether the
+    reply has exactly one ``<think>`` and one ``</think>``, in that order, ends its reasoning before its first
+    ``<tool_call>``, and its last block parses as calls. The reward needs both, as the reference's does.
+    """
+    expected = decode_json(answer)
+    if isinstance(expected, str):
+        expected = decode_json(expected)
+    if not isinstance(expected, list) or (truth := call_multiset(expected)) is None:
+        raise ValueError(f"tool_call: the answer is not a JSON list of {{name, arguments}} calls: {answer[:200]!r}")
+    calls = last_tool_calls(completion)
+    given = call_multiset(calls) if calls is not None else None
+    accuracy = float(given is not None and given == truth)
+    well_formed = (
+        given is not None
+        and think_format_ok(completion)
+        and completion.index("</think>") < completion.find("<tool_call>")
+    )
+    return Reward(float(accuracy and well_formed), accuracy, float(well_formed))

@@ -30,6 +30,7 @@ from lit_chord.chat import eos_ids
 from lit_chord.engines import Completion, Engine, SamplingConfig
 from lit_chord.loss import group_advantages
 from lit_chord.metrics import pass_at_k
+from lit_chord.protocol import SetProtocol, check_per_set, protocols
 from lit_chord.rewards import Reward, as_reward, math_boxed
 
 if TYPE_CHECKING:
@@ -66,8 +67,8 @@ class RolloutCallback(Callback):
         max_new_tokens: int = 1024,
         scale_advantages_by_std: bool = True,
         val_temperature: float = 1.0,
-        val_num_samples: int = 4,
-        val_pass_k: int | None = None,
+        val_num_samples: int | dict[str, int] = 4,
+        val_pass_k: int | dict[str, int] | None = None,
         seed: int = 42,
     ) -> None:
         """The engine, the reward and how rollouts are sampled.
@@ -84,9 +85,12 @@ class RolloutCallback(Callback):
             max_new_tokens: Longest completion; longer ones are truncated and contribute no tokens to the loss.
             scale_advantages_by_std: GRPO's (r − mean)/std; False gives Dr. GRPO's r − mean.
             val_temperature: Temperature of the ``n`` validation samples (greedy is always measured too).
-            val_num_samples: ``n`` samples per held-out prompt for ``val/<set>/avg@k`` and ``val/<set>/pass@k``
-                (0: greedy only).
-            val_pass_k: ``k`` of the unbiased pass@k estimate from the ``n`` samples, 1 <= k <= n (None: k = n).
+            val_num_samples: ``n`` samples per held-out prompt, logged as ``val/<set>/avg@<n>`` and
+                ``val/<set>/pass@<k>`` (0: greedy only). One number for every set, or a mapping set name -> ``n``
+                (``lit_chord.protocol``; a set it leaves out is scored greedily only), e.g. the paper's
+                ``{aime24: 32, aime25: 32, amc: 8, mmlu_pro: 0}``.
+            val_pass_k: ``k`` of the unbiased pass@k estimate from the ``n`` samples, 1 <= k <= n (None: k = n);
+                a number or a mapping set name -> ``k``.
             seed: Base seed; each generation call uses ``(seed, step, rank)``.
         """
         super().__init__()
@@ -94,9 +98,9 @@ class RolloutCallback(Callback):
             raise ValueError(f"temperature must be > 0 for rollouts, got {temperature}")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if val_num_samples < 0:
-            raise ValueError(f"val_num_samples must be >= 0, got {val_num_samples}")
-        if val_pass_k is not None and not 1 <= val_pass_k <= val_num_samples:
+        check_per_set(val_num_samples, "val_num_samples", 0)
+        check_per_set(val_pass_k, "val_pass_k", 1)
+        if isinstance(val_num_samples, int) and isinstance(val_pass_k, int) and val_pass_k > val_num_samples:
             raise ValueError(f"val_pass_k must lie in [1, val_num_samples={val_num_samples}], got {val_pass_k}")
         if engine is None:
             from lit_chord.engines.transformers_engine import TransformersEngine
@@ -108,8 +112,8 @@ class RolloutCallback(Callback):
         self.reward_takes_truncated = "truncated" in inspect.signature(reward_fn).parameters
         self.sampling = SamplingConfig(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
         self.scale_advantages_by_std = scale_advantages_by_std
-        self.val_temperature, self.val_num_samples = val_temperature, val_num_samples
-        self.val_pass_k = val_pass_k or val_num_samples
+        self.val_temperature, self.val_num_samples, self.val_pass_k = val_temperature, val_num_samples, val_pass_k
+        self.protocols: dict[str, SetProtocol] = {}  # held-out set name -> its n and k, set by setup
         self.seed = seed
         self.last_synced_step = -1
         self.tokenizer: PreTrainedTokenizerBase | None = None  # the datamodule's, set by setup
@@ -120,6 +124,8 @@ class RolloutCallback(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.tokenizer = trainer.datamodule.tokenizer  # type: ignore[attr-defined]
         self.stop_ids = trainer.datamodule.stop_token_ids  # type: ignore[attr-defined]
+        names = getattr(trainer.datamodule, "val_set_names", None) or ["heldout"]  # type: ignore[attr-defined]
+        self.protocols = protocols(self.val_num_samples, self.val_pass_k, names)
 
     def attach(self, pl_module: ChordModule) -> None:
         """Bind the engine to the policy once it exists (after ``configure_model`` and device placement)."""
@@ -234,16 +240,18 @@ class RolloutCallback(Callback):
         greedy_groups = self.generate(module, prompt_ids, 1, greedy)
         greedy_scores = self.score(greedy_groups, answers)
         sampled: list[list[float]] = [[] for _ in prompt_ids]
-        if self.val_num_samples:
+        protocol = list(self.protocols.values())[dataloader_idx]
+        batch.num_samples, batch.pass_k = protocol.num_samples, protocol.pass_k
+        if protocol.num_samples:
             sampling = SamplingConfig(
                 temperature=self.val_temperature,
                 top_p=self.sampling.top_p,
                 max_new_tokens=self.sampling.max_new_tokens,
                 # A pure function of (seed, set, index of the batch's first prompt): an engine that seeds the call's
                 # i-th prompt from seed + i·n (VLLMEngine) samples every prompt alike, however ranks split the set.
-                seed=self.seed + 1_000_003 * dataloader_idx + self.val_num_samples * batch.indices[0],
+                seed=self.seed + 1_000_003 * dataloader_idx + protocol.num_samples * batch.indices[0],
             )
-            groups = self.generate(module, prompt_ids, self.val_num_samples, sampling)
+            groups = self.generate(module, prompt_ids, protocol.num_samples, sampling)
             sampled = self.score(groups, answers).accuracy.view(len(prompt_ids), -1).tolist()
         batch.results = [
             ValResult(
@@ -252,7 +260,7 @@ class RolloutCallback(Callback):
                 sample_correct=samples,
                 completion=self.decode(group[0].token_ids),
                 greedy_reward=reward,
-                pass_at_k=pass_at_k(len(samples), int(sum(samples)), self.val_pass_k) if samples else None,
+                pass_at_k=pass_at_k(len(samples), int(sum(samples)), protocol.pass_k) if samples else None,
                 format_ok=None if math.isnan(form) else form,
             )
             for reward, correct, form, group, samples in zip(

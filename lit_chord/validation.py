@@ -31,7 +31,7 @@ def log_held_out(module: ChordModule, batch: ValBatch, dataloader_idx: int) -> N
     """Update and log one batch's ``val/<set>/...`` metrics (and ``val/accuracy`` for the first set)."""
     name, key, size = set_names(module)[dataloader_idx], str(dataloader_idx), len(batch.results)
     if key not in module.val_metrics:
-        module.val_metrics[key] = HeldOutMetrics().to(module.device)
+        module.val_metrics[key] = HeldOutMetrics(batch.num_samples, batch.pass_k).to(module.device)
     metrics = cast(HeldOutMetrics, module.val_metrics[key])
     metrics.update(batch.results, batch.counted)
     for suffix, attribute, metric in metrics.updated():

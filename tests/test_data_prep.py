@@ -203,17 +203,30 @@ def test_toolace_counts_what_it_drops_and_writes_lit_chords_formats(tmp_path):
         "sft": 7,  # 10 - 3
     }
     rl = read_jsonl(tmp_path / "rl_train.jsonl")
-    assert all(set(r) == {"problem", "answer", "prompt_messages"} for r in rl)
+    assert all(set(r) == {"problem", "answer", "messages"} for r in rl)
     assert json.loads(rl[0]["answer"]) == [{"name": "get_weather", "arguments": {"city": "Paris"}}]
-    system, user = rl[0]["prompt_messages"]
+    system, user = rl[0]["messages"]
     assert '"name": "get_weather"' in system["content"] and "<tool_call>" in system["content"]
     assert rl[0]["problem"] == f"{system['content']}\n\n{user['content']}"
-    multi_turn = rl[6]["prompt_messages"]
+    multi_turn = rl[6]["messages"]
     assert [m["role"] for m in multi_turn] == ["system", "user", "assistant", "tool", "user"]
     assert multi_turn[2]["content"] == '<tool_call>[{"name": "get_weather", "arguments": {"city": "Bern"}}]</tool_call>'
     assert "User: What is the weather in Bern?\n\nAssistant: <tool_call>" in rl[6]["problem"]
     sft = read_jsonl(tmp_path / "sft.jsonl")
     assert [m["role"] for m in sft[5]["messages"]] == ["system", "user", "assistant", "tool", "assistant"]
+
+
+def test_toolace_holds_out_rl_prompts_for_an_in_domain_check(tmp_path):
+    toolace(tmp_path / "all")
+    everything = read_jsonl(tmp_path / "all" / "rl_train.jsonl")
+    report = prepare_toolace(
+        tmp_path / "split", str(PREP / "toolace_rl.jsonl"), str(PREP / "toolace_sft.jsonl"), heldout=3
+    )
+    assert (report.counts["heldout"], report.counts["rl_train"]) == (3, 5)  # 8 usable rows: 3 held out, 5 left
+    train, held = (read_jsonl(tmp_path / "split" / name) for name in ("rl_train.jsonl", "heldout.jsonl"))
+    assert sorted(map(json.dumps, train + held)) == sorted(map(json.dumps, everything))  # a partition of the 8
+    with pytest.raises(UserError, match="--heldout 8: .* has only 8 usable rows"):
+        prepare_toolace(tmp_path / "x", str(PREP / "toolace_rl.jsonl"), str(PREP / "toolace_sft.jsonl"), heldout=8)
 
 
 def test_toolace_bad_source_is_one_error_naming_the_data_set_and_column(tmp_path):

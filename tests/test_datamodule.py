@@ -182,3 +182,28 @@ def test_a_rank_with_no_prompt_of_its_own_runs_an_uncounted_batch():
     prompts = [Prompt([7], answer="7")]
     assert [(b.indices, b.counted) for b in HeldOutShard(prompts, 0, 2, batch_size=4)] == [([0], [True])]
     assert [(b.indices, b.counted) for b in HeldOutShard(prompts, 1, 2, batch_size=4)] == [([0], [False])]
+
+
+def test_a_prompt_record_may_bring_its_own_chat_turns(tiny_world, tmp_path):
+    """A ToolACE prompt: its own system turn (the tools) and a tool turn; it replaces system_prompt + problem."""
+    turns = [
+        {"role": "system", "content": "tools: f"},
+        {"role": "user", "content": "call f"},
+        {"role": "assistant", "content": "<tool_call>[]</tool_call>"},
+        {"role": "tool", "content": "ok"},
+    ]
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(json.dumps({"messages": turns, "answer": "[]"}) + "\n" + json.dumps({"problem": "P", "answer": 1}))
+    dm = make_dm(tiny_world, tmp_path, prompt_data=str(path), max_prompt_length=256)
+    own, plain = dm.prompts
+    # the tiny template: <|im_start|>role\ncontent<|im_end|>\n per turn, then the generation prompt
+    rendered = "".join(f"<|im_start|>{t['role']}\n{t['content']}<|im_end|>\n" for t in turns)
+    assert dm.tokenizer.decode(own.prompt_ids) == rendered + "<|im_start|>assistant\n"
+    assert (own.answer, own.text) == ("[]", "ok")
+    assert dm.tokenizer.decode(plain.prompt_ids).startswith("<|im_start|>system\nsys<|im_end|>")  # system_prompt
+    path.write_text(json.dumps({"messages": turns[:3], "answer": "[]"}) + "\n")
+    with pytest.raises(DataError, match=r"prompts.jsonl:1: a prompt's 'messages' must end on a user's or a tool's"):
+        make_dm(tiny_world, tmp_path, prompt_data=str(path), max_prompt_length=256)
+    path.write_text(json.dumps({"messages": turns}) + "\n")
+    with pytest.raises(DataError, match=r"prompts.jsonl:1: field 'answer' .* 'answer' and 'problem' or 'messages'"):
+        make_dm(tiny_world, tmp_path, prompt_data=str(path), max_prompt_length=256)

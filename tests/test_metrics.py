@@ -14,8 +14,10 @@ from lightning.pytorch.loggers import CSVLogger
 from lit_chord.batch import ValResult
 from lit_chord.datamodule import ChordDataModule, val_set_sources
 from lit_chord.engines import Completion
+from lit_chord.errors import ConfigError
 from lit_chord.metrics import HeldOutMetrics, pass_at_k
 from lit_chord.module import ChordModule
+from lit_chord.protocol import SetProtocol, protocols
 from lit_chord.rollout_callback import RolloutCallback
 
 
@@ -37,7 +39,7 @@ def test_pass_at_k_rejects_impossible_counts(n, c, k):
 
 
 def test_held_out_metrics_average_over_prompts():
-    metrics = HeldOutMetrics()
+    metrics = HeldOutMetrics(num_samples=4, pass_k=4)
     metrics.update(
         [
             ValResult(greedy_correct=1.0, greedy_length=4, sample_correct=[1, 0, 0, 1], pass_at_k=0.5),
@@ -48,7 +50,7 @@ def test_held_out_metrics_average_over_prompts():
     assert metrics.avg_at_k.compute() == 0.25  # (2/4 + 0/4) / 2
     assert metrics.pass_at_k.compute() == 0.25  # (0.5 + 0) / 2
     assert metrics.response_len.compute() == 6.0  # (4 + 8) / 2
-    assert [suffix for suffix, _, _ in metrics.updated()] == ["greedy_acc", "avg@k", "pass@k", "response_len"]
+    assert [suffix for suffix, _, _ in metrics.updated()] == ["greedy_acc", "avg@4", "pass@4", "response_len"]
 
 
 def test_greedy_only_logs_no_sample_metrics():
@@ -58,12 +60,30 @@ def test_greedy_only_logs_no_sample_metrics():
 
 
 def test_val_pass_k_must_fit_the_samples():
-    assert RolloutCallback(val_num_samples=5).val_pass_k == 5  # default k = n
-    assert RolloutCallback(val_num_samples=5, val_pass_k=2).val_pass_k == 2
     with pytest.raises(ValueError, match="val_pass_k"):
         RolloutCallback(val_num_samples=4, val_pass_k=5)
     with pytest.raises(ValueError, match="val_pass_k"):
         RolloutCallback(val_num_samples=0, val_pass_k=1)
+    with pytest.raises(ValueError, match=r"val_num_samples\['amc'\] must be >= 0"):
+        RolloutCallback(val_num_samples={"amc": -1})
+
+
+def test_each_set_gets_its_own_samples_and_k():
+    """The paper's protocol: AIME avg@32, AMC avg@8, MMLU-Pro greedy; a set the mapping leaves out is greedy only."""
+    sets = ["aime24", "amc", "mmlu_pro", "math500"]
+    got = protocols({"aime24": 32, "amc": 8, "mmlu_pro": 0}, {"amc": 4}, sets)
+    assert got == {
+        "aime24": SetProtocol(32, 32),  # k defaults to n
+        "amc": SetProtocol(8, 4),
+        "mmlu_pro": SetProtocol(0, 0),
+        "math500": SetProtocol(0, 0),  # not named: greedy only
+    }
+    assert protocols(5, 2, ["a", "b"]) == {"a": SetProtocol(5, 2), "b": SetProtocol(5, 2)}
+    assert protocols(5, None, ["a"]) == {"a": SetProtocol(5, 5)}
+    with pytest.raises(ConfigError, match="'aime42', which is not a held-out set"):
+        protocols({"aime42": 32}, None, sets)
+    with pytest.raises(ConfigError, match="set 'amc' must lie in \\[1, 8\\]"):
+        protocols({"amc": 8}, {"amc": 9}, sets)
 
 
 def test_val_sets_are_named():
@@ -116,8 +136,8 @@ def test_named_sets_log_their_own_metrics(tiny_world, tmp_path):
         assert len(results) == 3
         expected = {
             "greedy_acc": sum(r.greedy_correct for r in results) / 3,
-            "avg@k": sum(sum(r.sample_correct) / 3 for r in results) / 3,
-            "pass@k": sum(pass_at_k(3, int(sum(r.sample_correct)), 2) for r in results) / 3,
+            "avg@3": sum(sum(r.sample_correct) / 3 for r in results) / 3,
+            "pass@2": sum(pass_at_k(3, int(sum(r.sample_correct)), 2) for r in results) / 3,
             "response_len": sum(r.greedy_length for r in results) / 3,
         }
         for suffix, value in expected.items():
@@ -156,7 +176,7 @@ class ReversingEngine:
 
 def test_validation_accuracy_counts_right_answers_without_tags(tiny_world):
     """The greedy answers are right but untagged (math_boxed reward 0.9): accuracy 1 (it was 0 when accuracy meant
-    reward >= 1), format_ok 0. Samples: 2 of 4 right, all tagged: avg@k = 0.5, pass@2 = 1 − C(2,2)/C(4,2) = 5/6."""
+    reward >= 1), format_ok 0. Samples: 2 of 4 right, all tagged: avg@4 = 0.5, pass@2 = 1 − C(2,2)/C(4,2) = 5/6."""
     from transformers import AutoTokenizer
 
     data = tiny_datamodule(tiny_world, val_data=str(tiny_world / "heldout.jsonl"), val_size=5)
@@ -166,6 +186,6 @@ def test_validation_accuracy_counts_right_answers_without_tags(tiny_world):
     (metrics,) = trainer.validate(module, datamodule=data, verbose=False)
     assert metrics["val/heldout/greedy_acc"] == 1.0
     assert metrics["val/heldout/format_ok"] == 0.0
-    assert metrics["val/heldout/avg@k"] == 0.5
-    assert metrics["val/heldout/pass@k"] == pytest.approx(5 / 6)
+    assert metrics["val/heldout/avg@4"] == 0.5
+    assert metrics["val/heldout/pass@2"] == pytest.approx(5 / 6)
     assert metrics["val/accuracy"] == 1.0

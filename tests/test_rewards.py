@@ -1,10 +1,11 @@
+import json
 import math
 
 import pytest
 import torch
 
 from lit_chord.engines import Completion
-from lit_chord.rewards import Reward, as_reward, exact_match, last_boxed, math_boxed, think_format_ok
+from lit_chord.rewards import Reward, as_reward, exact_match, last_boxed, math_boxed, think_format_ok, tool_call
 from lit_chord.rollout_callback import RolloutCallback, rollout_metrics
 
 
@@ -122,3 +123,59 @@ def test_a_reward_that_takes_truncated_is_told(tiny_world):
     ids = callback.tokenizer("<think>x")["input_ids"]
     scores = callback.score([[Completion(ids, finished=False), Completion(ids, finished=True)]], ["12"])
     assert scores.rewards.tolist() == pytest.approx([-1.0, -0.1])  # truncated without answer; finished, malformed
+
+
+# The ground truth of one ToolACE-style row: two calls, arguments of several types.
+WEATHER = '{"name": "get_weather", "arguments": {"city": "Paris", "days": 3}}'
+SEND = '{"name": "send", "arguments": {"to": "Bo"}}'
+TRUTH = f"[{WEATHER}, {SEND}]"
+RIGHT = f'[{SEND}, {{"name": "get_weather", "arguments": {{"days": 3, "city": "Paris"}}}}]'
+AS_STRING = RIGHT.replace("3", '"3"')
+NO_DAYS = RIGHT.replace(', "city": "Paris"', "").replace('"days": 3', '"city": "Paris"')
+
+
+@pytest.mark.parametrize(
+    "completion, reward, accuracy, format_ok",
+    [
+        # the same calls in another order, argument keys in another order: a match
+        (f"<think>weather, then mail</think> <tool_call>{RIGHT}</tool_call>", 1.0, 1.0, 1.0),
+        # wrong argument value (3 -> 4), wrong argument type ("3"), a missing argument, a wrong name
+        (f"<think>x</think><tool_call>{RIGHT.replace('3', '4')}</tool_call>", 0.0, 0.0, 1.0),
+        (f"<think>x</think><tool_call>{AS_STRING}</tool_call>", 0.0, 0.0, 1.0),
+        (f"<think>x</think><tool_call>{NO_DAYS}</tool_call>", 0.0, 0.0, 1.0),
+        (f"<think>x</think><tool_call>{RIGHT.replace('send', 'sent')}</tool_call>", 0.0, 0.0, 1.0),
+        # one call short, and one call repeated: multisets differ
+        ('<think>x</think><tool_call>[{"name": "send", "arguments": {"to": "Bo"}}]</tool_call>', 0.0, 0.0, 1.0),
+        (
+            '<think>x</think><tool_call>[{"name": "send", "arguments": {"to": "Bo"}}, '
+            '{"name": "send", "arguments": {"to": "Bo"}}, {"name": "get_weather", "arguments": {"city": "Paris", '
+            '"days": 3}}]</tool_call>',
+            0.0,
+            0.0,
+            1.0,
+        ),
+        # right calls without the reasoning, reasoning after the call, two think blocks: right but out of format
+        (f"<tool_call>{RIGHT}</tool_call>", 0.0, 1.0, 0.0),
+        (f"<tool_call>{RIGHT}</tool_call><think>x</think>", 0.0, 1.0, 0.0),
+        (f"<think>a</think><think>b</think><tool_call>{RIGHT}</tool_call>", 0.0, 1.0, 0.0),
+        # malformed: not JSON, unclosed block, no block, a call without arguments
+        ("<think>x</think><tool_call>[{name: send}]</tool_call>", 0.0, 0.0, 0.0),
+        (f"<think>x</think><tool_call>{RIGHT}", 0.0, 0.0, 0.0),
+        ("<think>x</think>I would call send.", 0.0, 0.0, 0.0),
+        ('<think>x</think><tool_call>[{"name": "send"}]</tool_call>', 0.0, 0.0, 0.0),
+        # the last block counts; a JSON-encoded string of the list is decoded once more
+        (f"<think>x</think><tool_call>[]</tool_call> no: <tool_call>{RIGHT}</tool_call>", 1.0, 1.0, 1.0),
+        (f"<think>x</think><tool_call>{json.dumps(RIGHT)}</tool_call>", 1.0, 1.0, 1.0),
+    ],
+)
+def test_tool_call(completion, reward, accuracy, format_ok):
+    assert tool_call(completion, TRUTH) == Reward(reward, accuracy, format_ok)
+
+
+def test_tool_call_single_object_and_empty_lists():
+    one = '[{"name": "send", "arguments": {"to": "Bo"}}]'
+    assert tool_call('<think>x</think><tool_call>{"name": "send", "arguments": {"to": "Bo"}}</tool_call>', one).reward
+    assert tool_call("<think>no call needed</think><tool_call>[]</tool_call>", "[]").reward == 1.0
+    assert tool_call(f"<think>x</think><tool_call>{one}</tool_call>", "[]").reward == 0.0
+    with pytest.raises(ValueError, match="not a JSON list"):
+        tool_call("<think>x</think><tool_call>[]</tool_call>", '{"name": "send"}')

@@ -47,7 +47,7 @@ def parser() -> argparse.ArgumentParser:
 
     toolace = commands.add_parser(
         "toolace",
-        help="the reference's ToolACE splits -> rl_train.jsonl (problem/answer) + sft.jsonl (messages)",
+        help="the reference's ToolACE splits -> rl_train.jsonl (messages/answer) + sft.jsonl (messages)",
         description="The reference's ToolACE RL and SFT splits in lit_chord's formats; the RL answer is the "
         "ground-truth calls as a JSON string.",
     )
@@ -55,6 +55,14 @@ def parser() -> argparse.ArgumentParser:
     toolace.add_argument("--rl-source", default=RL_SOURCE, help=f"{LOCAL} (default: %(default)s)")
     toolace.add_argument("--sft-source", default=SFT_SOURCE, help=f"{LOCAL} (default: %(default)s)")
     toolace.add_argument("--split", default="train", help="hub split of both (default: %(default)s)")
+    toolace.add_argument(
+        "--heldout",
+        type=int,
+        default=100,
+        help="RL prompts kept out of training as heldout.jsonl, an in-domain check beside BFCL; 0 trains on all, as "
+        "the reference (default: %(default)s)",
+    )
+    toolace.add_argument("--seed", type=int, default=42, help="of the held-out draw (default: %(default)s)")
 
     bench = commands.add_parser(
         "bench",
@@ -85,7 +93,7 @@ def run(args: argparse.Namespace) -> None:
         )
         print(report)
     elif args.command == "toolace":
-        print(prepare_toolace(args.out, args.rl_source, args.sft_source, args.split))
+        print(prepare_toolace(args.out, args.rl_source, args.sft_source, args.split, args.heldout, args.seed))
     else:
         if args.source and len(args.names) > 1:
             raise UserError(f"--source names one data set; run `bench NAME --source ...` once for each of {args.names}")

@@ -9,10 +9,11 @@ tool-call workflow shows the model the system text with the tools and an instruc
 and to answer with the JSON list of calls in ``<tool_call>`` tags, then the turns, and scores 1 when the calls
 match ``answer`` as multisets (names and arguments), 0 otherwise.
 
-lit_chord's RL prompt is one ``problem`` string under the datamodule's ``system_prompt``, so ``problem`` here is
-that whole prompt as one text (system text, tools, instruction, then the turns; set ``data.system_prompt: null``
-for it), ``answer`` the ground-truth calls as the JSON string, and ``prompt_messages`` the same prompt as chat
-turns (system, user, assistant, tool), for a datamodule that takes a prompt's own turns. A past call
+An RL record here is ``messages``, the prompt as chat turns as the reference builds it (system text with the
+tools and the instruction, then the conversation's user, assistant and tool turns), which the datamodule uses as
+the prompt (a prompt record's own turns, instead of its ``system_prompt`` and ``problem``); ``answer``, the
+ground-truth calls as the JSON string (``lit_chord.rewards.tool_call``); and ``problem``, the same prompt flattened
+to one text, for tools that want a single string. A past call
 (``"from": "function_call"``) becomes an assistant turn with the call in ``<tool_call>`` tags. The instruction's
 wording is ours, not Tool-N1's; its format is the one the reference's reward parses. The SFT split's ``messages``
 are kept as they are, with roles checked and the last turn the assistant's.
@@ -21,6 +22,7 @@ are kept as they are, with roles checked and the last turn the assistant's.
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -89,7 +91,7 @@ def chat_turns(turns: list[dict], speaker: str, text: str) -> list[dict] | None:
 
 
 def rl_record(row: dict) -> dict | str:
-    """An RL row as ``{"problem", "answer", "prompt_messages"}``, or the key of the reason it is dropped."""
+    """An RL row as ``{"problem", "answer", "messages"}``, or the key of the reason it is dropped."""
     tools = json_list(row["tools"], ("name",))
     if not tools:
         return "bad_tools"
@@ -107,7 +109,7 @@ def rl_record(row: dict) -> dict | str:
     return {
         "problem": f"{system}\n\n{conversation}",
         "answer": row["answer"],
-        "prompt_messages": [{"role": "system", "content": system}, *turns],
+        "messages": [{"role": "system", "content": system}, *turns],
     }
 
 
@@ -135,8 +137,11 @@ def convert(
     drops: tuple[str, ...],
     out: Path,
     report: Report,
+    heldout: int = 0,
+    seed: int = 42,
 ) -> None:
-    """Convert one split with ``to_record``, count its ``drops`` into ``report`` and write what is left to ``out``."""
+    """Convert one split with ``to_record``, count its ``drops`` into ``report`` and write what is left to ``out``;
+    with ``heldout``, that many random records (``seed``) go to ``heldout.jsonl`` beside it instead."""
     dataset = load_source(source, split=split)
     require_columns(dataset, source, columns)
     records, dropped = [], dict.fromkeys(drops, 0)
@@ -151,15 +156,30 @@ def convert(
         report.count(key, count, DROPPED[key])
     if not records:
         raise UserError(f"{source}: no usable row ({'; '.join(DROPPED[key] for key, n in dropped.items() if n)})")
+    if heldout:
+        if heldout >= len(records):
+            raise UserError(f"--heldout {heldout}: {source} has only {len(records)} usable rows")
+        picked = set(random.Random(seed).sample(range(len(records)), heldout))
+        kept = [r for i, r in enumerate(records) if i not in picked]
+        held = out.parent / "heldout.jsonl"
+        report.count("heldout", write_jsonl(held, [r for i, r in enumerate(records) if i in picked]), f"rows -> {held}")
+        records = kept
     report.count(out.stem, write_jsonl(out, records), f"rows -> {out}", sign="=")
 
 
 def prepare_toolace(
-    out: Path, rl_source: str = RL_SOURCE, sft_source: str = SFT_SOURCE, split: str = "train"
+    out: Path,
+    rl_source: str = RL_SOURCE,
+    sft_source: str = SFT_SOURCE,
+    split: str = "train",
+    heldout: int = 0,
+    seed: int = 42,
 ) -> Report:
-    """Write ``out/rl_train.jsonl`` (problem/answer) and ``out/sft.jsonl`` (messages); what was dropped and kept."""
+    """Write ``out/rl_train.jsonl`` (messages/answer) and ``out/sft.jsonl`` (messages), and with ``heldout``
+    ``out/heldout.jsonl``, that many RL prompts drawn with ``seed`` and kept out of training (an in-domain check
+    beside BFCL, the paper's benchmark); what was dropped and kept."""
     report = Report()
     rl_drops = ("bad_tools", "bad_answer", "bad_turns")
-    convert(rl_source, split, RL_COLUMNS, rl_record, rl_drops, out / "rl_train.jsonl", report)
+    convert(rl_source, split, RL_COLUMNS, rl_record, rl_drops, out / "rl_train.jsonl", report, heldout, seed)
     convert(sft_source, split, SFT_COLUMNS, sft_record, ("bad_messages",), out / "sft.jsonl", report)
     return report
