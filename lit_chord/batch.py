@@ -22,6 +22,7 @@ class Prompt:
     prompt_ids: list[int]
     answer: str
     text: str = ""
+    expert_ids: list[int] | None = None  # LUFFY: the expert's response to this prompt, a member of its group
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Sequence:
     advantage: float = 0.0
     loss_on_response: bool = True  # False for truncated rollouts (they keep their reward, not their tokens)
     engine_logprobs: list[float] | None = None  # the rollout engine's logprobs of response_ids, when reported
+    off_policy: bool = False  # an expert trace inside a rollout group (LUFFY): a rollout row not sampled by the policy
 
 
 @dataclass
@@ -51,6 +53,7 @@ class TrainTensors:
     is_expert: Tensor  # (B,) bool
     advantages: Tensor  # (B,) float
     engine_logprobs: Tensor | None = None  # (B, T) float, aligned like loss_mask; NaN where the engine gave none
+    off_policy: Tensor | None = None  # (B,) bool: rollout rows that are expert traces (LUFFY); None: none are
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -70,6 +73,7 @@ class TrainTensors:
             is_expert=self.is_expert[rows],
             advantages=self.advantages[rows],
             engine_logprobs=None if self.engine_logprobs is None else self.engine_logprobs[rows, :width],
+            off_policy=None if self.off_policy is None else self.off_policy[rows],
         )
 
     def micro_batches(self, size: int) -> list[TrainTensors]:
@@ -106,6 +110,7 @@ def pad_sequences(sequences: list[Sequence], pad_id: int) -> TrainTensors:
         is_expert=torch.tensor([s.is_expert for s in sequences], dtype=torch.bool),
         advantages=torch.tensor([s.advantage for s in sequences], dtype=torch.float32),
         engine_logprobs=engine_logprobs,
+        off_policy=torch.tensor([s.off_policy for s in sequences]) if any(s.off_policy for s in sequences) else None,
     )
 
 

@@ -1,7 +1,8 @@
 """``python -m lit_chord.compare``: CHORD against its baselines on the demo, same budget and seeds; a table and a plot.
 
 Each variant is ``configs/demo.yaml`` with a variant file layered on it (files hold only what differs):
-``chord_mu`` (demo.yaml itself), ``sft_only``, ``grpo_only``, ``fixed_mix``, ``chord_phi``, and ``sft_then_grpo``,
+``chord_mu`` (demo.yaml itself), ``sft_only``, ``grpo_only``, ``fixed_mix``, ``chord_phi``, ``luffy`` (the expert's
+trace inside each rollout group, arXiv 2504.14945), and ``sft_then_grpo``,
 two runs that split the step budget: SFT, then GRPO starting from the SFT run's export. Runs go one after
 another as subprocesses of ``python -m lit_chord fit``, so each is an ordinary run that can be rerun or inspected
 alone: ``<out>/runs/<variant>_s<seed>/`` holds its ``run.yaml`` (budget, seed, where it logs and checkpoints),
@@ -38,6 +39,7 @@ VARIANTS: dict[str, list[tuple[str, ...]]] = {
     "grpo_only": [("demo_grpo_only.yaml",)],
     "fixed_mix": [("demo_fixed_mix.yaml",)],
     "chord_phi": [("demo_chord_phi.yaml",)],
+    "luffy": [("demo_luffy.yaml",)],
     "sft_then_grpo": [("demo_sft_only.yaml",), ("demo_grpo_only.yaml",)],
 }
 ACCURACY = "val/accuracy"

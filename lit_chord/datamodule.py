@@ -92,6 +92,8 @@ class ChordDataModule(LightningDataModule):
         answer_key: str = "answer",
         messages_key: str = "messages",
         response_key: str = "response",
+        expert_traces_in_groups: bool = False,
+        expert_response_key: str = "expert_response",
         max_prompt_length: int = 1024,
         max_response_length: int = 8192,
         val_size: int | None = None,
@@ -124,6 +126,11 @@ class ChordDataModule(LightningDataModule):
             answer_key: Field with the reference answer.
             messages_key: Field with chat messages in expert records (and, optionally, in prompt records).
             response_key: Field with the response in prompt/response expert records.
+            expert_traces_in_groups: LUFFY's mixed groups: each RL prompt's expert response (its
+                ``expert_response_key`` field) is a member of the prompt's rollout group, in place of one of the
+                ``num_generations`` rollouts, and is trained with the shaped loss of ``lit_chord.loss.shaped_loss``
+                and the group's advantage. Independent of ``expert_data``, the SFT stream (LUFFY has none).
+            expert_response_key: Field with an RL prompt's expert response, read with ``expert_traces_in_groups``.
             max_prompt_length: Prompts longer than this (in tokens) are filtered out and counted.
             max_response_length: Expert responses longer than this are filtered out and counted (reference).
             val_size: Use only the first ``val_size`` prompts of each held-out set (None: all).
@@ -142,6 +149,8 @@ class ChordDataModule(LightningDataModule):
         ]:
             if value < 1:
                 raise ValueError(f"data.{name} must be >= 1, got {value}")
+        if expert_traces_in_groups and num_generations < 2:
+            raise ValueError("data.expert_traces_in_groups needs num_generations >= 2: the trace takes one member")
         self.val_sources = val_set_sources(val_data)
         if val_size is not None and val_size < 0:
             raise ValueError(f"data.val_size must be >= 0 or null, got {val_size}")
@@ -215,10 +224,11 @@ class ChordDataModule(LightningDataModule):
         for where, record in located_records(source):
             messages = self.prompt_messages(record, where, field_name)
             ids = self._chat_ids(messages, generation_prompt=True)
-            if len(ids) > hp.max_prompt_length:
+            trace = self.expert_trace(record, messages, where) if field_name == "prompt_data" else None
+            if len(ids) > hp.max_prompt_length or (trace is not None and len(trace) > hp.max_response_length):
                 self.filtered[field_name] = self.filtered.get(field_name, 0) + 1
                 continue
-            prompts.append(Prompt(ids, str(record[hp.answer_key]), messages[-1]["content"]))
+            prompts.append(Prompt(ids, str(record[hp.answer_key]), messages[-1]["content"], trace))
         if not prompts:
             raise DataError(f"{source}: no prompt fits max_prompt_length={hp.max_prompt_length}")
         return prompts
@@ -245,6 +255,19 @@ class ChordDataModule(LightningDataModule):
                 f"{messages[-1]['role']!r}'s"
             )
         return messages
+
+    def expert_trace(self, record: dict, messages: list[dict], where: str) -> list[int] | None:
+        """With ``expert_traces_in_groups`` (LUFFY), the tokens of the prompt's own expert response."""
+        key = self.hp.expert_response_key
+        if not self.hp.expert_traces_in_groups:
+            return None
+        if not isinstance(record.get(key), str) or not record[key].strip():
+            got = "missing" if key not in record else f"is {json_type(record[key])}"
+            raise DataError(
+                f"{where}: field {key!r} {got}; data.expert_traces_in_groups needs every RL prompt's expert "
+                "response as a non-empty string"
+            )
+        return self.response_ids([*messages, {"role": "assistant", "content": record[key]}], where)
 
     def expert_messages(self, record: dict, where: str) -> list[dict]:
         """Normalize an expert record to chat messages whose last turn is the assistant's response."""
@@ -277,23 +300,11 @@ class ChordDataModule(LightningDataModule):
 
     def _load_expert(self, source: str) -> list[Sequence]:
         hp = self.hp
-        assert self.tokenizer is not None, "setup has not run"
-        stops = set(self.stop_token_ids)
         expert = []
         for where, record in located_records(source):
             messages = self.expert_messages(record, where)
             prompt_ids = self._chat_ids(messages[:-1], generation_prompt=True)
-            prompt_text = self._chat_text(messages[:-1], generation_prompt=True)
-            full_text = self._chat_text(messages, generation_prompt=False)
-            if not full_text.startswith(prompt_text):
-                raise DataError(
-                    f"{where}: the chat template does not render the prompt as a "
-                    "prefix of the conversation; cannot locate the assistant tokens"
-                )
-            response_ids = self.tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
-            ends = [index for index, token in enumerate(response_ids) if token in stops]
-            if ends:  # keep the first end-of-turn token, drop what the template adds after it (chat.py)
-                response_ids = response_ids[: ends[0] + 1]
+            response_ids = self.response_ids(messages, where)
             if len(prompt_ids) > hp.max_prompt_length or len(response_ids) > hp.max_response_length:
                 self.filtered["expert_data"] = self.filtered.get("expert_data", 0) + 1
                 continue
@@ -304,6 +315,21 @@ class ChordDataModule(LightningDataModule):
                 f"max_response_length={hp.max_response_length}"
             )
         return expert
+
+    def response_ids(self, messages: list[dict], where: str) -> list[int]:
+        """The tokens of the conversation's last (assistant) turn as the chat template renders them after the
+        generation prompt, up to and including the first end-of-turn token (what a rollout that ends there holds)."""
+        assert self.tokenizer is not None, "setup has not run"
+        prompt_text = self._chat_text(messages[:-1], generation_prompt=True)
+        full_text = self._chat_text(messages, generation_prompt=False)
+        if not full_text.startswith(prompt_text):
+            raise DataError(
+                f"{where}: the chat template does not render the prompt as a "
+                "prefix of the conversation; cannot locate the assistant tokens"
+            )
+        ids = self.tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
+        ends = [index for index, token in enumerate(ids) if token in set(self.stop_token_ids)]
+        return ids[: ends[0] + 1] if ends else ids  # drop what the template adds after the end of turn (chat.py)
 
     # ----- streams ----------------------------------------------------------------------------------------------
     def _draw(self, items: list, count: int, step: int, stream: int, rank: int, world_size: int) -> list:

@@ -8,6 +8,12 @@ One optimizer step mixes on-policy rollouts (GRPO) with expert demonstrations (S
             (dual clip: for A < 0 the token loss is also capped at −A·c, c = 3)
     L_sft = agg over expert tokens of −φ(p)·log p,  p = π_θ(y*_t),  φ(p) = p(1 − p) detached        CHORD-φ
     A     = (R − mean_group R) / (std_group R + ε) per prompt group, broadcast over tokens       GRPO
+
+LUFFY (Yan et al., arXiv 2504.14945), the paper's main off-policy baseline, fits the same L_rl: a group may hold an
+expert trace beside the rollouts (``Sequence.off_policy``), whose advantage comes from the mixed group. Its tokens
+were not sampled by the policy; taking their behaviour probability as 1, the ratio would be π_θ itself, and LUFFY
+shapes it: the token loss is −A·f(π_θ), f(π) = π / (π + γ), γ = 0.1, unclipped. f's gradient π·γ / (π + γ)²·∇log π
+is largest for tokens the policy finds unlikely, where a plain π would vanish.
     μ     = linear warm-up 0 → μ_peak, half-cosine μ_peak → μ_valley, then μ_valley             CHORD-μ
 
 Rollout rows enter only L_rl and the entropy bonus H (mean entropy of rollout tokens), expert rows only L_sft; the KL
@@ -88,8 +94,10 @@ def policy_loss(
     clip_low: float = 0.2,  # ε_low: the ratio is clipped below at 1 − ε_low
     clip_high: float = 0.2,  # ε_high: the ratio is clipped above at 1 + ε_high
     clip_ratio_c: float = 3.0,  # dual clip: for A < 0 the loss is capped at −A·c
+    off_policy: Tensor | None = None,  # (B,) bool: expert traces in the groups (LUFFY), scored by `shaped_loss`
+    off_policy_gamma: float = 0.1,  # γ of LUFFY's shaping f(π) = π / (π + γ)
 ) -> PolicyLoss:
-    """Dual-clip PPO loss per token (the GRPO surrogate)."""
+    """Dual-clip PPO loss per token (the GRPO surrogate); on ``off_policy`` rows LUFFY's shaped, unclipped loss."""
     adv = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages  # (B, 1)
     ratio = torch.exp(torch.clamp(logprobs - old_logprobs, -20.0, 20.0))  # r = π_θ / π_old
     pg1 = -adv * ratio
@@ -98,11 +106,29 @@ def policy_loss(
     pg3 = -adv * clip_ratio_c
     losses = torch.where(adv < 0, torch.minimum(clipped, pg3), clipped)  # dual clip
     keep = mask.bool()
+    on_policy = keep
+    if off_policy is not None:
+        expert = off_policy.bool().unsqueeze(-1)  # (B, 1)
+        losses = torch.where(expert, shaped_loss(logprobs, adv, off_policy_gamma), losses)
+        on_policy = keep & ~expert  # the clip statistics and the ratio concern sampled tokens only
     zero = torch.zeros((), dtype=losses.dtype, device=losses.device)
-    dual_clipped = (adv < 0) & (clipped > pg3) & keep
+    dual_clipped = (adv < 0) & (clipped > pg3) & on_policy
     return PolicyLoss(
-        torch.where(keep, losses, zero), (pg2 > pg1) & keep, dual_clipped, torch.where(keep, ratio.detach(), zero)
+        torch.where(keep, losses, zero),
+        (pg2 > pg1) & on_policy,
+        dual_clipped,
+        torch.where(on_policy, ratio.detach(), zero),
     )
+
+
+def shaped_loss(logprobs: Tensor, advantages: Tensor, gamma: float = 0.1) -> Tensor:
+    """LUFFY's policy shaping on expert-trace tokens ``(B, T)``: −A·f(π_θ), f(π) = π / (π + γ), no clipping.
+
+    ``advantages`` is ``(B, 1)`` or ``(B, T)``. The gradient is −A·γ·π / (π + γ)²·∇log π (LUFFY's "policy
+    shaping", arXiv 2504.14945).
+    """
+    probs = logprobs.exp()
+    return -advantages * probs / (probs + gamma)
 
 
 def phi(probs: Tensor) -> Tensor:
@@ -222,6 +248,8 @@ def chord_loss(
     entropy_coef: float = 0.0,
     ref_logprobs: Tensor | None = None,  # (B, T) reference-policy log-probs, for the KL penalty and the metric
     rollout_weights: Tensor | None = None,  # (B, T) detached per-token weights of the policy loss (e.g. TIS)
+    off_policy: Tensor | None = None,  # (B,) bool: expert traces inside rollout groups (LUFFY), see `policy_loss`
+    off_policy_gamma: float = 0.1,
     kl_coef: float = 0.0,
     kl_estimator: KlEstimator = "k2",
 ) -> LossOutput:
@@ -254,7 +282,9 @@ def chord_loss(
         return aggregate(values.detach().float(), m, "token-mean", n, 0.0)
 
     clips = {"clip_low": clip_low, "clip_high": clip_high, "clip_ratio_c": clip_ratio_c}
-    pg = policy_loss(logprobs, old_logprobs, advantages, rl_mask, **clips)
+    pg = policy_loss(
+        logprobs, old_logprobs, advantages, rl_mask, **clips, off_policy=off_policy, off_policy_gamma=off_policy_gamma
+    )
     loss_rl = rl_term(pg.losses if rollout_weights is None else pg.losses * rollout_weights)
     loss_sft = aggregate(sft_loss(logprobs, sft_weighting), sft_mask, sft_agg, norm.sft_tokens, norm.sft_seqs, horizon)
     loss = (1.0 - mu) * loss_rl + mu * loss_sft  # the hybrid loss, the paper's L = (1 − μ)·L_RL + μ·L_SFT

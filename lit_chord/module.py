@@ -84,6 +84,7 @@ class ChordModule(LightningModule):
         max_grad_norm: float = 1.0,
         max_consecutive_skips: int = 10,
         tis_cap: float = 0.0,
+        off_policy_gamma: float = 0.1,
         gradient_checkpointing: bool = False,
         optimizer: OptimizerCallable = adamw,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -131,6 +132,8 @@ class ChordModule(LightningModule):
                 at the sampling temperature). 0 disables it (reference); otherwise it must be >= 1. Without engine
                 log-probabilities (the transformers engine samples from the policy itself) it has no effect, and
                 says so once.
+            off_policy_gamma: γ of LUFFY's shaping f(π) = π / (π + γ) on expert traces inside rollout groups
+                (``data.expert_traces_in_groups``; ``lit_chord.loss.shaped_loss``). LUFFY: 0.1.
             gradient_checkpointing: Recompute decoder activations in backward to save memory.
             optimizer: Optimizer factory (LightningCLI: ``--optimizer AdamW --optimizer.lr 1e-6``).
             lr_scheduler: Optional LR scheduler factory, stepped once per optimizer step.
@@ -154,6 +157,8 @@ class ChordModule(LightningModule):
             raise ValueError(f"model.max_tokens_per_micro_batch must be >= 1 or null, got {max_tokens_per_micro_batch}")
         if tis_cap and tis_cap < 1.0:
             raise ValueError(f"model.tis_cap must be 0 (off) or >= 1, got {tis_cap}: a cap below 1 shrinks every token")
+        if off_policy_gamma <= 0:
+            raise ValueError(f"model.off_policy_gamma must be > 0, got {off_policy_gamma}: f(π) = π / (π + γ)")
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.automatic_optimization = False  # micro-batching inside a step needs manual backward
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
@@ -385,6 +390,8 @@ class ChordModule(LightningModule):
             kl_coef=hp.kl_coef,
             kl_estimator=hp.kl_estimator,
             rollout_weights=self.tis_weights(logprobs, micro),
+            off_policy=micro.off_policy,
+            off_policy_gamma=hp.off_policy_gamma,
         )
         out.metrics.update(logprob_gap(logprobs.detach(), micro, normalizers))
         return out

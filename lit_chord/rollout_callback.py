@@ -51,6 +51,10 @@ class Scores:
     format_ok: Tensor  # 1.0 where the response is well formed; NaN where the reward reports no format
     errors: int  # completions whose reward function raised or returned a non-number
 
+    def select(self, keep: Tensor) -> Scores:
+        """The completions where ``keep`` ``(N,)`` is true (errors are kept as counted)."""
+        return Scores(self.rewards[keep], self.accuracy[keep], self.format_ok[keep], self.errors)
+
     def format_rate(self) -> float | None:
         """Share of well-formed responses among those the reward judged; None if it judged none."""
         known = self.format_ok[~self.format_ok.isnan()]
@@ -167,7 +171,14 @@ class RolloutCallback(Callback):
         seed = self.seed + 1_000_003 * batch.step + 7919 * trainer.global_rank
         start = time.perf_counter()
         sampling = dataclasses.replace(self.sampling, seed=seed)
-        groups = self.generate(module, [p.prompt_ids for p in batch.prompts], batch.num_generations, sampling)
+        traces = [p.expert_ids for p in batch.prompts]
+        mixed = any(trace is not None for trace in traces)  # LUFFY: the last member of each group is the expert's
+        sampled = batch.num_generations - int(mixed)
+        groups = self.generate(module, [p.prompt_ids for p in batch.prompts], sampled, sampling)
+        if mixed:
+            groups = [
+                [*group, Completion(list(trace or []), True)] for group, trace in zip(groups, traces, strict=True)
+            ]
         gen_seconds = time.perf_counter() - start
         # The training step's own randomness (dropout, if the model has any) follows (seed, step, rank) too: Lightning
         # does not checkpoint RNG states, so a resumed run would otherwise draw other masks than an uninterrupted one.
@@ -184,13 +195,20 @@ class RolloutCallback(Callback):
                 advantage=float(a),
                 loss_on_response=c.finished,
                 engine_logprobs=c.logprobs,
+                off_policy=mixed and index % batch.num_generations == sampled,
             )
-            for p, c, a in zip(prompts, completions, advantages.tolist(), strict=True)
+            for index, (p, c, a) in enumerate(zip(prompts, completions, advantages.tolist(), strict=True))
         ]
         batch.temperature = self.sampling.temperature
         batch.horizon = self.sampling.max_new_tokens
         batch.train = trainer.datamodule.collate_rollouts(batch)  # type: ignore[attr-defined]
-        batch.metrics = rollout_metrics(scores, completions, batch.num_generations)
+        if mixed:  # the rollout metrics describe the policy's samples; the traces' rewards get their own
+            on_policy = torch.arange(len(completions)) % batch.num_generations < sampled
+            own = [c for c, keep in zip(completions, on_policy.tolist(), strict=True) if keep]
+            batch.metrics = rollout_metrics(scores.select(on_policy), own, sampled)
+            batch.metrics["rollout/expert_trace_reward"] = scores.rewards[~on_policy].mean().item()
+        else:
+            batch.metrics = rollout_metrics(scores, completions, batch.num_generations)
         batch.metrics.update({"rollout/gen_seconds": gen_seconds, "rollout/sync_seconds": sync_seconds})
 
     def generate(

@@ -68,7 +68,14 @@ def demo_records(seed: int = 0, expert_size: int = 2000, expert_accuracy: float 
             },
         ]
         expert.append({"messages": messages})
-    return expert, [reversal_problem(d) for d in train], [reversal_problem(d) for d in held]
+    # Each RL prompt also carries the expert's own trace (LUFFY's groups, data.expert_traces_in_groups), drawn from a
+    # generator of its own so that the other records do not change.
+    traces = random.Random(seed + 1)
+    prompts = [
+        {**reversal_problem(d), "expert_response": expert_response(d, traces.random() < expert_accuracy, False)}
+        for d in train
+    ]
+    return expert, prompts, [reversal_problem(d) for d in held]
 
 
 def build_tokenizer(texts: list[str], vocab_size: int = 384):

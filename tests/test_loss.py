@@ -395,3 +395,23 @@ def test_rollout_weights_scale_each_rollout_tokens_policy_loss_and_ignore_expert
     weights = torch.ones(8, 6)
     weights[batch["is_expert"]] = 0.0
     assert torch.equal(forward(logits, targets, batch, rows, mu=0.5, rollout_weights=weights).loss, plain.loss)
+
+
+def test_luffy_shapes_expert_trace_tokens_and_leaves_rollouts_alone():
+    """Row 0 a rollout, row 1 an expert trace in the same group (LUFFY). Trace tokens: loss −A·π/(π + 0.1), unclipped.
+
+    π = 0.4, A = 0.5: f = 0.4 / 0.5 = 0.8, loss −0.4; d/dlogπ = −A·γ·π/(π + γ)² = −0.5·0.1·0.4/0.25 = −0.08.
+    π = 0.9, A = 0.5: f = 0.9, loss −0.45; gradient −0.5·0.1·0.9/1.0 = −0.045 (a likely token moves less).
+    The rollout (old = new, ratio 1, A = −0.5): loss 0.5 and gradient 0.5 per token, as without the trace.
+    """
+    logprobs = torch.log(torch.tensor([[0.3, 0.6], [0.4, 0.9]])).requires_grad_()
+    advantages, mask = torch.tensor([-0.5, 0.5]), torch.ones(2, 2)
+    out = policy_loss(logprobs, logprobs.detach(), advantages, mask, off_policy=torch.tensor([False, True]))
+    assert out.losses.flatten().tolist() == pytest.approx([0.5, 0.5, -0.4, -0.45])
+    out.losses.sum().backward()
+    assert logprobs.grad.flatten().tolist() == pytest.approx([0.5, 0.5, -0.08, -0.045])
+    assert out.ratio[1].tolist() == [0.0, 0.0] and not out.clipped[1].any()  # clip statistics: sampled tokens only
+    # far from the clip range the trace is not clipped: π = 0.01 is a ratio of 0.01 under a behaviour prob of 1
+    low = policy_loss(torch.log(torch.tensor([[0.01]])), torch.zeros(1, 1), torch.tensor([1.0]), torch.ones(1, 1),
+                      off_policy=torch.tensor([True]))  # fmt: skip
+    assert low.losses.item() == pytest.approx(-0.01 / 0.11)

@@ -1,0 +1,76 @@
+"""LUFFY's mixed groups end to end: an RL prompt's expert trace joins its rollout group, takes the group's advantage
+and the shaped loss (the loss itself is pinned by hand in test_loss.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import cpu_trainer, tiny_datamodule
+from lightning.pytorch import Callback
+
+from lit_chord.datamodule import DataError
+from lit_chord.engines import Completion
+from lit_chord.module import ChordModule
+from lit_chord.rewards import exact_match
+from lit_chord.rollout_callback import RolloutCallback
+
+
+class WrongEngine:
+    """Every rollout answers ``\\boxed{0}`` and stops: exact_match scores it 0 on every reversal prompt."""
+
+    uses_live_policy = False
+
+    def attach(self, policy, stop_token_ids, pad_token_id):
+        self.stop = stop_token_ids[0]
+
+    def generate(self, prompt_ids, n, sampling):
+        self.calls = [*getattr(self, "calls", []), n]
+        return [[Completion([*self.ids, self.stop], True) for _ in range(n)] for _ in prompt_ids]
+
+    def load_weights(self, named_tensors):
+        pass
+
+
+class Keep(Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.batch = batch
+
+
+def test_each_group_holds_its_prompts_expert_trace_with_the_mixed_groups_advantage(tiny_world, tmp_path):
+    """Groups of 4: 3 rollouts scored 0 and the trace, scored 1 if the expert reversed right (else 0).
+    r − mean over the group: a right trace gives A = (−1/4, −1/4, −1/4, 3/4), a wrong one all 0."""
+    data = tiny_datamodule(tiny_world, expert_data=None, expert_data_ratio=0.0, expert_traces_in_groups=True)
+    engine, keep = WrongEngine(), Keep()
+    module = ChordModule(model=str(tiny_world / "model"), mu_peak=0.0, mu_valley=0.0)
+    callback = RolloutCallback(engine, reward_fn=exact_match, scale_advantages_by_std=False, max_new_tokens=8)
+    data.setup("fit")
+    engine.ids = data.tokenizer("\\boxed{0}")["input_ids"]
+    cpu_trainer(max_steps=1, callbacks=[callback, keep]).fit(module, datamodule=data)
+
+    batch = keep.batch
+    assert engine.calls == [3]  # num_generations − 1 sampled
+    records = {json.loads(line)["problem"]: json.loads(line) for line in (tiny_world / "prompts.jsonl").open()}
+    for g, prompt in enumerate(batch.prompts):
+        group = batch.rollouts[4 * g : 4 * g + 4]
+        assert [s.off_policy for s in group] == [False, False, False, True]
+        trace = group[3]
+        assert data.tokenizer.decode(trace.response_ids) == records[prompt.text]["expert_response"] + "<|im_end|>"
+        right = float(exact_match(records[prompt.text]["expert_response"], prompt.answer))
+        expected = [-0.25, -0.25, -0.25, 0.75] if right else [0.0] * 4
+        assert [s.advantage for s in group] == pytest.approx(expected)
+    assert batch.train.off_policy.tolist() == [s.off_policy for s in batch.rollouts]
+    assert batch.metrics["rollout/reward_mean"] == 0.0  # the policy's own samples only
+    rights = [float(exact_match(records[p.text]["expert_response"], p.answer)) for p in batch.prompts]
+    assert batch.metrics["rollout/expert_trace_reward"] == pytest.approx(sum(rights) / len(rights))
+
+
+def test_a_prompt_without_its_trace_is_refused_with_its_line(tiny_world, tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"problem": "Reverse 123.", "answer": "321", "expert_response": "x"}\n'
+                    '{"problem": "Reverse 124.", "answer": "421"}\n')  # fmt: skip
+    data = tiny_datamodule(tiny_world, prompt_data=str(path), expert_traces_in_groups=True)
+    with pytest.raises(DataError, match=r"prompts.jsonl:2: field 'expert_response' missing; data.expert_traces_in_gr"):
+        data.setup("fit")
+    with pytest.raises(ValueError, match="num_generations >= 2"):
+        tiny_datamodule(tiny_world, num_generations=1, expert_traces_in_groups=True)
