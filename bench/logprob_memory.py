@@ -28,10 +28,7 @@ take turns run by run (naive, chunked, naive, ...), so a change in machine load 
 from __future__ import annotations
 
 import argparse
-import json
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,13 +36,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from workers import Worker, interleaved, rss_bytes, serve  # noqa: E402
+
 from lit_chord.logprobs import naive_token_logprobs, token_logprobs  # noqa: E402
-
-
-def rss_bytes() -> tuple[int, int]:
-    """(current RSS, high-water mark) of this process in bytes."""
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * resource.getpagesize(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def logprobs(args: argparse.Namespace, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor):
@@ -97,18 +91,19 @@ def worker(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     run, reported = training_step_run(args) if args.step else lm_head_run(args)
     current, baseline = rss_bytes()
-    for _ in sys.stdin:
+
+    def step() -> dict:
         start = time.perf_counter()
         run()
-        seconds = time.perf_counter() - start
-        report = {
-            "seconds": seconds,
+        return {
+            "seconds": time.perf_counter() - start,
             "peak_bytes": rss_bytes()[1] - baseline,
             "baseline_gap_bytes": baseline - current,  # ≈ 0: nothing before the baseline peaked above the inputs
             "grad_norms": [t.grad.double().norm().item() for t in reported],
             "threads": torch.get_num_threads(),
         }
-        print(json.dumps(report), flush=True)
+
+    serve(step)
 
 
 def main() -> None:
@@ -127,39 +122,16 @@ def main() -> None:
         worker(args)
         return
 
-    variants = ("naive", "chunked")
-
-    def start(variant: str) -> subprocess.Popen:
-        command = [sys.executable, __file__, *sys.argv[1:], "--variant", variant]
-        return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
-    def run(proc: subprocess.Popen) -> dict:
-        proc.stdin.write("run\n")
-        proc.stdin.flush()
-        line = proc.stdout.readline()
-        if not line:
-            raise SystemExit(f"a worker died (exit {proc.wait()}); out of memory? (dmesg tells)")
-        return json.loads(line)
-
-    def stop(proc: subprocess.Popen) -> None:
-        proc.stdin.close()
-        proc.wait()
-
-    warmup, times = {}, {v: [] for v in variants}
+    variants = ["naive", "chunked"]
+    warmup, times = {}, {}
     if args.step:  # two 0.5B models with AdamW states do not fit in RAM side by side: one worker after the other
         for v in variants:
-            proc = start(v)
-            warmup[v] = run(proc)
-            times[v] = [run(proc)["seconds"] for _ in range(args.repeats)]
-            stop(proc)
+            alone = Worker(__file__, v)
+            warmup[v] = alone.run()
+            times[v] = [alone.run()["seconds"] for _ in range(args.repeats)]
+            alone.stop()
     else:
-        workers = {v: start(v) for v in variants}
-        warmup = {v: run(workers[v]) for v in variants}  # first run of each fresh process: its peak memory
-        for _ in range(args.repeats):
-            for v in variants:
-                times[v].append(run(workers[v])["seconds"])
-        for proc in workers.values():
-            stop(proc)
+        warmup, times = interleaved(__file__, variants, args.repeats)  # first run of each worker: its peak memory
 
     print(
         f"tokens={args.tokens} vocab={args.vocab} hidden={args.hidden} chunk_size={args.chunk_size} "

@@ -12,6 +12,11 @@ with the line ``peak_memory_ratio=<budget/rows> time_ratio=<budget/rows>``.
 
     python bench/microbatch_memory.py                          # defaults: ~3 min on 2 shared cores
     python bench/microbatch_memory.py --long 512 --short-max 128 --repeats 1   # smoke test
+    python bench/microbatch_memory.py --padding-free     # a third variant: padding-free passes of --max-tokens
+
+``--padding-free`` adds ``ChordModule(padding_free=True)``'s cut: passes of at most ``--max-tokens`` real tokens,
+each one packed row (``lit_chord.packing.pack_padding_free``), and prints ``padding_free_vs_budget`` ratios before the
+last line.
 
 The measurement is ``bench/logprob_memory.py``'s: each variant lives in its own fresh worker process (the kernel's
 resident-memory high-water mark, ``ru_maxrss``, only grows); after the worker has built the model, the optimizer and
@@ -25,10 +30,8 @@ norms of their first step are printed as a correctness check.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,14 +41,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from logprob_memory import rss_bytes  # noqa: E402
+from workers import interleaved, rss_bytes, serve  # noqa: E402
 
 from lit_chord.batch import Sequence, TrainTensors, pad_sequences  # noqa: E402
 from lit_chord.loss import count_normalizers  # noqa: E402
 from lit_chord.module import ChordModule  # noqa: E402
-from lit_chord.packing import pack_micro_batches  # noqa: E402
+from lit_chord.packing import pack_micro_batches, pack_padding_free  # noqa: E402
 
-VARIANTS = ("rows", "budget")
+VARIANTS = ("rows", "budget", "padding-free")
 
 
 def step_rows(args: argparse.Namespace) -> TrainTensors:
@@ -68,7 +71,13 @@ def build(args: argparse.Namespace, folder: Path) -> ChordModule:
         hidden_size=args.hidden, intermediate_size=args.intermediate, num_hidden_layers=args.layers,
         num_attention_heads=args.hidden // 64, num_key_value_heads=2, vocab_size=args.vocab, tie_word_embeddings=True,
     ).save_pretrained(folder)  # fmt: skip
-    module = ChordModule(model=str(folder), random_init=True, micro_batch_size=args.micro_batch_size)
+    module = ChordModule(
+        model=str(folder),
+        random_init=True,
+        micro_batch_size=args.micro_batch_size,
+        max_tokens_per_micro_batch=args.max_tokens,
+        padding_free=args.variant == "padding-free",
+    )
     module.configure_model()
     return module
 
@@ -77,6 +86,8 @@ def micro_batches(args: argparse.Namespace, rows: TrainTensors) -> list[TrainTen
     """What ``ChordModule.micro_batches`` cuts on one rank, without a trainer."""
     if args.variant == "rows":
         return rows.micro_batches(args.micro_batch_size)
+    if args.variant == "padding-free":
+        return pack_padding_free(rows, args.max_tokens)
     return pack_micro_batches(rows, args.max_tokens)
 
 
@@ -91,7 +102,8 @@ def worker(args: argparse.Namespace) -> None:
     normalizers = count_normalizers(rows.loss_mask[:, :-1], rows.is_expert)  # the step's global counts
     parts = micro_batches(args, rows)
     current, baseline = rss_bytes()
-    for _ in sys.stdin:
+
+    def step() -> dict:
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         for micro in parts:
@@ -99,20 +111,23 @@ def worker(args: argparse.Namespace) -> None:
         grad_norm = torch.nn.utils.clip_grad_norm_(module.scorer.parameters(), float("inf"))
         optimizer.step()
         seconds = time.perf_counter() - start
-        processed = sum(m.input_ids.numel() for m in parts)
-        report = {
+        free = args.variant == "padding-free"  # a padding-free pass processes its real tokens only
+        sizes = [int(m.attention_mask.sum()) if free else m.input_ids.numel() for m in parts]
+        processed = sum(sizes)
+        return {
             "seconds": seconds,
             "peak_bytes": rss_bytes()[1] - baseline,
             "baseline_gap_bytes": baseline - current,
             "grad_norm": grad_norm.item(),
             "passes": len(parts),
             "processed": processed,
-            "largest_pass": max(m.input_ids.numel() for m in parts),
+            "largest_pass": max(sizes),
             "padding_frac": 1.0 - int(rows.attention_mask.sum()) / processed,
             "parameters": sum(p.numel() for p in module.scorer.parameters()),
             "threads": torch.get_num_threads(),
         }
-        print(json.dumps(report), flush=True)
+
+    serve(step)
 
 
 def main() -> None:
@@ -129,35 +144,15 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--padding-free", action="store_true", help="also run padding-free passes of --max-tokens")
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # worker mode
     args = parser.parse_args()
     if args.variant:
         worker(args)
         return
 
-    def start(variant: str) -> subprocess.Popen:
-        command = [sys.executable, __file__, *sys.argv[1:], "--variant", variant]
-        return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
-    def run(proc: subprocess.Popen) -> dict:
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write("run\n")
-        proc.stdin.flush()
-        line = proc.stdout.readline()
-        if not line:
-            raise SystemExit(f"a worker died (exit {proc.wait()}); out of memory? (dmesg tells)")
-        return json.loads(line)
-
-    workers = {v: start(v) for v in VARIANTS}
-    warmup = {v: run(workers[v]) for v in VARIANTS}  # first step of each fresh process: its peak memory
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    for _ in range(args.repeats):
-        for v in VARIANTS:
-            times[v].append(run(workers[v])["seconds"])
-    for proc in workers.values():
-        assert proc.stdin is not None
-        proc.stdin.close()
-        proc.wait()
+    variants = list(VARIANTS if args.padding_free else VARIANTS[:2])
+    warmup, times = interleaved(__file__, variants, args.repeats)  # first step of each worker: its peak memory
 
     first = warmup["rows"]
     print(
@@ -165,16 +160,22 @@ def main() -> None:
         f"short={args.short_min}-{args.short_max} micro_batch_size={args.micro_batch_size} "
         f"max_tokens={args.max_tokens} repeats={args.repeats} threads={first['threads']} torch={torch.__version__}"
     )
-    print(f"{'variant':<7} {'passes':>6} {'tokens':>7} {'largest':>7} {'padding':>7} {'peak MiB':>9} {'median s':>9}")
-    for v in VARIANTS:
+    print(f"{'variant':<12} {'passes':>6} {'tokens':>7} {'largest':>7} {'padding':>7} {'peak MiB':>9} {'median s':>9}")
+    for v in variants:
         w = warmup[v]
         print(
-            f"{v:<7} {w['passes']:>6} {w['processed']:>7} {w['largest_pass']:>7} {w['padding_frac']:>7.3f} "
+            f"{v:<12} {w['passes']:>6} {w['processed']:>7} {w['largest_pass']:>7} {w['padding_frac']:>7.3f} "
             f"{w['peak_bytes'] / 2**20:>9.0f} {statistics.median(times[v]):>9.2f}  runs s: "
             + " ".join(f"{t:.2f}" for t in [w["seconds"], *times[v]])
         )
     a, b = warmup["rows"]["grad_norm"], warmup["budget"]["grad_norm"]
     print(f"|grad|: rows {a:.6g} budget {b:.6g} (rel. diff {abs(a - b) / max(abs(a), 1e-30):.1e})")
+    if args.padding_free:
+        c = warmup["padding-free"]["grad_norm"]
+        print(f"|grad|: padding-free {c:.6g} (rel. diff to rows {abs(a - c) / max(abs(a), 1e-30):.1e})")
+        free_memory = warmup["padding-free"]["peak_bytes"] / warmup["budget"]["peak_bytes"]
+        free_time = statistics.median(times["padding-free"]) / statistics.median(times["budget"])
+        print(f"padding_free_vs_budget peak_memory_ratio={free_memory:.3f} time_ratio={free_time:.3f}")
     memory_ratio = warmup["budget"]["peak_bytes"] / warmup["rows"]["peak_bytes"]
     time_ratio = statistics.median(times["budget"]) / statistics.median(times["rows"])
     print(f"peak_memory_ratio={memory_ratio:.3f} time_ratio={time_ratio:.3f}")

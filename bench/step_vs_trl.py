@@ -28,8 +28,20 @@ thread, 0.9–15 ms with two); ``--threads 0`` keeps torch's default.
     python bench/step_vs_trl.py                                  # defaults: ~1.5 min on the shared 2-core VM
     python bench/step_vs_trl.py --model-size 10m --prompts 4 --generations 4 --max-new-tokens 32
     python bench/step_vs_trl.py --rounds 1 --steps 2 --no-chord --no-profile   # smoke test
+    python bench/step_vs_trl.py --lengths mixed                  # equal work, spread lengths (below)
 
 The last line is ``grpo_step_speedup_vs_trl=<TRL s/step ÷ lit_chord GRPO s/step>``.
+
+``--lengths mixed``: equal work with lengths spread as real rollouts are. Every completion's length is drawn from a
+log-normal (median ``--median-length``, default ``max_new_tokens / 5``, σ ``--sigma``, clipped to [2,
+``max_new_tokens``]: a long tail up to the limit) and forced on both sides by the same logits processor (stop ids
+barred before it, an ``<|im_end|>`` forced at it; per generate call, the same lengths for both frameworks in the
+same step), so no rollout is truncated; the reward is a hash of the completion in [0, 1), so no group has equal
+rewards. Every row then has a gradient: TRL trains every row anyway, and lit_chord has no row to skip (checked:
+the run stops if one is). lit_chord cuts the step by token budget (``--max-tokens``, padded rows or
+``--padding-free``); TRL pads every completion to the longest. The CHORD run adds expert rows whose responses are
+4–8× the median rollout length (padded with more reasoning text). Last lines: ``update_only_speedup_vs_trl=``
+(step minus generation) and ``equal_work_speedup_vs_trl=<TRL s/step ÷ lit_chord GRPO s/step>``.
 """
 
 from __future__ import annotations
@@ -39,13 +51,16 @@ import cProfile
 import io
 import json
 import logging
+import math
 import os
 import pstats
+import random
 import statistics
 import sys
 import tempfile
 import time
 import warnings
+import zlib
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -100,6 +115,89 @@ def problems(world: Path) -> list[dict]:
     return [json.loads(line) for line in (world / "prompts.jsonl").read_text().splitlines()]
 
 
+# ----- --lengths mixed: forced lengths, a reward without ties, long expert rows --------------------------------------
+def hash_reward(completion: str, answer: str) -> float:
+    """A reward in [0, 1) that no two different completions share: no group with equal rewards, no advantage 0."""
+    return zlib.crc32(f"{answer}|{completion}".encode()) / 2**32
+
+
+def stop_ids(world: Path) -> list[int]:
+    """``<|im_end|>`` then ``<|endoftext|>``: the ids both frameworks stop at (see ``build_world``)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(world / "model")
+    return [tokenizer.eos_token_id, tokenizer.pad_token_id]
+
+
+class ForcedLengths:
+    """The completion lengths of successive generate calls: log-normal, clipped to [2, max_new_tokens], drawn from
+    one seeded stream, so two runs with the same seed get the same lengths call by call (one call per step)."""
+
+    def __init__(self, seed: int, median: float, sigma: float, max_new_tokens: int) -> None:
+        self.rng, self.median, self.sigma, self.max_new_tokens = random.Random(seed), median, sigma, max_new_tokens
+
+    @classmethod
+    def schedule(cls, args: argparse.Namespace, seed: int) -> ForcedLengths:
+        return cls(seed, median_length(args), args.sigma, args.max_new_tokens)
+
+    def draw(self, rows: int) -> list[int]:
+        lengths = (round(self.rng.lognormvariate(math.log(self.median), self.sigma)) for _ in range(rows))
+        return [min(max(length, 2), self.max_new_tokens) for length in lengths]
+
+
+def median_length(args: argparse.Namespace) -> float:
+    return args.median_length or args.max_new_tokens / 5
+
+
+def force_lengths(model, lengths: ForcedLengths, stop: list[int]) -> None:
+    """Wrap ``model.generate`` (an instance attribute over the method) so that row i of each call stops exactly at
+    its drawn length: the stop ids are barred before it and ``stop[0]`` is forced at it."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    generate = model.generate
+
+    class Forced(LogitsProcessor):
+        def __init__(self, targets: torch.Tensor, start: int) -> None:
+            self.targets, self.start = targets, start
+
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            scores[:, stop] = -math.inf
+            at = self.targets.to(scores.device) == input_ids.shape[1] - self.start + 1  # the next token is the last
+            scores[at] = -math.inf
+            scores[at, stop[0]] = 0.0
+            return scores
+
+    def forced(*args, **kwargs):
+        input_ids = kwargs["input_ids"]
+        targets = torch.tensor(lengths.draw(input_ids.shape[0]))
+        kwargs["logits_processor"] = LogitsProcessorList([Forced(targets, input_ids.shape[1])])
+        return generate(*args, **kwargs)
+
+    model.generate = forced
+
+
+def lengthen_expert(world: Path, args: argparse.Namespace) -> int:
+    """Rewrite ``expert.jsonl`` so that each response is 4–8× the median rollout length in tokens (more reasoning
+    inside ``<think>``); returns the longest response in tokens."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(world / "model")
+    rng, median = random.Random(0), median_length(args)
+    filler = " read it backwards"
+    unit = len(tokenizer(filler * 16)["input_ids"]) / 16
+    path, longest = world / "expert.jsonl", 0
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    for record in records:
+        answer = record["messages"][-1]
+        target = rng.uniform(4 * median, 8 * median)
+        base = len(tokenizer(answer["content"])["input_ids"])
+        more = filler * max(0, round((target - base) / unit))
+        answer["content"] = answer["content"].replace("\n</think>", more + "\n</think>", 1)
+        longest = max(longest, len(tokenizer(answer["content"])["input_ids"]))
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return longest
+
+
 class StepClock:
     """Per measured step: the window from the step-begin hook to the step-end hook, and the interval since the previous
     step's end (everything: data, loop, logging). Turns the profiler on over exactly the measured intervals."""
@@ -140,7 +238,8 @@ def run_lit(
     from lit_chord.rollout_callback import RolloutCallback
 
     clock = StepClock(args, profiler)
-    measured: dict[str, list] = {"gen_seconds": [], "rollout_seconds": [], "lengths": [], "rows": []}
+    measured: dict[str, list] = {"gen_seconds": [], "rollout_seconds": [], "lengths": [], "rows": [], "cuts": []}
+    mixed = args.lengths == "mixed"
 
     class StepTimer(Callback):
         """First in the callback list: its batch-start hook runs before the rollout callback generates."""
@@ -150,11 +249,17 @@ def run_lit(
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             clock.step_end(batch_idx + 1)
+            if mixed:  # equal work: every row carries a gradient
+                trained, scored = pl_module.split_rows(batch.train)
+                if len(scored) or len(trained) != len(batch.train):
+                    raise RuntimeError(f"not equal work: {len(batch.train) - len(trained)} rows without a gradient")
             if batch_idx >= args.warmup:
                 measured["gen_seconds"].append(batch.metrics["rollout/gen_seconds"])
                 measured["rollout_seconds"].append(rollout_done.at - clock.begin)
                 measured["lengths"].append(batch.metrics["rollout/response_len"])
                 measured["rows"].append((len(batch.rollouts), len(batch.expert)))
+                logged = trainer.callback_metrics
+                measured["cuts"].append((float(logged["train/micro_batches"]), float(logged["train/padding_frac"])))
 
     class RolloutDone(Callback):
         """After the rollout callback: marks the end of generation + reward + collation."""
@@ -163,6 +268,10 @@ def run_lit(
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             self.at = time.perf_counter()
+
+        def on_train_start(self, trainer, pl_module):
+            if mixed:  # the engine generates with the policy itself: force the lengths there
+                force_lengths(pl_module.policy, ForcedLengths.schedule(args, seed), stop_ids(world))
 
     rows = args.prompts * args.generations
     data = ChordDataModule(
@@ -173,7 +282,7 @@ def run_lit(
         num_generations=args.generations,
         expert_data_ratio=args.expert_ratio if chord else 0.0,
         system_prompt=None,
-        max_response_length=args.max_new_tokens,
+        max_response_length=max(args.max_new_tokens, args.expert_longest + 16),  # keep the long expert rows
         seed=seed,
     )
     mu = args.chord_mu if chord else 0.0
@@ -185,12 +294,18 @@ def run_lit(
         mu_valley=mu,
         sft_weighting="phi",
         micro_batch_size=args.micro_batch_size or rows + data.experts_per_step,  # default: one forward/backward
+        max_tokens_per_micro_batch=args.max_tokens if mixed else None,
+        padding_free=mixed and args.padding_free,
         max_grad_norm=1.0,
         optimizer=lambda params: torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0),
     )
     rollout_done = RolloutDone()
     rollout = RolloutCallback(
-        reward_fn=exact_match, temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens, seed=seed
+        reward_fn=hash_reward if mixed else exact_match,
+        temperature=1.0,
+        top_p=1.0,
+        max_new_tokens=args.max_new_tokens,
+        seed=seed,
     )
     trainer = L.Trainer(
         accelerator="cpu",
@@ -210,6 +325,7 @@ def run_lit(
         rollout_seconds=measured["rollout_seconds"],
         response_len=statistics.mean(measured["lengths"]),
         rows=measured["rows"][0],
+        cuts=measured["cuts"],
     )
 
 
@@ -232,8 +348,10 @@ def run_trl(
         def on_step_end(self, args_, state, control, **kwargs):
             clock.step_end(state.global_step)  # already incremented; logging follows this hook
 
+    score = hash_reward if args.lengths == "mixed" else exact_match
+
     def reward(completions, answer, **kwargs) -> list[float]:
-        return [exact_match(c[0]["content"], a) for c, a in zip(completions, answer, strict=True)]
+        return [score(c[0]["content"], a) for c, a in zip(completions, answer, strict=True)]
 
     records = problems(world)
     dataset = Dataset.from_dict(
@@ -282,6 +400,8 @@ def run_trl(
         callbacks=[StepTimer()],
     )
     trainer.remove_callback(PrinterCallback)
+    if args.lengths == "mixed":  # TRL generates with trainer.model (unwrapped: the same object on one CPU process)
+        force_lengths(trainer.model, ForcedLengths.schedule(args, seed), stop_ids(world))
     lengths, generate_seconds = [], []
     generate_single_turn = trainer._generate_single_turn
 
@@ -290,6 +410,9 @@ def run_trl(
         completion_ids, logprobs = generate_single_turn(*a, **kw)
         generate_seconds.append(time.perf_counter() - start)
         lengths.append(statistics.mean(len(c) for c in completion_ids))
+        stops = set(stop_ids(world))
+        if args.lengths == "mixed" and not all(c and c[-1] in stops for c in completion_ids):
+            raise RuntimeError("not equal work: a TRL completion was truncated")
         return completion_ids, logprobs
 
     trainer._generate_single_turn = timed_generate
@@ -311,7 +434,7 @@ PHASES = {
         ("generate (HF generate, KV cache)", "lit_chord/engines/transformers_engine.py", "generate"),
         ("reward", "lit_chord/rollout_callback.py", "score"),
         ("collate rows", "lit_chord/datamodule.py", "collate_rollouts"),
-        ("forward (log-probs)", "lit_chord/module.py", "forward"),
+        ("forward (log-probs)", "lit_chord/scorer.py", "forward"),
         ("loss", "lit_chord/loss.py", "chord_loss"),
         ("backward", "torch/_tensor.py", "backward"),
         ("clip grad norm", "torch/nn/utils/clip_grad.py", "clip_grad_norm_"),
@@ -368,7 +491,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--prompts", type=int, default=8, help="prompts per step")
     parser.add_argument("--generations", type=int, default=8, help="completions per prompt (GRPO group)")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: 64; 256 with --lengths mixed")
+    parser.add_argument(
+        "--lengths", choices=["sampled", "mixed"], default="sampled", help="mixed: equal work, log-normal lengths"
+    )
+    parser.add_argument("--median-length", type=float, default=0.0, help="mixed: median (0: max_new_tokens / 5)")
+    parser.add_argument("--sigma", type=float, default=0.75, help="mixed: σ of the log-normal lengths")
+    parser.add_argument("--max-tokens", type=int, default=1024, help="mixed: lit_chord's max_tokens_per_micro_batch")
+    parser.add_argument("--padding-free", action="store_true", help="mixed: lit_chord's padding_free")
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument(
         "--micro-batch-size", type=int, default=0, help="lit_chord rows per forward/backward (0: whole step, as TRL)"
@@ -385,6 +515,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.warmup < 1:
         parser.error("--warmup must be >= 1 (the first measured interval starts at the end of a warm-up step)")
+    if args.max_new_tokens is None:
+        args.max_new_tokens = 256 if args.lengths == "mixed" else 64
+    args.expert_longest = 0
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -396,7 +529,16 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
 
     with tempfile.TemporaryDirectory() as tmp:
-        world = build_world(Path(tmp) / "world", args.model_size, max_positions=64 + args.max_new_tokens)
+        longest = math.ceil(8 * median_length(args)) + 64 if args.lengths == "mixed" else 0  # expert rows
+        world = build_world(Path(tmp) / "world", args.model_size, max_positions=64 + max(args.max_new_tokens, longest))
+        if args.lengths == "mixed":
+            args.expert_longest = lengthen_expert(world, args)
+            print(
+                f"lengths: log-normal, median {median_length(args):.0f}, sigma {args.sigma}, clipped to "
+                f"[2, {args.max_new_tokens}], forced on both sides; hash reward; expert responses up to "
+                f"{args.expert_longest} tokens; lit_chord max_tokens_per_micro_batch={args.max_tokens}"
+                f"{', padding-free' if args.padding_free else ''}"
+            )
         print(
             f"per step: {args.prompts} prompts x {args.generations} completions, max_new_tokens={args.max_new_tokens}, "
             f"lr={args.lr}; {args.rounds} rounds x ({args.warmup} warm-up + {args.steps} measured) steps; "
@@ -439,7 +581,33 @@ def main() -> None:
     )
     if "lit_chord CHORD" in medians:
         print(f"chord_step_speedup_vs_trl_grpo={medians['TRL GRPO'] / medians['lit_chord CHORD']:.3f}")
+    if args.lengths == "mixed":
+        for name, runs in results.items():
+            cuts = [c for r in runs for c in r.get("cuts", [])]
+            if cuts:
+                print(
+                    f"{name}: {statistics.mean(c[0] for c in cuts):.1f} passes/step, "
+                    f"padding {statistics.mean(c[1] for c in cuts):.1%} of the tokens processed"
+                )
+        update = {name: update_seconds(runs) for name, runs in results.items()}
+        generate = {name: gen_median(runs) for name, runs in results.items()}
+        print(  # the same generation work on both sides: a ratio far from 1 is machine load, and so noise
+            f"generation seconds TRL / lit_chord GRPO (the same work; off 1 = load): "
+            f"{generate['TRL GRPO'] / generate['lit_chord GRPO']:.3f}"
+        )
+        print(f"update_only_speedup_vs_trl={update['TRL GRPO'] / update['lit_chord GRPO']:.3f}")
+        print(f"equal_work_speedup_vs_trl={medians['TRL GRPO'] / medians['lit_chord GRPO']:.3f}")
+        return
     print(f"grpo_step_speedup_vs_trl={medians['TRL GRPO'] / medians['lit_chord GRPO']:.3f}")
+
+
+def gen_median(runs: list[dict]) -> float:
+    return statistics.median(g for r in runs for g in r["gen_seconds"])
+
+
+def update_seconds(runs: list[dict]) -> float:
+    """Median over measured steps of the step's interval minus its generation: the update and what surrounds it."""
+    return statistics.median(s - g for r in runs for s, g in zip(r["intervals"], r["gen_seconds"], strict=True))
 
 
 def report(results: dict[str, list[dict]]) -> dict[str, float]:

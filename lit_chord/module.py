@@ -33,9 +33,10 @@ from torchmetrics import MeanMetric
 
 from lit_chord.batch import StepBatch, TrainTensors, ValBatch
 from lit_chord.flops import ModelShape, forward_flops, model_shape, peak_flops, training_flops
+from lit_chord.lora import LoraPolicy, LoraSettings
 from lit_chord.loss import LossAgg, Normalizers, chord_loss, count_normalizers, mu_schedule
 from lit_chord.metrics import logprob_gap
-from lit_chord.packing import pack_micro_batches
+from lit_chord.packing import check_padding_free, pack_micro_batches, pack_padding_free
 from lit_chord.schedules import CosineDecay
 from lit_chord.scorer import PolicyScorer, shard_fsdp2
 from lit_chord.validation import log_before_training, log_held_out
@@ -80,12 +81,14 @@ class ChordModule(LightningModule):
         kl_estimator: Literal["k1", "k2", "k3"] = "k2",
         micro_batch_size: int = 8,
         max_tokens_per_micro_batch: int | None = None,
+        padding_free: bool = False,
         logprob_chunk_size: int = 1024,
         max_grad_norm: float = 1.0,
         max_consecutive_skips: int = 10,
         tis_cap: float = 0.0,
         off_policy_gamma: float = 0.1,
         gradient_checkpointing: bool = False,
+        lora: LoraSettings | None = None,
         optimizer: OptimizerCallable = adamw,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
@@ -124,6 +127,12 @@ class ChordModule(LightningModule):
                 with gradient checkpointing a token keeps its fp32 input to each layer (28 × 3584 × 4 B = 0.4 MB)
                 plus one layer's recomputed activations and their gradients (~0.5 MB): ~0.9 MB a token, ~33k
                 tokens, of which 25600 leaves ~20% for fragmentation.
+            padding_free: Each pass is one row of its sequences concatenated, ``position_ids`` restarting at 0 per
+                sequence, attention kept within each (``lit_chord.packing``); the budget then counts real tokens.
+                Needs ``max_tokens_per_micro_batch`` and an attention implementation that reads the boundaries:
+                flash_attention_2/3/4 (varlen kernels: attention costs Σ length²), sdpa or eager (a block-diagonal
+                mask: the whole (N, N) product, so on a CPU slower than padded passes of short rows), flex_attention
+                on CUDA (none has a CPU backward). Same log-probabilities, loss and gradient as padded passes.
             logprob_chunk_size: Tokens per chunk when projecting onto the vocabulary.
             max_grad_norm: Gradient clipping by global norm (reference: 1.0); 0 disables.
             max_consecutive_skips: Stop after this many consecutive steps with a non-finite loss or gradient.
@@ -135,6 +144,9 @@ class ChordModule(LightningModule):
             off_policy_gamma: γ of LUFFY's shaping f(π) = π / (π + γ) on expert traces inside rollout groups
                 (``data.expert_traces_in_groups``; ``lit_chord.loss.shaped_loss``). LUFFY: 0.1.
             gradient_checkpointing: Recompute decoder activations in backward to save memory.
+            lora: Train LoRA adapters on a frozen base instead of every weight (``lit_chord.lora``; None: off):
+                ``--model.lora.rank 8``. The KL reference is then the base with the adapters off, the engine and
+                the export get the merged weights, and checkpoints hold the adapters only.
             optimizer: Optimizer factory (LightningCLI: ``--optimizer AdamW --optimizer.lr 1e-6``).
             lr_scheduler: Optional LR scheduler factory, stepped once per optimizer step.
         """
@@ -155,6 +167,8 @@ class ChordModule(LightningModule):
             raise ValueError(f"model.micro_batch_size must be >= 1, got {micro_batch_size}")
         if max_tokens_per_micro_batch is not None and max_tokens_per_micro_batch < 1:
             raise ValueError(f"model.max_tokens_per_micro_batch must be >= 1 or null, got {max_tokens_per_micro_batch}")
+        if padding_free and max_tokens_per_micro_batch is None:
+            raise ValueError("model.padding_free needs model.max_tokens_per_micro_batch (the real tokens per pass)")
         if tis_cap and tis_cap < 1.0:
             raise ValueError(f"model.tis_cap must be 0 (off) or >= 1, got {tis_cap}: a cap below 1 shrinks every token")
         if off_policy_gamma <= 0:
@@ -163,7 +177,9 @@ class ChordModule(LightningModule):
         self.automatic_optimization = False  # micro-batching inside a step needs manual backward
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         self.scorer: PolicyScorer | None = None
-        self.reference: PolicyScorer | None = None
+        self.reference: PolicyScorer | None = None  # the KL penalty's frozen copy (full fine-tune only)
+        self.lora: LoraPolicy | None = None  # the adapters' bookkeeping; their parameters live in the scorer
+        self.lora_settings = lora  # not hparams.lora: under LightningCLI that is the command line's dict form
         self.skipped_steps = 0
         self.consecutive_skips = 0
         self.val_accuracy = MeanMetric()  # "val/accuracy": the first held-out set's greedy accuracy
@@ -192,17 +208,19 @@ class ChordModule(LightningModule):
             return
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        hp = self.hp
+        hp, lora = self.hp, self.lora_settings
         if hp.random_init:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(hp.init_seed)
                 policy = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(hp.model))
         else:
-            policy = AutoModelForCausalLM.from_pretrained(hp.model, dtype=torch.float32)
+            policy = AutoModelForCausalLM.from_pretrained(hp.model, dtype=lora.dtype if lora else torch.float32)
         policy.train()  # from_pretrained returns eval mode
         if hp.gradient_checkpointing:
             policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if hp.kl_coef > 0:
+        if lora is not None:  # freezes the base; the KL reference is the base with the adapters off
+            self.lora = LoraPolicy(policy.to(lora.dtype), lora, hp.init_seed)
+        elif hp.kl_coef > 0:
             import copy
 
             self.reference = PolicyScorer(copy.deepcopy(policy).requires_grad_(False).eval())
@@ -226,12 +244,26 @@ class ChordModule(LightningModule):
             if fsdp_root:
                 cast("FSDPModule", self.scorer).reshard()
 
+    @contextmanager
+    def kl_reference(self) -> Iterator[PolicyScorer]:
+        """The KL penalty's reference policy: the frozen copy, or under LoRA the scorer with its adapters off."""
+        if self.lora is not None:
+            assert self.scorer is not None, "configure_model has not run"
+            with self.lora.base():
+                yield self.scorer
+        else:
+            assert self.reference is not None, "configure_model has not run"
+            yield self.reference
+
     def full_parameters(self) -> Iterator[tuple[str, Tensor]]:
         """The policy's parameters under their Hugging Face names, one at a time, gathered if sharded.
 
         Under FSDP2 each ``full_tensor()`` is a collective: every rank must iterate in step.
         """
         assert self.policy is not None, "configure_model has not run"
+        if self.lora is not None:  # W + (α/r)·B·A under the plain names: the engine loads a full model's weights
+            yield from self.lora.merged_parameters()
+            return
         for name, param in self.policy.named_parameters():
             tensor = param.detach()
             yield name, tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
@@ -239,11 +271,13 @@ class ChordModule(LightningModule):
     def on_fit_start(self) -> None:
         assert self.policy is not None, "configure_model has not run"
         self.peak_flops = peak_flops(self.device, str(self.trainer.precision))
+        if self.hp.padding_free:  # here, where the device is known: flex_attention trains padding-free on CUDA only
+            check_padding_free(self.policy.config._attn_implementation, self.device)
         self.shape = model_shape(self.policy)
 
     def configure_optimizers(self):
         assert self.scorer is not None, "configure_model has not run"
-        optimizer = self.optimizer_factory(self.scorer.parameters())
+        optimizer = self.optimizer_factory([p for p in self.scorer.parameters() if p.requires_grad])  # LoRA: adapters
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer)
@@ -260,7 +294,8 @@ class ChordModule(LightningModule):
 
     def token_logprobs(self, scorer: PolicyScorer, rows: TrainTensors, temperature: float, with_entropy: bool):
         """Log-probabilities (and entropies) of ``input_ids[:, 1:]``, shapes ``(B, T - 1)``."""
-        return scorer(rows.input_ids, rows.attention_mask, temperature, self.hp.logprob_chunk_size, with_entropy)
+        chunk, padding_free = self.hp.logprob_chunk_size, self.hp.padding_free
+        return scorer(rows.input_ids, rows.attention_mask, temperature, chunk, with_entropy, padding_free)
 
     # ----- training ---------------------------------------------------------------------------------------------
     def mu(self) -> float:
@@ -334,14 +369,14 @@ class ChordModule(LightningModule):
         Every rank must run as many passes as the others (DDP and FSDP2 reduce gradients in backward, FSDP2 gathers
         parameters in every forward), so ranks with fewer, or all below ``at_least``, are padded with zero-weight
         passes over the first row of ``padding``."""
-        budget = self.hp.max_tokens_per_micro_batch
+        budget, padding_free = self.hp.max_tokens_per_micro_batch, self.hp.padding_free
         if not len(rows):
             micro_batches = []
         elif budget is None:
             micro_batches = rows.micro_batches(self.hp.micro_batch_size)
         else:
-            micro_batches = pack_micro_batches(rows, budget)
-            longest = micro_batches[0].input_ids.shape[1]  # packing puts the longest row first
+            micro_batches = (pack_padding_free if padding_free else pack_micro_batches)(rows, budget)
+            longest = int(rows.attention_mask.sum(-1).max())
             if longest > budget and not self.budget_warned:
                 warnings.warn(  # on every rank: each packs its own rows
                     f"a row of {longest} tokens exceeds model.max_tokens_per_micro_batch={budget}: it gets a "
@@ -354,7 +389,8 @@ class ChordModule(LightningModule):
         most = max(most, at_least)
         passes = micro_batches + [padding.micro_batches(1)[0]] * (most - real)
         # For train/padding_frac: a zero-weight pass is padding through and through (computed, then discarded).
-        processed = sum(micro.input_ids.numel() for micro in passes)
+        # A padding-free pass processes its real tokens only.
+        processed = sum(int(m.attention_mask.sum()) if padding_free else m.input_ids.numel() for m in passes)
         for index, count in enumerate([len(passes), processed, processed - int(rows.attention_mask.sum())]):
             self.pass_counts[index] += count
         return passes, real
@@ -366,9 +402,9 @@ class ChordModule(LightningModule):
         assert self.scorer is not None, "configure_model has not run"
         logprobs, entropy = self.token_logprobs(self.scorer, micro, temperature, with_entropy=True)
         ref_logprobs = None
-        if self.reference is not None:
-            with torch.no_grad():
-                ref_logprobs, _ = self.token_logprobs(self.reference, micro, temperature, with_entropy=False)
+        if hp.kl_coef > 0:
+            with torch.no_grad(), self.kl_reference() as reference:
+                ref_logprobs, _ = self.token_logprobs(reference, micro, temperature, with_entropy=False)
         out = chord_loss(
             logprobs,
             logprobs.detach(),
@@ -524,9 +560,16 @@ class ChordModule(LightningModule):
             "consecutive_skips": self.consecutive_skips,
             "val_before": self.val_before,  # the sanity check of a resumed run sees trained weights, not the start
         }
+        if self.lora is not None and self.device_mesh is None:  # FSDP2's distributed checkpoint loads every key
+            frozen = self.lora.frozen_keys("scorer.lm.")  # the base: rebuilt from model.model on resume
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("chord", {})
         self.skipped_steps = state.get("skipped_steps", 0)
         self.consecutive_skips = state.get("consecutive_skips", 0)
         self.val_before = state.get("val_before")
+        if self.lora is not None and self.device_mesh is None:  # put the frozen base back: strict loading stays on
+            frozen = self.lora.frozen_keys("scorer.lm.")
+            base = {k: v for k, v in self.state_dict().items() if k in frozen}
+            checkpoint["state_dict"] = {**base, **checkpoint["state_dict"]}

@@ -4,7 +4,7 @@ Why: a pass over right-padded rows costs rows × longest-row tokens, in compute 
 arrival order into a fixed number of rows, a CHORD step lets one long expert row (R1 responses average ~6k tokens,
 rollouts 0.7–2.4k in the paper) set the width of every row beside it, and memory follows the longest rows rather
 than a budget. The reference runs verl's dynamic batch size (``use_dynamic_bsz``, ``max_token_len_per_gpu``) for
-this; here rows stay right-padded, one sequence per row (padding-free rows are a later step).
+this; here rows stay right-padded, one sequence per row, unless padding-free (below).
 
 How: sort rows by length, longest first. A micro-batch's width is then its first row's length, so it holds at most
 ``N // width`` rows, and an optimal packing takes contiguous runs of the sorted rows: moving a longer row into a
@@ -19,13 +19,31 @@ contributes, and dropping it would drop an expert demonstration. Its pass simply
 
 The step's gradient does not depend on the packing: every micro-batch divides by the step's global token counts
 (``lit_chord.loss``), so the passes add up to the same sum whichever rows share one.
+
+Padding-free rows (``ChordModule(padding_free=True)``): a pass is one row of the pass's sequences concatenated, with
+``position_ids`` restarting at 0 for each; transformers then masks attention block-diagonally, so no sequence sees
+another (``masking_utils.find_packed_sequence_indices``; flash-attention reads the lengths from the positions). The
+budget counts real tokens, so ``pack_tokens`` is bin packing: first-fit decreasing (fewest passes is NP-hard; FFD
+takes at most 11/9 of them + 1), then, where it fits in as many passes, longest-first onto the lightest pass, so
+the passes carry about equal tokens. The micro-batch stays a right-padded ``TrainTensors``, only the forward runs
+on the packed row (``PackedRows``), and the log-probabilities go back into the ``(B, T - 1)`` layout, so the loss
+and its masks are the padded path's. Cost: attention over the packed row costs Σ length² with flash-attention's
+varlen kernels, but sdpa and eager compute the whole (N, N) masked product, so on a CPU padding-free passes of many
+short rows are slower than padded ones (bench/README.md).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+from torch import Tensor
 
 from lit_chord.batch import TrainTensors
+from lit_chord.errors import ConfigError
+
+# transformers' attention implementations that keep packed sequences apart, given restarting position_ids.
+PADDING_FREE_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flash_attention_4")
 
 
 def pack(lengths: list[int], max_tokens: int) -> list[list[int]]:
@@ -59,3 +77,81 @@ def pack_micro_batches(rows: TrainTensors, max_tokens: int) -> list[TrainTensors
     lengths = [int(n) for n in rows.attention_mask.sum(-1).tolist()]
     device = rows.input_ids.device
     return [rows.take(torch.tensor(group, device=device)) for group in pack(lengths, max_tokens)]
+
+
+def pack_tokens(lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """Padding-free: row indices per pass whose lengths sum to at most ``max_tokens`` (a row longer than that alone).
+    First-fit decreasing sets the number of passes; then, if longest-first onto the lightest pass fits in as many,
+    that balances their tokens. Heaviest pass first."""
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    first_fit: list[list[int]] = []
+    loads: list[int] = []
+    for i in order:
+        fits = next((b for b, load in enumerate(loads) if load + lengths[i] <= max_tokens), None)
+        if fits is None:
+            first_fit.append([i])
+            loads.append(lengths[i])
+        else:
+            first_fit[fits].append(i)
+            loads[fits] += lengths[i]
+    balanced: list[list[int]] = [[] for _ in first_fit]
+    totals = [0] * len(first_fit)
+    for i in order:
+        lightest = min(range(len(totals)), key=totals.__getitem__)
+        if balanced[lightest] and totals[lightest] + lengths[i] > max_tokens:
+            balanced = first_fit  # no room on the lightest pass, so none on any: keep first fit
+            break
+        balanced[lightest].append(i)
+        totals[lightest] += lengths[i]
+    return sorted(balanced, key=lambda group: -sum(lengths[i] for i in group))
+
+
+def pack_padding_free(rows: TrainTensors, max_tokens: int) -> list[TrainTensors]:
+    """``rows`` in passes of at most ``max_tokens`` real tokens (``pack_tokens``), each still right-padded: the
+    scorer packs a pass into one row (``PackedRows``)."""
+    lengths = [int(n) for n in rows.attention_mask.sum(-1).tolist()]
+    device = rows.input_ids.device
+    return [rows.take(torch.tensor(group, device=device)) for group in pack_tokens(lengths, max_tokens)]
+
+
+@dataclass
+class PackedRows:
+    """Right-padded rows ``(B, T)`` as one row of their real tokens ``(1, N)``, and the way back.
+
+    Position ``i`` of the packed row scores token ``i + 1`` only within a sequence (``scored``); those scores go to
+    the padded layout's positions ``(b, t)`` where ``input_ids[b, t + 1]`` is real (``valid``), in the same
+    row-major order."""
+
+    input_ids: Tensor  # (1, N) the rows' tokens, concatenated
+    position_ids: Tensor  # (1, N) 0, 1, ... within each row
+    scored: Tensor  # (N - 1,) bool: position i and i + 1 are in the same row
+    valid: Tensor  # (B, T - 1) bool: where the scores go in the padded layout
+
+    @classmethod
+    def of(cls, input_ids: Tensor, attention_mask: Tensor) -> PackedRows:
+        keep = attention_mask.bool()  # right-padded: each row's real tokens are contiguous from 0
+        position_ids = (attention_mask.cumsum(-1) - 1)[keep][None]
+        return cls(input_ids[keep][None], position_ids, position_ids[0, 1:] > 0, keep[:, 1:])
+
+    def unpack(self, values: Tensor) -> Tensor:
+        """Per-position scores ``(1, M)``, M = ``scored.sum()``, into the padded layout ``(B, T - 1)``, 0 elsewhere."""
+        return values.new_zeros(self.valid.shape).masked_scatter(self.valid, values[0])
+
+
+def check_padding_free(attn_implementation: str | None, device: torch.device) -> None:
+    """Refuse attention implementations that would let packed sequences attend to each other, or cannot train."""
+    if attn_implementation == "flex_attention" and device.type != "cpu":
+        return  # BlockMask from the packed positions; CUDA has its backward
+    if attn_implementation == "flex_attention":
+        raise ConfigError(
+            "model.padding_free: flex_attention has no backward on CPU (torch raises NotImplementedError)",
+            hint="load the policy with sdpa or eager (the default is sdpa), or train padded",
+        )
+    if attn_implementation not in PADDING_FREE_ATTENTION:
+        raise ConfigError(
+            f"model.padding_free: the policy's attention implementation {attn_implementation!r} is not known to keep "
+            f"packed sequences apart; use one of {', '.join(PADDING_FREE_ATTENTION)} or flex_attention (CUDA)",
+            hint="or set model.padding_free false",
+        )

@@ -36,8 +36,10 @@ def run_summary(trainer: Trainer, module: ChordModule, data: ChordDataModule) ->
 
     held_out = ", ".join(f"{name} ({len(prompts)} prompts)" for name, prompts in data.val_sets.items()) or "none"
     checkpoints = [getattr(cb, "dirpath", None) for cb in trainer.checkpoint_callbacks]
+    lora = module.lora_settings
+    adapters = f", LoRA r={lora.rank} α={lora.alpha:g} on {lora.target_modules}, base {lora.base_dtype}" if lora else ""
     lines = [
-        f"model:      {hp.model}{' (random init)' if hp.random_init else ''}",
+        f"model:      {hp.model}{' (random init)' if hp.random_init else ''}{adapters}",
         f"prompts:    {dhp.prompt_data}: {kept(data.prompts, 'prompt_data')}",
         f"expert:     {dhp.expert_data or 'none'}" + (f": {kept(data.expert, 'expert_data')}" if data.expert else ""),
         f"held-out:   {held_out}",

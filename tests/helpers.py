@@ -51,6 +51,8 @@ class NanGradient(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step + 1 in self.steps:
             norm = pl_module.policy.get_decoder().norm.weight
+            if not norm.requires_grad:  # LoRA: the base is frozen; poison the first adapter instead
+                norm = next(p for p in pl_module.policy.parameters() if p.requires_grad)
             self.handle = norm.register_hook(lambda grad: torch.full_like(grad, float("nan")))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):

@@ -1,10 +1,12 @@
 """Token-budget micro-batches (lit_chord.packing): the packing against a brute force over every partition, the
-tensors it cuts, and the step's ``train/padding_frac`` and ``train/micro_batches`` by hand."""
+tensors it cuts, and the step's ``train/padding_frac`` and ``train/micro_batches`` by hand; padding-free passes: their
+packing, the packed row by hand, and scores, loss and gradient equal to the padded path's."""
 
 from __future__ import annotations
 
 import contextlib
 import random
+import re
 
 import pytest
 import torch
@@ -12,8 +14,10 @@ from helpers import EchoEngine, cpu_trainer, tiny_datamodule
 from lightning.pytorch import Callback
 
 from lit_chord.batch import Sequence, pad_sequences
+from lit_chord.errors import ConfigError
+from lit_chord.loss import count_normalizers
 from lit_chord.module import ChordModule
-from lit_chord.packing import pack, pack_micro_batches
+from lit_chord.packing import PackedRows, check_padding_free, pack, pack_micro_batches, pack_tokens
 from lit_chord.rollout_callback import RolloutCallback
 
 
@@ -121,8 +125,12 @@ def one_step(world, rows, **module_kwargs) -> dict[str, float]:
         ({"max_tokens_per_micro_batch": 10}, 2, 2 / 19),
         # budget 27: one pass (9, 5, 3) → 3·9 = 27 tokens, 10 of them padding: fewer passes beat less padding.
         ({"max_tokens_per_micro_batch": 27}, 1, 10 / 27),
+        # padding-free, budget 10 real tokens: (9); (5, 3) → 8 tokens. No padding.
+        ({"max_tokens_per_micro_batch": 10, "padding_free": True}, 2, 0.0),
+        # padding-free, budget 17: all three rows in one packed row of 17 tokens.
+        ({"max_tokens_per_micro_batch": 17, "padding_free": True}, 1, 0.0),
     ],
-    ids=["2_rows", "budget_8", "budget_10", "budget_27"],
+    ids=["2_rows", "budget_8", "budget_10", "budget_27", "padding_free_10", "padding_free_17"],
 )
 def test_padding_fraction_and_passes_by_hand(tiny_world, kwargs, passes, padding_frac):
     rows = rows_of_lengths([3, 9, 5], [True, False, False], [0.0, 1.0, -1.0])
@@ -146,3 +154,117 @@ def test_a_zero_weight_pass_counts_as_padding(tiny_world):
 def test_the_budget_must_be_positive(tiny_world):
     with pytest.raises(ValueError, match="max_tokens_per_micro_batch"):
         ChordModule(model=str(tiny_world / "model"), max_tokens_per_micro_batch=0)
+
+
+def test_padding_free_packing_holds_every_row_within_the_budget_in_first_fits_passes():
+    rng = random.Random(0)
+    for _ in range(300):
+        lengths = [rng.randint(1, 20) for _ in range(rng.randint(1, 12))]
+        budget = rng.randint(5, 60)
+        groups = pack_tokens(lengths, budget)
+        assert sorted(i for g in groups for i in g) == list(range(len(lengths)))  # every row exactly once
+        assert all(len(g) == 1 or sum(lengths[i] for i in g) <= budget for g in groups)
+        loads = [sum(lengths[i] for i in g) for g in groups]
+        assert loads == sorted(loads, reverse=True)  # heaviest pass first
+        # first fit leaves at most one pass half full or less: at most twice the passes the tokens need
+        over = sum(length > budget for length in lengths)
+        assert len(groups) <= 2 * (over + -(-sum(min(length, budget) for length in lengths) // budget))
+
+
+def test_padding_free_packing_balances_the_passes_by_hand():
+    # Budget 10, lengths 6, 2, 2, 2, 2, 2: first fit decreasing takes 2 passes, (6, 2, 2) = 10 and (2, 2, 2) = 6.
+    # Longest first onto the lighter pass (ties: the first): 6 | 2, 2, 2 → 6 | 6; row 4 on the first (8); row 5 on
+    # the second (8). Two passes of 8.
+    assert pack_tokens([6, 2, 2, 2, 2, 2], 10) == [[0, 4], [1, 2, 3, 5]]
+    # Budget 10, lengths 5, 4, 4, 3, 3, 1: first fit (5, 4, 1) = 10, (4, 3, 3) = 10 is full; balancing would put
+    # 5 | 4, then 4 on the 4 (8), 3 on the 5 (8), 3 on either (11 > 10): no room, so first fit stays.
+    assert pack_tokens([5, 4, 4, 3, 3, 1], 10) == [[0, 1, 5], [2, 3, 4]]
+    # A row over the budget gets a pass of its own; the others still share.
+    assert pack_tokens([3, 20, 5], 10) == [[1], [2, 0]]
+    assert pack_tokens([], 10) == []
+    with pytest.raises(ValueError, match="max_tokens"):
+        pack_tokens([3], 0)
+
+
+def test_packed_rows_by_hand():
+    # Rows of 3 and 2 tokens (right-padded to 3) become one row of 5, positions restarting at 0. Position i scores
+    # token i + 1 within a row: 0 → 1, 1 → 2, then 3 → 4 (not 2 → 3, across the boundary).
+    input_ids = torch.tensor([[7, 8, 9], [5, 6, 0]])
+    packed = PackedRows.of(input_ids, torch.tensor([[1, 1, 1], [1, 1, 0]]))
+    assert packed.input_ids.tolist() == [[7, 8, 9, 5, 6]]
+    assert packed.position_ids.tolist() == [[0, 1, 2, 0, 1]]
+    assert packed.scored.tolist() == [True, True, False, True]
+    assert packed.valid.tolist() == [[True, True], [True, False]]
+    assert packed.unpack(torch.tensor([[1.0, 2.0, 3.0]])).tolist() == [[1.0, 2.0], [3.0, 0.0]]
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_padding_free_scores_loss_and_gradient_equal_the_padded_path(tiny_world, attention):
+    """Expert and rollout rows of different lengths, CHORD-φ at μ = 0.5 with the entropy bonus and the KL penalty
+    (so the frozen reference scores padding-free too): log-probabilities, entropies, every metric, the loss and the
+    gradient of one pass, padding-free against padded, float32."""
+    rng = random.Random(0)
+    lengths, prompts = [9, 5, 12, 3, 7, 2], [3, 2, 4, 2, 3, 1]
+    sequences = []
+    for length, prompt, is_expert, advantage in zip(
+        lengths, prompts, [True, False, False, True, False, False], [0.0, 1.0, -0.5, 0.0, 0.7, -1.0], strict=True
+    ):
+        ids = [rng.randrange(4, 300) for _ in range(length)]
+        sequences.append(Sequence(ids[:prompt], ids[prompt:], is_expert=is_expert, advantage=advantage))
+    rows = pad_sequences(sequences, pad_id=0)
+    rows.engine_logprobs = torch.where(rows.loss_mask.bool(), -1.0, float("nan"))  # the log-prob gap metric too
+    normalizers = count_normalizers(rows.loss_mask[:, :-1], rows.is_expert)
+    results = []
+    for padding_free in (False, True):
+        module = ChordModule(
+            model=str(tiny_world / "model"),
+            max_tokens_per_micro_batch=64,
+            padding_free=padding_free,
+            sft_weighting="phi",
+            entropy_coef=0.01,
+            kl_coef=0.01,
+        )
+        module.configure_model()
+        module.policy.set_attn_implementation(attention)
+        assert module.policy.config._attn_implementation == attention
+        logprobs, entropy = module.token_logprobs(module.scorer, rows, 0.9, with_entropy=True)
+        out = module.micro_batch_loss(rows, 0.5, normalizers, 0.9, horizon=16)
+        out.loss.backward()
+        gradient = torch.cat([p.grad.flatten() for p in module.policy.parameters()])
+        results.append((logprobs.detach(), entropy.detach(), out, gradient))
+    (padded_lp, padded_ent, padded, padded_grad), (free_lp, free_ent, free, free_grad) = results
+    scored = rows.attention_mask[:, 1:].bool()  # where input_ids[:, t + 1] is a real token
+    assert free_lp.shape == padded_lp.shape == scored.shape
+    torch.testing.assert_close(free_lp[scored], padded_lp[scored], atol=1e-6, rtol=0)
+    torch.testing.assert_close(free_ent[scored], padded_ent[scored], atol=1e-6, rtol=0)
+    assert not free_lp[~scored].any() and not free_ent[~scored].any()  # 0 where the target is padding
+    assert set(free.metrics) == set(padded.metrics) and "phi_mean" in free.metrics and "logprob_gap" in free.metrics
+    for key, value in padded.metrics.items():
+        torch.testing.assert_close(free.metrics[key], value, atol=1e-6, rtol=0, msg=key)
+    torch.testing.assert_close(free.loss, padded.loss, atol=1e-6, rtol=0)
+    torch.testing.assert_close(free_grad, padded_grad, atol=1e-6, rtol=0)
+
+
+def test_padding_free_needs_a_budget_and_an_attention_that_keeps_sequences_apart(tiny_world):
+    with pytest.raises(ValueError, match="padding_free needs model.max_tokens_per_micro_batch"):
+        ChordModule(model=str(tiny_world / "model"), padding_free=True)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    with pytest.raises(ConfigError, match="flex_attention has no backward on CPU"):
+        check_padding_free("flex_attention", cpu)
+    with pytest.raises(ConfigError, match=re.escape("'paged|eager' is not known")):
+        check_padding_free("paged|eager", cpu)
+    for attention in ("sdpa", "eager", "flash_attention_2"):
+        check_padding_free(attention, cpu)
+    check_padding_free("flex_attention", cuda)
+
+
+def test_a_padding_free_fit_refuses_flex_attention_on_cpu(tiny_world):
+    class FlexPolicy(ChordModule):
+        def configure_model(self):
+            super().configure_model()
+            self.policy.config._attn_implementation = "flex_attention"  # without loading its kernels: never runs
+
+    module = FlexPolicy(model=str(tiny_world / "model"), max_tokens_per_micro_batch=64, padding_free=True)
+    rollout = RolloutCallback(EchoEngine(), reward_fn=lambda completion, answer: 0.0, max_new_tokens=8)
+    with pytest.raises(ConfigError, match="flex_attention"):
+        cpu_trainer(max_steps=1, callbacks=[rollout]).fit(module, datamodule=tiny_datamodule(tiny_world))

@@ -28,8 +28,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_chord.datamodule import ChordDataModule
 from lit_chord.engines.transformers_engine import TransformersEngine
+from lit_chord.lora import LoraSettings
 from lit_chord.module import ChordModule
 from lit_chord.rollout_callback import RolloutCallback
+from lit_chord.runs import hparams_differences
 
 REPO = Path(__file__).parent.parent
 TIMING = (
@@ -97,10 +99,19 @@ def dropout_model(tiny_world, tmp_path_factory) -> Path:
     return model
 
 
-def fit(world: Path, model: Path, root: Path, max_steps: int, global_seed: int, ckpt_path: str | None = None):
+def fit(
+    world: Path,
+    model: Path,
+    root: Path,
+    max_steps: int,
+    global_seed: int,
+    ckpt_path: str | None = None,
+    lora: LoraSettings | None = None,
+):
     torch.manual_seed(global_seed)  # a resumed process starts from another global RNG state: nothing may depend on it
     module = ChordModule(
         model=str(model),
+        lora=lora,
         mu_warmup_steps=2,
         mu_decay_steps=2,
         mu_peak=0.8,
@@ -126,11 +137,12 @@ def fit(world: Path, model: Path, root: Path, max_steps: int, global_seed: int, 
     return module, engine, recorder
 
 
-def test_fit_resumed_from_a_checkpoint_equals_an_uninterrupted_fit(tiny_world, dropout_model, tmp_path):
-    _, engine_a, whole = fit(tiny_world, dropout_model, tmp_path / "a", max_steps=4, global_seed=1)
-    fit(tiny_world, dropout_model, tmp_path / "b", max_steps=2, global_seed=2)
+@pytest.mark.parametrize("lora", [None, LoraSettings(rank=4, dropout=0.1)], ids=["full", "lora"])
+def test_fit_resumed_from_a_checkpoint_equals_an_uninterrupted_fit(tiny_world, dropout_model, tmp_path, lora):
+    _, engine_a, whole = fit(tiny_world, dropout_model, tmp_path / "a", max_steps=4, global_seed=1, lora=lora)
+    fit(tiny_world, dropout_model, tmp_path / "b", max_steps=2, global_seed=2, lora=lora)
     module, engine_b, resumed = fit(
-        tiny_world, dropout_model, tmp_path / "b", 4, global_seed=3, ckpt_path=str(tmp_path / "b/last.ckpt")
+        tiny_world, dropout_model, tmp_path / "b", 4, global_seed=3, ckpt_path=str(tmp_path / "b/last.ckpt"), lora=lora
     )
 
     assert sorted(resumed.logged) == [3, 4]
@@ -144,6 +156,13 @@ def test_fit_resumed_from_a_checkpoint_equals_an_uninterrupted_fit(tiny_world, d
     assert len(set(engine_a.seeds)) == 4 and engine_b.seeds == engine_a.seeds[2:]
     # The engine receives the restored weights (not the initial ones) before the resumed run's first rollout.
     assert torch.equal(engine_b.loads[0], engine_a.loads[2]) and not torch.equal(engine_b.loads[0], engine_a.loads[0])
+    if lora is not None:  # the checkpoint holds the adapters and their optimizer state, not the frozen base
+        saved = torch.load(tmp_path / "b/last.ckpt", weights_only=False)
+        assert saved["state_dict"] and all(".lora_" in key for key in saved["state_dict"])
+        adapters = [p for p in module.parameters() if p.requires_grad]
+        assert len(saved["optimizer_states"][0]["state"]) == len(adapters)
+        assert saved["hyper_parameters"]["lora"] == lora  # the setting round-trips: a resume compares it
+        assert hparams_differences(saved, module, module.trainer.datamodule) == []
 
 
 # ----- a real process, killed -------------------------------------------------------------------------------------

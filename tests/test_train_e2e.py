@@ -264,18 +264,21 @@ class GradientRecorder(Recorder):
 
 def test_token_budget_packing_changes_neither_the_gradient_nor_the_metrics(tiny_world):
     """Two whole steps (no-grad scoring passes, backward passes, metric totals, AdamW) with row micro-batches of 3 and
-    with token budgets of 64, 256 and 4096 tokens: the same gradients, metrics and weights, in other passes."""
+    with token budgets of 64, 256 and 4096 tokens, padded and padding-free: the same gradients, metrics and weights,
+    in other passes."""
 
     def length_reward(completion: str, answer: str) -> float:  # varied rewards; some groups all 0: score-only rows
         return 0.0 if answer[-1] in "01234" else float(len(completion) % 3)
 
     runs = []
-    for budget in (None, 64, 256, 4096):
+    cuts = [(None, False), (64, False), (256, False), (4096, False), (64, True), (256, True), (4096, True)]
+    for budget, padding_free in cuts:
         torch.manual_seed(0)
         module = ChordModule(
             model=str(tiny_world / "model"),
             micro_batch_size=3,
             max_tokens_per_micro_batch=budget,
+            padding_free=padding_free,
             # SGD: weights move by −lr·gradient and agree as the gradients do. AdamW's first step, g / (|g| + eps),
             # would blow the float noise of entries near 0 (the passes sum in other orders) up to lr-sized changes.
             optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
@@ -287,7 +290,9 @@ def test_token_budget_packing_changes_neither_the_gradient_nor_the_metrics(tiny_
         runs.append((module, recorder))
     (rows_module, rows_log), *budgeted = runs
     passes = [[log.logged[step]["train/micro_batches"] for step in range(2)] for _, log in runs]
-    assert len({tuple(p) for p in passes}) == 4, passes  # four different cuts of the same steps
+    assert len({tuple(p) for p in passes[:4]}) == 4, passes  # four different padded cuts of the same steps
+    assert len({tuple(p) for p in passes[4:]}) > 1, passes  # and several padding-free ones
+    assert all(log.logged[step]["train/padding_frac"] == 0 for _, log in runs[4:] for step in range(2))
     assert sum(len(rows_module.split_rows(b.train)[1]) for b in rows_log.batches) > 0, "no score-only rows"
     for module, log in budgeted:
         for step in range(2):

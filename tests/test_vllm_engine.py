@@ -170,6 +170,76 @@ def test_weight_sync_makes_the_engine_follow_the_updated_policy(engine, policy):
         engine.load_weights(policy.named_parameters())
 
 
+def test_a_lora_policy_pushes_its_merged_weights(engine, policy, tiny_world):
+    """LoRA: the engine receives W + (α/r)·B·A under the plain names and then scores its samples as the trainer's
+    adapter layers do (base and low-rank paths computed apart), in float32 to 1e-5."""
+    from lit_chord.lora import LoraSettings
+    from lit_chord.module import ChordModule
+
+    module = ChordModule(model=str(tiny_world / "model"), lora=LoraSettings(rank=4, alpha=8.0))
+    module.configure_model()
+    with torch.no_grad():
+        for name, param in module.policy.named_parameters():
+            if ".lora_B." in name:  # B starts at 0 (the base); a trained one is not
+                param.normal_(0.0, 0.05)
+    adapted = module.policy.eval()
+    try:
+        engine.load_weights(module.full_parameters())
+        for temperature in (1.0, 0.7):
+            groups = engine.generate(PROMPTS, 4, SamplingConfig(temperature, max_new_tokens=32, seed=5))
+            assert max_logprob_gap(adapted, groups, temperature) < 1e-5
+        assert max_logprob_gap(policy, groups, temperature) > 0.1  # the base would score them clearly otherwise
+    finally:
+        engine.load_weights(policy.named_parameters())
+
+
+LOAD_EXPORT = """
+import json, os, sys
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+from vllm import LLM, SamplingParams
+from vllm.inputs import TokensPrompt
+
+llm = LLM(model=sys.argv[1], dtype="float32", enforce_eager=True, max_model_len=128, skip_tokenizer_init=True)
+params = SamplingParams(temperature=0.0, max_tokens=8, logprobs=0, detokenize=False)
+outputs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in json.loads(sys.argv[2])], params)
+samples = [o.outputs[0] for o in outputs]
+rows = [[list(s.token_ids), [e[t].logprob for e, t in zip(s.logprobs, s.token_ids)]] for s in samples]
+print("SAMPLES", json.dumps(rows))
+"""
+
+
+@pytest.mark.slow
+def test_vllm_loads_a_merged_lora_export(tiny_world, tmp_path):
+    """``PolicyExport`` of a LoRA run writes a plain checkpoint: vLLM builds an engine from the folder (its own
+    process: a second engine) and scores its greedy samples as the trained adapters do."""
+    import json
+    import subprocess
+    import sys
+
+    from helpers import EchoEngine, tiny_datamodule
+
+    from lit_chord.export import PolicyExport
+    from lit_chord.lora import LoraSettings
+    from lit_chord.module import ChordModule
+    from lit_chord.rollout_callback import RolloutCallback
+
+    module = ChordModule(
+        model=str(tiny_world / "model"),
+        lora=LoraSettings(rank=4, alpha=8.0),
+        optimizer=lambda p: torch.optim.AdamW(p, lr=3e-2),
+    )
+    export = PolicyExport()
+    callbacks = [RolloutCallback(engine=EchoEngine(), reward_fn=lambda c, a: float(len(c) % 3)), export]
+    cpu_trainer(max_steps=2, default_root_dir=tmp_path, callbacks=callbacks).fit(module, tiny_datamodule(tiny_world))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-c", LOAD_EXPORT, str(export.path), json.dumps(PROMPTS)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    samples = json.loads(result.stdout.split("SAMPLES ", 1)[1])
+    groups = [[Completion(tokens, finished=True, logprobs=logprobs)] for tokens, logprobs in samples]
+    assert max_logprob_gap(module.policy.eval(), groups) < 1e-5
+
+
 def test_the_same_seed_gives_the_same_samples(engine, policy):
     engine.load_weights(policy.named_parameters())
     prompts = [PROMPTS[0], PROMPTS[0]]  # the same prompt twice in one call must still get its own samples

@@ -4,7 +4,9 @@ Used by tests/test_distributed.py to compare 1 rank against 2 (DDP, FSDP2). Roll
 engine (completions are a function of the prompt), so every layout trains on the same rows; SGD with lr 1 and
 no clipping makes the weight change equal to minus the gradient.
 
-Usage: python one_step.py WORLD_DIR OUT_FILE DEVICES {ddp,fsdp2,single,slurm}
+Usage: python one_step.py WORLD_DIR OUT_FILE DEVICES {ddp,fsdp2,single,slurm}[+padding_free]
+(``+padding_free``: padding-free passes of at most 60 real tokens instead of micro-batches of 3 rows.)
+(``+lora``: LoRA adapters of rank 4 on the frozen base, a KL penalty to the base; the saved weights are merged.)
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers import EchoEngine, cpu_trainer  # noqa: E402
 
 from lit_chord.datamodule import ChordDataModule  # noqa: E402
+from lit_chord.lora import LoraSettings  # noqa: E402
 from lit_chord.module import ChordModule  # noqa: E402
 from lit_chord.rollout_callback import RolloutCallback  # noqa: E402
 
@@ -36,6 +39,10 @@ class Keep(Callback):
 
 def main(world: str, out: str, devices: int, layout: str) -> None:
     torch.set_num_threads(1)
+    layout, _, variant = layout.partition("+")
+    cut = {"max_tokens_per_micro_batch": 60, "padding_free": True} if variant == "padding_free" else {}
+    if variant == "lora":
+        cut = {"lora": LoraSettings(rank=4, alpha=8.0), "kl_coef": 0.1}
     strategy = {
         "single": SingleDeviceStrategy(device="cpu"),
         "ddp": DDPStrategy(process_group_backend="gloo"),
@@ -50,6 +57,7 @@ def main(world: str, out: str, devices: int, layout: str) -> None:
         micro_batch_size=3,
         max_grad_norm=0.0,
         optimizer=lambda params: torch.optim.SGD(params, lr=1.0),
+        **cut,
     )
     data = ChordDataModule(
         tokenizer=f"{world}/model",

@@ -1,0 +1,175 @@
+"""LoRA (Hu et al. 2021, arXiv 2106.09685) for CHORD: train low-rank adapters on a frozen base with ``peft``.
+
+Every targeted linear layer ``y = W x`` becomes ``y = W x + (α / r)·B A x`` with ``A`` (r × in) random and ``B``
+(out × r) zero at the start, so the adapted policy starts as the base. Only ``A`` and ``B`` are trained and sit in
+the optimizer; gradients and AdamW's moments exist for them alone, which is what lets a 7B policy train on one GPU.
+
+Three things follow from the frozen base, and they live here:
+- the KL penalty's reference policy is the base itself: the policy with its adapters switched off (``base``), no
+  second copy of the weights;
+- the rollout engine and the export get the merged weights ``W + (α / r)·B A`` under the plain Hugging Face names
+  (``merged_parameters``), so vLLM loads them as it loads a full fine-tune, and a merged export loads anywhere;
+- a checkpoint needs only the adapters (and their optimizer state): the base is rebuilt from ``model.model``.
+
+Dtypes: the base may be loaded in bfloat16 (``base_dtype``; half the memory of float32, and it gets no updates
+that rounding could swallow) while the adapters stay float32 (``peft``'s ``autocast_adapter_dtype``), so AdamW
+updates them at full precision; under ``bf16-mixed`` the matmuls run in bfloat16 either way. The merged weights
+are computed in float32 and cast to the base's dtype.
+
+Simplified: plain LoRA on linear layers only (no DoRA, rsLoRA, embeddings or LM head), one adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, cast
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+ADAPTER = "default"  # peft's name of the one adapter
+SAVED = f".modules_to_save.{ADAPTER}."  # in the name of a module's trained copy (``modules_to_save``)
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """Low-rank adapters on the frozen policy (``--model.lora.rank 8``).
+
+    Args:
+        rank: r, the adapters' rank.
+        alpha: α: the update is scaled by α / r.
+        dropout: Dropout on the adapters' input during training (0: none).
+        target_modules: ``"all-linear"`` (every linear layer of the decoder, not the output head), or the names of
+            the modules to adapt, e.g. ``[q_proj, k_proj, v_proj, o_proj]``.
+        base_dtype: dtype of the frozen base: ``float32`` or ``bfloat16`` (half the memory; the adapters stay
+            float32 either way).
+        modules_to_save: Modules trained in full next to the adapters (a float32 copy each; the base keeps its
+            own for the KL reference), by name suffix: ``[norm]`` is every RMSNorm (2·layers + 1 vectors).
+    """
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+    base_dtype: Literal["float32", "bfloat16"] = "float32"
+    modules_to_save: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"model.lora.rank must be >= 1 (model.lora: null turns LoRA off), got {self.rank}")
+        if self.alpha <= 0:
+            raise ValueError(f"model.lora.alpha must be > 0, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.lora.dropout must lie in [0, 1), got {self.dropout}")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.base_dtype == "bfloat16" else torch.float32
+
+
+# A checkpoint's hyper-parameters hold the settings; Lightning loads checkpoints with ``weights_only=True``.
+torch.serialization.add_safe_globals([LoraSettings])
+
+
+def full(tensor: Tensor) -> Tensor:
+    """The whole tensor of a parameter, gathered if it is an FSDP2 shard (a collective)."""
+    tensor = tensor.detach()
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+class LoraPolicy:
+    """The policy with LoRA adapters, and peft's wrapper around it.
+
+    Not an ``nn.Module``: the LightningModule already holds the policy (in its scorer), and a second path to the
+    same parameters would put them in its state dict twice. ``lm`` is the Hugging Face model itself, whose linear
+    layers peft has replaced in place by adapter layers; parameter names gain ``.base_layer`` and
+    ``.lora_A.default`` / ``.lora_B.default``.
+    """
+
+    def __init__(self, policy: PreTrainedModel, settings: LoraSettings, seed: int) -> None:
+        from peft import LoraConfig, get_peft_model
+        from peft.tuners.lora import Linear
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        config = LoraConfig(
+            r=settings.rank,
+            lora_alpha=settings.alpha,  # type: ignore[arg-type]  # annotated int in peft; a float scales alike
+            lora_dropout=settings.dropout,
+            target_modules=settings.target_modules,
+            modules_to_save=settings.modules_to_save,
+        )
+        with torch.random.fork_rng(devices=[]):  # A's initialization: a function of the seed, not of the process
+            torch.manual_seed(seed)
+            self.peft_model = get_peft_model(policy, config, autocast_adapter_dtype=True)  # freezes the base
+        self.lm = cast("PreTrainedModel", self.peft_model.base_model.model)
+        tuned = {name: m for name, m in self.lm.named_modules() if isinstance(m, BaseTunerLayer)}
+        self.layers = {name: m for name, m in tuned.items() if isinstance(m, Linear)}
+        other = sorted(set(tuned) - set(self.layers))
+        if other:
+            raise ValueError(f"model.lora.target_modules: only linear layers can be adapted, not {other}")
+
+    @contextmanager
+    def base(self) -> Iterator[None]:
+        """The frozen base: adapters off and eval mode (the reference policy of the KL penalty)."""
+        training = self.lm.training
+        self.lm.eval()
+        try:
+            with self.peft_model.disable_adapter():
+                yield
+        finally:
+            self.lm.train(training)
+
+    def merged_parameters(self, merge: bool = True) -> Iterator[tuple[str, Tensor]]:
+        """The policy's parameters under their Hugging Face names, each targeted weight merged: ``W + (α/r)·B A``
+        (computed in float32, cast to ``W``'s dtype); with ``merge=False`` the base's own. One at a time, gathered
+        if sharded (a collective under FSDP2: every rank must iterate in step)."""
+        for name, param in self.lm.named_parameters():
+            if ".lora_" in name or (merge and ".original_module." in name) or (not merge and SAVED in name):
+                continue
+            name = name.replace(".original_module.", ".").replace(SAVED, ".")  # a module trained in full
+            if ".base_layer." not in name:
+                yield name, full(param)
+                continue
+            path, leaf = name.split(".base_layer.")
+            tensor = full(param)
+            if leaf == "weight" and merge:
+                tensor = (tensor.float() + self.delta(path)).to(tensor.dtype)
+            yield f"{path}.{leaf}", tensor
+
+    def delta(self, path: str) -> Tensor:
+        """(α / r)·B A of the adapter layer at ``path``, float32, in the base weight's layout."""
+        layer = self.layers[path]
+        a = full(cast(Tensor, layer.lora_A[ADAPTER].weight)).float()  # (r, in)
+        b = full(cast(Tensor, layer.lora_B[ADAPTER].weight)).float()  # (out, r)
+        delta = (b @ a) * layer.scaling[ADAPTER]
+        return delta.T if layer.fan_in_fan_out else delta
+
+    def adapter_state(self) -> dict[str, Tensor]:
+        """The adapters' tensors under peft's names, on the CPU (a collective under FSDP2)."""
+        return {
+            f"base_model.model.{name}": full(param).cpu()
+            for name, param in self.lm.named_parameters()
+            if ".lora_" in name or SAVED in name
+        }
+
+    def save_adapter(self, path: Path, state: dict[str, Tensor], base: str | None = None) -> None:
+        """A peft adapter folder (``adapter_config.json``, ``adapter_model.safetensors``) for
+        ``PeftModel.from_pretrained(base_model, path)``; ``base`` overrides the base model's path recorded there."""
+        config = self.peft_model.peft_config[ADAPTER]
+        recorded = config.base_model_name_or_path
+        config.base_model_name_or_path = base or recorded
+        try:
+            self.peft_model.save_pretrained(str(path), state_dict=state)
+        finally:
+            config.base_model_name_or_path = recorded
+
+    def frozen_keys(self, prefix: str) -> set[str]:
+        """State-dict keys of the frozen base under ``prefix`` (the policy's path in the LightningModule)."""
+        trainable = {name for name, param in self.lm.named_parameters() if param.requires_grad}
+        return {prefix + key for key in self.lm.state_dict() if key not in trainable}

@@ -1,0 +1,195 @@
+"""LoRA (``lit_chord.lora``): only the adapters train, the KL reference is the base with the adapters off, the
+engine and the export get the merged weights ``W + (α/r)·B·A`` under the plain names, and the setting parses on
+the command line and round-trips through a checkpoint. Exact resume with LoRA is in ``test_resume.py``, 2-rank
+steps in ``test_distributed.py``, the vLLM push in ``test_vllm_engine.py``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import EchoEngine, cpu_trainer, tiny_datamodule
+
+from lit_chord.export import PolicyExport
+from lit_chord.lora import LoraSettings
+from lit_chord.module import ChordModule
+from lit_chord.rollout_callback import RolloutCallback
+from lit_chord.scorer import PolicyScorer
+
+IDS = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12], [13, 14, 15, 16, 17, 18, 19, 20]])
+MASK = torch.ones_like(IDS)
+
+
+def length_reward(completion: str, answer: str) -> float:
+    return float(len(completion) % 3)
+
+
+def base_model(tiny_world):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_world / "model", dtype=torch.float32).eval()
+
+
+def logprobs(scorer: PolicyScorer) -> torch.Tensor:
+    with torch.no_grad():
+        return scorer(IDS, MASK, 1.0, 1024, False)[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_world, tmp_path_factory):
+    """Three LoRA steps (rank 4, a KL penalty) at lr 1e-2, exported at the end."""
+    root = tmp_path_factory.mktemp("lora")
+    module = ChordModule(
+        model=str(tiny_world / "model"),
+        lora=LoraSettings(rank=4, alpha=8.0),
+        kl_coef=0.1,
+        micro_batch_size=4,
+        optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2),
+    )
+    export = PolicyExport()
+    trainer = cpu_trainer(
+        max_steps=3,
+        default_root_dir=root,
+        callbacks=[RolloutCallback(engine=EchoEngine(), reward_fn=length_reward), export],
+    )
+    trainer.fit(module, datamodule=tiny_datamodule(tiny_world))
+    module.policy.eval()
+    return module, trainer, export.path
+
+
+def test_only_the_adapters_train_and_the_base_stays_put(trained, tiny_world):
+    module, trainer, _ = trained
+    adapters = {name: p for name, p in module.policy.named_parameters() if p.requires_grad}
+    assert adapters and all(".lora_A." in name or ".lora_B." in name for name in adapters)
+    optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert optimized == {id(p) for p in adapters.values()}
+    # B starts at 0 (the policy starts as the base) and has moved.
+    assert all(p.abs().max() > 0 for name, p in adapters.items() if ".lora_B." in name)
+    base = base_model(tiny_world)
+    frozen = dict(module.lora.merged_parameters(merge=False))
+    assert frozen.keys() == dict(base.named_parameters()).keys()
+    for name, tensor in frozen.items():
+        assert torch.equal(tensor, base.get_parameter(name)), name
+    # No second copy of the model for the KL reference: the base plus the adapters, nothing else.
+    assert module.reference is None
+    total = sum(p.numel() for p in module.parameters())
+    assert total == sum(p.numel() for p in base.parameters()) + sum(p.numel() for p in adapters.values())
+    assert trainer.callback_metrics["train/kl"] > 0  # the adapted policy has moved away from the base
+
+
+def test_merged_weights_are_the_adapted_policy_under_the_plain_names(trained, tiny_world):
+    module, _, _ = trained
+    plain = base_model(tiny_world)
+    merged = dict(module.full_parameters())
+    assert set(merged) == {name for name, _ in plain.named_parameters()}
+    plain.load_state_dict(merged, strict=False)  # strict apart from lm_head, tied to the embeddings
+    torch.testing.assert_close(logprobs(PolicyScorer(plain)), logprobs(module.scorer), atol=1e-5, rtol=0)
+    base = logprobs(PolicyScorer(base_model(tiny_world)))
+    assert (logprobs(module.scorer) - base).abs().max() > 1e-3  # the adapters do change the policy
+
+
+def test_the_kl_reference_is_the_base_with_the_adapters_off(trained, tiny_world):
+    module, _, _ = trained
+    module.policy.train()
+    adapted = logprobs(module.scorer)
+    with module.kl_reference() as reference:
+        assert reference is module.scorer and not module.policy.training  # eval mode: no dropout in the reference
+        torch.testing.assert_close(logprobs(reference), logprobs(PolicyScorer(base_model(tiny_world))))
+    assert module.policy.training
+    assert torch.equal(logprobs(module.scorer), adapted)  # the adapters are back on
+    module.policy.eval()
+
+
+def test_export_writes_a_merged_model_and_a_peft_adapter(trained, tiny_world):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    module, _, path = trained
+    expected = logprobs(module.scorer)
+    merged = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    torch.testing.assert_close(logprobs(PolicyScorer(merged)), expected, atol=1e-5, rtol=0)
+    adapted = PeftModel.from_pretrained(base_model(tiny_world), path / "adapter").eval()
+    torch.testing.assert_close(logprobs(PolicyScorer(adapted.base_model.model)), expected, atol=1e-5, rtol=0)
+    adapter_bytes = (path / "adapter" / "adapter_model.safetensors").stat().st_size
+    assert adapter_bytes < (path / "model.safetensors").stat().st_size / 5
+
+
+def test_the_export_of_a_random_init_base_carries_the_base(tiny_world, tmp_path):
+    """A random-init base exists nowhere on disk: the export writes it to ``base/`` and the adapter points there."""
+    from peft import AutoPeftModelForCausalLM
+
+    module = ChordModule(model=str(tiny_world / "model"), random_init=True, lora=LoraSettings(rank=2))
+    export = PolicyExport()
+    callbacks = [RolloutCallback(engine=EchoEngine(), reward_fn=length_reward), export]
+    cpu_trainer(max_steps=1, default_root_dir=tmp_path, callbacks=callbacks).fit(module, tiny_datamodule(tiny_world))
+    config = json.loads((export.path / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(export.path / "base")
+    adapted = AutoPeftModelForCausalLM.from_pretrained(export.path / "adapter").eval()  # loads the base from there
+    expected = logprobs(module.scorer.eval())
+    torch.testing.assert_close(logprobs(PolicyScorer(adapted.base_model.model)), expected, atol=1e-5, rtol=0)
+
+
+def test_a_bfloat16_base_trains_float32_adapters(tiny_world):
+    module = ChordModule(model=str(tiny_world / "model"), lora=LoraSettings(rank=2, base_dtype="bfloat16"))
+    module.configure_model()
+    dtypes = {p.requires_grad: p.dtype for p in module.scorer.parameters()}
+    assert dtypes == {False: torch.bfloat16, True: torch.float32}
+    module.scorer(IDS, MASK, 1.0, 1024, False)[0].sum().backward()
+    assert all(p.grad is not None for p in module.scorer.parameters() if p.requires_grad)
+    assert {t.dtype for _, t in module.full_parameters()} == {torch.bfloat16}  # merged in float32, cast back
+
+
+def test_modules_trained_in_full_merge_under_their_names_and_stay_out_of_the_reference(tiny_world):
+    """``modules_to_save: [norm]``: every RMSNorm gets a trained copy; the engine gets the copies under the plain
+    names, the KL reference keeps the base's own."""
+    module = ChordModule(model=str(tiny_world / "model"), lora=LoraSettings(rank=2, modules_to_save=["norm"]))
+    module.configure_model()
+    with torch.no_grad():
+        for param in module.policy.parameters():
+            if param.requires_grad:  # the adapters' B and the norms' copies, as training would move them
+                param.add_(0.1 * torch.randn_like(param))
+    trained = {name for name, p in module.policy.named_parameters() if p.requires_grad and ".lora_" not in name}
+    assert len(trained) == 5  # 2 layers x 2 norms + the final norm
+    module.policy.eval()
+    plain = base_model(tiny_world)
+    merged = dict(module.full_parameters())
+    assert set(merged) == {name for name, _ in plain.named_parameters()}
+    plain.load_state_dict(merged, strict=False)
+    torch.testing.assert_close(logprobs(PolicyScorer(plain)), logprobs(module.scorer), atol=1e-5, rtol=0)
+    with module.kl_reference() as reference:
+        torch.testing.assert_close(logprobs(reference), logprobs(PolicyScorer(base_model(tiny_world))))
+    assert {k.removeprefix("base_model.model.") for k in module.lora.adapter_state() if ".lora_" not in k} == trained
+
+
+def test_bad_settings_are_refused(tiny_world):
+    with pytest.raises(ValueError, match="rank must be >= 1"):
+        LoraSettings(rank=0)
+    module = ChordModule(model=str(tiny_world / "model"), lora=LoraSettings(target_modules=["embed_tokens"]))
+    with pytest.raises(ValueError, match="only linear layers"):
+        module.configure_model()
+
+
+def test_the_command_line_setting_round_trips_through_a_checkpoint(tiny_world, tmp_path):
+    from lit_chord.__main__ import main
+    from lit_chord.runs import hparams_differences
+
+    world = tiny_world
+    paths = ["--model.model", str(world / "model"), "--data.tokenizer", str(world / "model")]
+    paths += ["--data.prompt_data", str(world / "prompts.jsonl"), "--data.expert_data", str(world / "expert.jsonl")]
+
+    def cli(*args: str):
+        return main(["--trainer.default_root_dir", str(tmp_path), *paths, *args], run=False)
+
+    first = cli("--model.lora.rank", "8")
+    assert first.model.lora_settings == LoraSettings(rank=8)
+    saved = {
+        "hyper_parameters": dict(first.model.hparams),
+        "datamodule_hyper_parameters": dict(first.datamodule.hparams),
+    }
+    torch.save(saved, tmp_path / "hp.ckpt")
+    checkpoint = torch.load(tmp_path / "hp.ckpt", weights_only=True)  # as Lightning loads checkpoints
+    assert hparams_differences(checkpoint, cli("--model.lora.rank", "8").model, first.datamodule) == []
+    changed = hparams_differences(checkpoint, cli("--model.lora.rank", "4").model, first.datamodule)
+    assert len(changed) == 1 and changed[0].startswith("model.lora:")
+    assert cli().model.lora_settings is None  # off by default
