@@ -328,8 +328,9 @@ class ChordDataModule(LightningDataModule):
                 "prefix of the conversation; cannot locate the assistant tokens"
             )
         ids = self.tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
-        ends = [index for index, token in enumerate(ids) if token in set(self.stop_token_ids)]
-        return ids[: ends[0] + 1] if ends else ids  # drop what the template adds after the end of turn (chat.py)
+        stops = set(self.stop_token_ids)
+        end = next((index for index, token in enumerate(ids) if token in stops), len(ids) - 1)
+        return ids[: end + 1]  # drop what the template adds after the end of turn (chat.py)
 
     # ----- streams ----------------------------------------------------------------------------------------------
     def _draw(self, items: list, count: int, step: int, stream: int, rank: int, world_size: int) -> list:
