@@ -20,13 +20,17 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import shutil
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -86,26 +90,32 @@ def run_config(
             }
         ],
     }
-    callbacks = checkpoints_into(run_dir / "checkpoints", layers)
+    callbacks = checkpoints_into(run_dir / "checkpoints", layers, seed)
     if callbacks is not None:
         trainer["callbacks"] = callbacks
     return {"seed_everything": seed, "trainer": trainer, "model": model, "data": {"seed": 42 + seed}}
 
 
-def checkpoints_into(dirpath: Path, layers: list[Path]) -> list | None:
+def checkpoints_into(dirpath: Path, layers: list[Path], seed: int = 0) -> list | None:
     """The layered configs' callbacks with every ``ModelCheckpoint`` saving into ``dirpath``, the variant's own folder
-    (a config may pin a ``dirpath``, which the runs of a comparison must not share)."""
+    (a config may pin a ``dirpath``, which the runs of a comparison must not share), and the ``RolloutCallback``
+    sampling with seed ``42 + seed``, so that seeds differ in their rollouts and validation samples too."""
     callbacks = None
     for layer in layers:
         callbacks = ((yaml.safe_load(layer.read_text()) or {}).get("trainer") or {}).get("callbacks", callbacks)
     if callbacks is None:
         return None
-    return [
-        {**cb, "init_args": {**(cb.get("init_args") or {}), "dirpath": str(dirpath)}}
-        if isinstance(cb, dict) and str(cb.get("class_path", "")).endswith("ModelCheckpoint")
-        else cb
-        for cb in callbacks
-    ]
+    changes: dict[str, dict[str, object]] = {
+        "ModelCheckpoint": {"dirpath": str(dirpath)},
+        "RolloutCallback": {"seed": 42 + seed},
+    }
+    result = []
+    for callback in callbacks:
+        kind = str(callback.get("class_path", "")).rsplit(".", 1)[-1] if isinstance(callback, dict) else ""
+        if kind in changes:
+            callback = {**callback, "init_args": {**(callback.get("init_args") or {}), **changes[kind]}}
+        result.append(callback)
+    return result
 
 
 def fit_command(layers: list[Path], run_yaml: Path, overrides: list[str]) -> list[str]:
@@ -113,16 +123,29 @@ def fit_command(layers: list[Path], run_yaml: Path, overrides: list[str]) -> lis
     return [sys.executable, "-m", "lit_chord", "fit", *(a for c in configs for a in ("--config", str(c))), *overrides]
 
 
-def launch(command: list[str], log_path: Path) -> int:
-    """Run one ``fit`` to completion, its output into ``log_path``; return its exit code."""
+def launch(command: list[str], log_path: Path, threads: int | None = None) -> int:
+    """Run one ``fit`` to completion, its output into ``log_path``; return its exit code. ``threads``: the run's
+    ``OMP_NUM_THREADS`` (runs side by side share the cores; README "CPU threads")."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
     with log_path.open("w") as log:
-        return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+        return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
 
 
 def run_variant(
-    name: str, seed: int, steps: int, out: Path, base: Path, val_every: int, overrides: list[str], run=launch
+    name: str,
+    seed: int,
+    steps: int,
+    out: Path,
+    base: Path,
+    val_every: int,
+    overrides: list[str],
+    run=launch,
+    phases: list[tuple[str, ...]] | None = None,
+    init_from: Path | None = None,
 ) -> RunResult:
-    phases = VARIANTS[name]
+    """Run variant ``name`` (its ``phases``, by default ``VARIANTS[name]``) with ``seed``; the first phase starts
+    from ``init_from`` (an exported policy) if given, else from the base config's model."""
+    phases = VARIANTS[name] if phases is None else phases
     run_dir = out / "runs" / f"{name}_s{seed}"
     budgets = split_budget(steps, len(phases))
     if len(phases) == 1:
@@ -130,7 +153,6 @@ def run_variant(
     else:
         stems = [Path(layers[0]).stem if layers else "base" for layers in phases]
         phase_dirs = [out / "phases" / f"{name}_s{seed}" / f"{i}_{stem}" for i, stem in enumerate(stems)]
-    init_from: Path | None = None
     wall, returncode = 0.0, 0
     done: list[tuple[Path, int]] = []  # (phase folder, offset of its steps in the joined log)
     for phase_dir, variant_files, budget in zip(phase_dirs, phases, budgets, strict=True):
@@ -213,25 +235,72 @@ def results_table(results: list[RunResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --suite -> defaults of the arguments left out: the demo's variants, or the paper's in miniature (lit_chord.paper_mini)
+SUITES: dict[str, dict[str, Any]] = {
+    "demo": {
+        "steps": 600,
+        "seeds": [0],
+        "out": "runs/compare",
+        "base": "configs/demo.yaml",
+        "val_every": 100,
+        "jobs": 1,
+    },
+    "paper-mini": {
+        "steps": 150,
+        "seeds": [0, 1, 2],
+        "out": "runs/paper-mini",
+        "base": "configs/mini.yaml",
+        "val_every": 15,
+        "jobs": 2,
+    },
+}
+
+
 def main(argv: list[str] | None = None) -> list[RunResult]:
     argv = list(sys.argv[1:] if argv is None else argv)
     overrides = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].strip("`"))
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
-    parser.add_argument("--steps", type=int, default=600, help="optimizer steps per variant (all phases together)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder")
-    parser.add_argument("--base", type=Path, default=Path("configs/demo.yaml"), help="variant files sit next to it")
-    parser.add_argument("--val-every", type=int, default=100, help="validate every N steps (a divisor of the budget)")
+    parser.add_argument("--suite", choices=list(SUITES), default="demo", help="demo variants, or paper-mini")
+    parser.add_argument("--variants", nargs="+", help="a subset (default: all of the suite's)")
+    parser.add_argument("--steps", type=int, help="optimizer steps per variant (all phases together); demo 600")
+    parser.add_argument("--seeds", nargs="+", type=int, help="demo: 0; paper-mini: 0 1 2")
+    parser.add_argument("--out", type=Path, help="output folder (runs/compare, runs/paper-mini)")
+    parser.add_argument("--base", type=Path, help="base config; variant files sit next to it")
+    parser.add_argument("--val-every", type=int, help="validate every N steps (a divisor of the budget)")
+    parser.add_argument("--jobs", type=int, help="runs side by side, sharing the cores (demo 1, paper-mini 2)")
     args = parser.parse_args(argv)
+    for key, default in SUITES[args.suite].items():
+        if getattr(args, key) is None:
+            setattr(args, key, Path(default) if isinstance(default, str) else default)
     if args.steps < 1:
         parser.error("--steps must be >= 1")
-    results = [
-        run_variant(variant, seed, args.steps, args.out, args.base, args.val_every, overrides)
-        for variant in args.variants
-        for seed in args.seeds
-    ]
+    if args.jobs < 1:
+        parser.error("--jobs must be >= 1")
+    if args.suite == "paper-mini":
+        from lit_chord import paper_mini
+
+        unknown = sorted(set(args.variants or []) - {v.name for v in paper_mini.SUITE})
+        if unknown:
+            parser.error(
+                f"--variants: {', '.join(unknown)} not in paper-mini ({', '.join(v.name for v in paper_mini.SUITE)})"
+            )
+        return paper_mini.main(args, overrides)
+    unknown = sorted(set(args.variants or []) - set(VARIANTS))
+    if unknown:
+        parser.error(f"--variants: {', '.join(unknown)} not in the demo suite ({', '.join(VARIANTS)})")
+    threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
+    tasks = [(variant, seed) for variant in args.variants or VARIANTS for seed in args.seeds]
+    run = partial(launch, threads=threads)
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = list(
+            pool.map(
+                lambda task: run_variant(
+                    task[0], task[1], args.steps, args.out, args.base, args.val_every, overrides, run
+                ),
+                tasks,
+            )
+        )
     table = results_table(results)
     header = f"{args.steps} steps per variant, seeds {' '.join(map(str, args.seeds))}, base {args.base}\n\n"
     (args.out / "results.md").write_text(header + table)

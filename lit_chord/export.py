@@ -8,6 +8,7 @@ adapter points at it."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -21,21 +22,53 @@ if TYPE_CHECKING:
 
 
 class PolicyExport(Callback):
-    def __init__(self, dirname: str = "export") -> None:
-        """Where to export.
+    def __init__(self, dirname: str = "export", best_by: str | None = None) -> None:
+        """Where to export, and whether to keep the best policy too.
 
         Args:
             dirname: Folder under the run's log directory for the exported model (loadable with
                 ``AutoModelForCausalLM.from_pretrained``).
+            best_by: A validation metric, e.g. ``val/heldout/avg@4``: each time a validation after training
+                began sets a new maximum, the policy is exported to ``<dirname>_best`` (with ``best.json``: the step
+                and the value), the paper's "SFT-best" checkpoint selection. None: the final policy only.
         """
         super().__init__()
-        self.dirname = dirname
+        self.dirname, self.best_by = dirname, best_by
         self.path: Path | None = None
+        self.best: dict | None = None  # {"step", "value"} of the best validation so far (kept in checkpoints)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         run_dir = Path(trainer.log_dir or trainer.default_root_dir)
         self.path = run_dir / self.dirname
-        module = cast("ChordModule", pl_module)
+        self.save(trainer, cast("ChordModule", pl_module), self.path)
+        self.report(trainer, pl_module, run_dir)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.best_by is None or trainer.sanity_checking:
+            return
+        if self.best_by not in trainer.callback_metrics:
+            raise KeyError(
+                f"PolicyExport.best_by: no metric {self.best_by!r} was logged; validation logged "
+                f"{', '.join(sorted(k for k in trainer.callback_metrics if k.startswith('val/')))}"
+            )
+        value = float(trainer.callback_metrics[self.best_by])
+        if self.best is not None and value <= self.best["value"]:
+            return
+        self.best = {"step": trainer.global_step, "value": value, "metric": self.best_by}
+        path = Path(trainer.log_dir or trainer.default_root_dir) / f"{self.dirname}_best"
+        self.save(trainer, cast("ChordModule", pl_module), path)
+        if trainer.is_global_zero:
+            (path / "best.json").write_text(json.dumps(self.best) + "\n")
+
+    def state_dict(self) -> dict:
+        return {"best": self.best}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best = state_dict.get("best")
+
+    def save(self, trainer: Trainer, module: ChordModule, path: Path) -> None:
+        """``save_pretrained`` the policy (merged, and the adapter apart, with LoRA) and the tokenizer into ``path``;
+        every rank calls it (gathering a sharded policy is a collective), rank 0 writes."""
         state = {name: tensor.cpu() for name, tensor in module.full_parameters()}  # collective if sharded
         lora = module.lora
         adapter = lora.adapter_state() if lora is not None else {}  # collective if sharded
@@ -47,17 +80,16 @@ class PolicyExport(Callback):
             from transformers.utils import logging as hf_logging
 
             hf_logging.disable_progress_bar()  # a "Writing model shards" bar for one small file says nothing
-            base_path = self.path / "base" if base else None
+            base_path = path / "base" if base else None
             try:
-                module.policy.save_pretrained(self.path, state_dict=state)
+                module.policy.save_pretrained(path, state_dict=state)
                 if base_path is not None:  # save_pretrained empties the dict it is given
                     module.policy.save_pretrained(base_path, state_dict=base)
             finally:
                 hf_logging.enable_progress_bar()
-            trainer.datamodule.tokenizer.save_pretrained(self.path)  # type: ignore[attr-defined]
+            trainer.datamodule.tokenizer.save_pretrained(path)  # type: ignore[attr-defined]
             if lora is not None:
-                lora.save_adapter(self.path / "adapter", adapter, base=str(base_path) if base_path else None)
-        self.report(trainer, pl_module, run_dir)
+                lora.save_adapter(path / "adapter", adapter, base=str(base_path) if base_path else None)
 
     @rank_zero_only
     def report(self, trainer: Trainer, pl_module: LightningModule, run_dir: Path) -> None:
@@ -72,6 +104,11 @@ class PolicyExport(Callback):
         ]
         if cast("ChordModule", pl_module).lora is not None:
             lines.append(f"LoRA adapter:    {run_dir / self.dirname / 'adapter'} (the policy above is merged)")
+        if self.best is not None:
+            where = run_dir / f"{self.dirname}_best"
+            lines.append(
+                f"best policy:     {where} ({self.best_by} {self.best['value']:.3f} at step {self.best['step']})"
+            )
         if pl_module.val_before is not None and after is not None:
             lines.append(f"held-out accuracy: {pl_module.val_before:.3f} before -> {float(after):.3f} after")
         print("\n".join(lines))

@@ -6,8 +6,9 @@ whether mixing SFT on another model's traces into RL lifts a target task without
 policy already knew. Here the digit tasks (copy, reverse, sort, max, count, add) stand for that prior knowledge
 (the paper's MMLU-Pro column), the multi-step sum of four digits for the math the paper trains on, and the expert
 for DeepSeek-R1: its traces spell the sum out step by step (R1's traces are ~9× the original policy's length in the
-paper; these are ~6×), while the policy's own style is a one-word thought. The expert slips on one step in
-``EXPERT_SLIP`` of its traces, as R1's traces are not all right either; a slip is a running total off by one.
+paper; these are ~6×), while the policy's own style is a one-word thought (one sum in words for ``add``). The
+expert slips on one step in ``EXPERT_SLIP`` of its traces, as R1's traces are not all right either; a slip is a
+running total off by one.
 
 Every record is a chat prompt in the paper's format: reasoning in ``<think>`` tags, the answer in ``\\boxed{}``,
 scored by ``lit_chord.rewards.math_boxed``.
@@ -35,7 +36,16 @@ GENERAL: dict[str, Callable[[str], tuple[str, str]]] = {
     "count": lambda d: (f"How many 1s in {spaced(d)}?", str(d.count("1"))),
     "add": lambda d: (f"Add {d[0]} and {d[1]}.", str(int(d[0]) + int(d[1]))),
 }
-THOUGHT = {"copy": "copy", "reverse": "backwards", "sort": "order", "max": "largest", "count": "count", "add": "add"}
+THOUGHT: dict[str, Callable[[str], str]] = {
+    "copy": lambda d: "copy",
+    "reverse": lambda d: "backwards",
+    "sort": lambda d: "order",
+    "max": lambda d: "largest",
+    "count": lambda d: "count",
+    # The one general task that thinks in words: the policy knows the words the expert uses ("plus", "makes") and
+    # single-digit sums, as an instruct model knows the words of R1's traces; it has never chained them.
+    "add": lambda d: f"{d[0]} plus {d[1]} makes {int(d[0]) + int(d[1])}",
+}
 
 
 def target_problem(digits: str) -> tuple[str, str]:
@@ -43,9 +53,10 @@ def target_problem(digits: str) -> tuple[str, str]:
     return f"Sum {spaced(digits)}.", str(sum(int(c) for c in digits))
 
 
-def policy_response(task: str, answer: str) -> str:
-    """The policy's own style: a one-word thought, then the boxed answer."""
-    return f"<think>\n{THOUGHT.get(task, 'sum')}\n</think>\n\\boxed{{{answer}}}"
+def policy_response(task: str, answer: str, digits: str = "") -> str:
+    """The policy's own style: a terse thought (one word, or one sum for ``add``), then the boxed answer."""
+    thought = THOUGHT[task](digits) if task in THOUGHT else "sum"
+    return f"<think>\n{thought}\n</think>\n\\boxed{{{answer}}}"
 
 
 def expert_trace(digits: str, slip: bool, rng: random.Random) -> str:
@@ -74,7 +85,7 @@ def general_records(rng: random.Random, per_task: int, length: int = 4) -> dict[
         rows = []
         for digits in digit_strings(rng, length, per_task):
             problem, answer = make(digits)
-            rows.append({"problem": problem, "answer": answer, "response": policy_response(task, answer)})
+            rows.append({"problem": problem, "answer": answer, "response": policy_response(task, answer, digits)})
         records[task] = rows
     return records
 

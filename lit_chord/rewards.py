@@ -9,7 +9,8 @@ what a run reports: with the format penalty folded in, a right ``\\boxed{5}`` wi
 answer (checked with math-verify, so ``1/2`` and ``0.5`` agree), minus 0.1 when the ``<think>`` format is
 broken, giving rewards in {-0.1, 0, 0.9, 1}. ``paper_math`` is the paper's: 1 right, 0 wrong but well formed,
 -0.1 wrong and malformed, -1 cut at the length limit with no answer. ``exact_match`` compares the boxed (or whole)
-text as a string. A reward function that takes a ``truncated`` keyword is told whether the response hit the limit.
+text as a string; ``boxed_string`` is ``math_boxed`` with the answers compared as strings. A reward function that
+takes a ``truncated`` keyword is told whether the response hit the limit.
 ``tool_call`` is the reference's tool-use reward (ToolACE, its ``toolcall_workflow``): 1 when the function calls in
 the last ``<tool_call>`` block are the ground truth's, compared as multisets of (name, arguments), and the reply
 reasons in one pair of ``<think>`` tags before it; 0 otherwise.
@@ -107,6 +108,15 @@ def math_boxed(completion: str, answer: str) -> Reward:
     """Accuracy of the last boxed answer, minus ``FORMAT_PENALTY`` if the <think> tags are malformed."""
     boxed = last_boxed(completion)
     accuracy = 1.0 if boxed is not None and answers_match(boxed, answer) else 0.0
+    well_formed = think_format_ok(completion)
+    return Reward(accuracy - (0.0 if well_formed else FORMAT_PENALTY), accuracy, float(well_formed))
+
+
+def boxed_string(completion: str, answer: str) -> Reward:
+    """``math_boxed`` with the answers compared as strings: for digit strings, where ``0123`` and ``123`` differ
+    (math-verify would call them equal), as in the miniature's copy and sort tasks."""
+    boxed = last_boxed(completion)
+    accuracy = float(boxed is not None and boxed.strip() == answer.strip())
     well_formed = think_format_ok(completion)
     return Reward(accuracy - (0.0 if well_formed else FORMAT_PENALTY), accuracy, float(well_formed))
 

@@ -5,7 +5,16 @@ import pytest
 import torch
 
 from lit_chord.engines import Completion
-from lit_chord.rewards import Reward, as_reward, exact_match, last_boxed, math_boxed, think_format_ok, tool_call
+from lit_chord.rewards import (
+    Reward,
+    as_reward,
+    boxed_string,
+    exact_match,
+    last_boxed,
+    math_boxed,
+    think_format_ok,
+    tool_call,
+)
 from lit_chord.rollout_callback import RolloutCallback, rollout_metrics
 
 
@@ -35,6 +44,13 @@ def test_math_boxed(completion, answer, reward, accuracy, format_ok):
 def test_think_format_order():
     assert think_format_ok("<think>a</think>")
     assert not think_format_ok("</think>a<think>")
+
+
+def test_boxed_string_tells_leading_zeros_apart():
+    assert math_boxed("<think>x</think>\\boxed{123}", "0123").accuracy == 1.0  # math-verify: the same number
+    assert boxed_string("<think>x</think>\\boxed{123}", "0123") == Reward(0.0, 0.0, 1.0)
+    assert boxed_string("<think>x</think>\\boxed{0123}", "0123") == Reward(1.0, 1.0, 1.0)
+    assert boxed_string("\\boxed{0123}", "0123") == Reward(0.9, 1.0, 0.0)  # right but unformatted: 1 - 0.1
 
 
 def test_exact_match():

@@ -1,0 +1,200 @@
+"""The paper's experiment in miniature: a small pretrained "instruct" policy, its target task and an off-policy expert.
+
+Why: the demo (``tiny_world``) starts from random weights, so nothing in it can forget anything and φ = p(1 − p)
+has nothing to work with. The paper's claims are about a policy that already knows things. This module builds one:
+a tiny Qwen2 taught by plain supervised learning the six general digit tasks of ``lit_chord.mini_tasks`` (its
+"general ability", the paper's MMLU-Pro column) in its own terse style, and shown the target task (the sum of four
+digits) only briefly, so that it is weak there. The expert's traces for the target are long, worded otherwise and
+not always right, as R1's are to Qwen2.5-Instruct.
+
+``python -m lit_chord.mini_world data/mini`` rebuilds the shipped folder (seed 0, 1500 steps of batch 64: 3.9 min
+on 2 cores): the policy in ``model/`` (``from_pretrained`` loads it like any hub model) with
+``model/pretraining.json`` (the command, the seed and the accuracy it reached per task), and the data:
+``expert.jsonl`` (demonstrations, chat ``messages``), ``prompts.jsonl`` (RL prompts, each with the expert's trace for
+LUFFY), ``heldout.jsonl`` (in-domain) and ``general_<task>.jsonl`` (held-out prompts of each general task).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+from lit_chord import mini_tasks
+from lit_chord.rewards import last_boxed
+from lit_chord.tiny_world import build_tokenizer, tiny_generation_config, tiny_qwen2_config, write_jsonl
+
+HIDDEN, LAYERS = 128, 4
+SPLIT_SIZES = {"expert": 500, "rl": 2000, "heldout": 200}
+GENERAL_PER_TASK = {"train": 3000, "heldout": 50}
+TARGET = "target (sum of 4 digits)"
+TARGET_PRETRAIN = 300  # target problems the policy sees while pretraining, in its own style: enough to be weak, not 0
+
+
+def pretraining_texts(seed: int = 0) -> tuple[list[tuple[str, str]], dict[str, list[dict]], dict]:
+    """The policy's supervised data as (user prompt, response) pairs, the general held-out records per task, and the
+    target splits. General held-out strings are never trained on (``add`` reads two of their digits: its 100
+    problems are all trained on, and its held-out prompts test retention); the target's pretraining problems are
+    disjoint from the expert's, the RL prompts and the held-out ones."""
+    rng = random.Random(seed)
+    demos, rl, heldout = mini_tasks.target_splits(rng, **SPLIT_SIZES)
+    per_task = GENERAL_PER_TASK["train"] + GENERAL_PER_TASK["heldout"]
+    general = mini_tasks.general_records(rng, per_task)
+    pairs, general_heldout = [], {}
+    for task, records in general.items():
+        general_heldout[task] = [{"problem": r["problem"], "answer": r["answer"]} for r in records[-50:]]
+        pairs += [(r["problem"], r["response"]) for r in records[:-50]]
+    used = {r["problem"] for r in rl + heldout} | {d["messages"][0]["content"] for d in demos}
+    unused = [d for d in mini_tasks.digit_strings(rng, 4, 10**4) if mini_tasks.target_problem(d)[0] not in used]
+    for digits in unused[:TARGET_PRETRAIN]:
+        problem, answer = mini_tasks.target_problem(digits)
+        pairs.append((problem, mini_tasks.policy_response("sum", answer)))
+    rng.shuffle(pairs)
+    return pairs, general_heldout, {"expert": demos, "rl": rl, "heldout": heldout}
+
+
+def encode(tokenizer, problem: str, response: str) -> tuple[list[int], int]:
+    """Token ids of the chat prompt and the response with its end of turn; the index where the response starts."""
+    messages = [{"role": "user", "content": problem}]
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = tokenizer(prompt + response + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+    return ids, len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+
+def pretrain(model, tokenizer, pairs: list[tuple[str, str]], steps: int, batch_size: int, lr: float, seed: int):
+    """Supervised learning on the responses' tokens (the prompt is not predicted): AdamW, linear warm-up, cosine."""
+    import math
+
+    import torch
+
+    encoded = [encode(tokenizer, p, r) for p, r in pairs]
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * s / steps)))
+    )
+    pad = tokenizer.pad_token_id
+    model.train()
+    start = time.perf_counter()
+    for step in range(steps):
+        rows = [encoded[i] for i in torch.randint(len(encoded), (batch_size,), generator=generator).tolist()]
+        width = max(len(ids) for ids, _ in rows)
+        input_ids = torch.full((batch_size, width), pad)
+        labels = torch.full((batch_size, width), -100)
+        attention = torch.zeros((batch_size, width), dtype=torch.long)
+        for row, (ids, response_start) in enumerate(rows):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            labels[row, response_start : len(ids)] = torch.tensor(ids[response_start:])
+            attention[row, : len(ids)] = 1
+        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 200 == 0 or step == steps - 1:
+            elapsed = time.perf_counter() - start
+            print(f"[mini_world] step {step + 1}/{steps}  loss {loss.item():.4f}  {elapsed:.0f} s", flush=True)
+    model.eval()
+    return model
+
+
+def greedy_accuracy(model, tokenizer, records: list[dict], max_new_tokens: int = 64, batch_size: int = 64) -> float:
+    """Share of ``records`` whose greedy answer's last ``\\boxed{}`` equals ``answer`` as a string."""
+    import torch
+
+    tokenizer.padding_side = "left"
+    right = 0
+    for first in range(0, len(records), batch_size):
+        chunk = records[first : first + batch_size]
+        prompts = [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": r["problem"]}], tokenize=False, add_generation_prompt=True
+            )
+            for r in chunk
+        ]
+        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+        texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        right += sum(last_boxed(text) == r["answer"] for text, r in zip(texts, chunk, strict=True))
+    return right / len(records)
+
+
+def write_data(out: Path, seed: int = 0):
+    """Write the data files into ``out`` and the tokenizer into ``out/model``; return (pretraining pairs, general
+    held-out records, target splits, tokenizer)."""
+    (out / "model").mkdir(parents=True, exist_ok=True)
+    pairs, general_heldout, target = pretraining_texts(seed)
+    traces = random.Random(seed + 1)  # each RL prompt's own expert trace, for LUFFY's groups
+    prompts = []
+    for record in target["rl"]:
+        digits = record["problem"].removeprefix("Sum ").removesuffix(".").replace(" ", "")
+        slip = traces.random() < mini_tasks.EXPERT_SLIP
+        prompts.append({**record, "expert_response": mini_tasks.expert_trace(digits, slip, traces)})
+    write_jsonl(out / "expert.jsonl", target["expert"])
+    write_jsonl(out / "prompts.jsonl", prompts)
+    write_jsonl(out / "heldout.jsonl", target["heldout"])
+    for task, records in general_heldout.items():
+        write_jsonl(out / f"general_{task}.jsonl", records)
+    corpus = [p for pair in pairs for p in pair] + [m["content"] for d in target["expert"] for m in d["messages"]]
+    corpus += [f"<|im_start|>{role}\n" for role in ("system", "user", "assistant")]
+    tokenizer = build_tokenizer(corpus, vocab_size=512)
+    tokenizer.save_pretrained(out / "model")
+    return pairs, general_heldout, target, tokenizer
+
+
+def expert_accuracy(demos: list[dict]) -> float:
+    """Share of expert demonstrations whose boxed answer is the true sum."""
+    right = 0
+    for demo in demos:
+        user, assistant = (m["content"] for m in demo["messages"])
+        digits = user.removeprefix("Sum ").removesuffix(".").replace(" ", "")
+        right += last_boxed(assistant) == mini_tasks.target_problem(digits)[1]
+    return right / len(demos)
+
+
+def build(out_dir: str | Path, seed: int = 0, steps: int = 1500, batch_size: int = 64, lr: float = 3e-3) -> dict:
+    """Write the miniature's data and pretrained policy into ``out_dir``; return the accuracies it reached."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out = Path(out_dir)
+    pairs, general_heldout, target, tokenizer = write_data(out, seed)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_qwen2_config(tokenizer, hidden_size=HIDDEN, num_layers=LAYERS))
+    start = time.perf_counter()
+    pretrain(model, tokenizer, pairs, steps, batch_size, lr, seed)
+    minutes = (time.perf_counter() - start) / 60
+    accuracy = {task: greedy_accuracy(model, tokenizer, records) for task, records in general_heldout.items()}
+    accuracy[TARGET] = greedy_accuracy(model, tokenizer, target["heldout"])
+    model.save_pretrained(out / "model")
+    tiny_generation_config(tokenizer).save_pretrained(out / "model")
+    report = {
+        "command": f"python -m lit_chord.mini_world {out_dir} --seed {seed} --steps {steps}",
+        "seed": seed,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "pretraining": {"steps": steps, "batch_size": batch_size, "lr": lr, "minutes": round(minutes, 1)},
+        "greedy_accuracy_heldout": {k: round(v, 3) for k, v in accuracy.items()},
+        "expert_accuracy": round(expert_accuracy(target["expert"]), 3),
+        "torch_threads": torch.get_num_threads(),
+    }
+    (out / "model" / "pretraining.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Build the miniature's pretrained policy and data.")
+    parser.add_argument("out", nargs="?", default="data/mini")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=1500)
+    args = parser.parse_args(argv)
+    print(json.dumps(build(args.out, args.seed, args.steps), indent=2))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
