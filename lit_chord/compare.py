@@ -123,6 +123,11 @@ def fit_command(layers: list[Path], run_yaml: Path, overrides: list[str]) -> lis
     return [sys.executable, "-m", "lit_chord", "fit", *(a for c in configs for a in ("--config", str(c))), *overrides]
 
 
+def threads_per_run(jobs: int) -> int | None:
+    """``OMP_NUM_THREADS`` for each of ``jobs`` runs side by side: the cores shared out; alone, None (torch decides)."""
+    return max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+
+
 def launch(command: list[str], log_path: Path, threads: int | None = None) -> int:
     """Run one ``fit`` to completion, its output into ``log_path``; return its exit code. ``threads``: the run's
     ``OMP_NUM_THREADS`` (runs side by side share the cores; README "CPU threads")."""
@@ -289,9 +294,8 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
     unknown = sorted(set(args.variants or []) - set(VARIANTS))
     if unknown:
         parser.error(f"--variants: {', '.join(unknown)} not in the demo suite ({', '.join(VARIANTS)})")
-    threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
     tasks = [(variant, seed) for variant in args.variants or VARIANTS for seed in args.seeds]
-    run = partial(launch, threads=threads)
+    run = partial(launch, threads=threads_per_run(args.jobs))
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(
             pool.map(

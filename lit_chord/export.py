@@ -38,7 +38,7 @@ class PolicyExport(Callback):
         self.best: dict | None = None  # {"step", "value"} of the best validation so far (kept in checkpoints)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        run_dir = self.run_dir(trainer)
         self.path = run_dir / self.dirname
         self.save(trainer, cast("ChordModule", pl_module), self.path)
         self.report(trainer, pl_module, run_dir)
@@ -55,10 +55,14 @@ class PolicyExport(Callback):
         if self.best is not None and value <= self.best["value"]:
             return
         self.best = {"step": trainer.global_step, "value": value, "metric": self.best_by}
-        path = Path(trainer.log_dir or trainer.default_root_dir) / f"{self.dirname}_best"
+        path = self.run_dir(trainer) / f"{self.dirname}_best"
         self.save(trainer, cast("ChordModule", pl_module), path)
         if trainer.is_global_zero:
             (path / "best.json").write_text(json.dumps(self.best) + "\n")
+
+    @staticmethod
+    def run_dir(trainer: Trainer) -> Path:
+        return Path(trainer.log_dir or trainer.default_root_dir)
 
     def state_dict(self) -> dict:
         return {"best": self.best}

@@ -53,6 +53,11 @@ def target_problem(digits: str) -> tuple[str, str]:
     return f"Sum {spaced(digits)}.", str(sum(int(c) for c in digits))
 
 
+def target_digits(problem: str) -> str:
+    """The digits of a ``target_problem`` text: ``"Sum 3 1 4 1."`` -> ``"3141"``."""
+    return problem.removeprefix("Sum ").removesuffix(".").replace(" ", "")
+
+
 def policy_response(task: str, answer: str, digits: str = "") -> str:
     """The policy's own style: a terse thought (one word, or one sum for ``add``), then the boxed answer."""
     thought = THOUGHT[task](digits) if task in THOUGHT else "sum"

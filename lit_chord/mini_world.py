@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from lit_chord import mini_tasks
-from lit_chord.rewards import last_boxed
+from lit_chord.rewards import boxed_string
 from lit_chord.tiny_world import build_tokenizer, tiny_generation_config, tiny_qwen2_config, write_jsonl
 
 HIDDEN, LAYERS = 128, 4
@@ -45,8 +45,9 @@ def pretraining_texts(seed: int = 0) -> tuple[list[tuple[str, str]], dict[str, l
     general = mini_tasks.general_records(rng, per_task)
     pairs, general_heldout = [], {}
     for task, records in general.items():
-        general_heldout[task] = [{"problem": r["problem"], "answer": r["answer"]} for r in records[-50:]]
-        pairs += [(r["problem"], r["response"]) for r in records[:-50]]
+        held = GENERAL_PER_TASK["heldout"]
+        general_heldout[task] = [{"problem": r["problem"], "answer": r["answer"]} for r in records[-held:]]
+        pairs += [(r["problem"], r["response"]) for r in records[:-held]]
     used = {r["problem"] for r in rl + heldout} | {d["messages"][0]["content"] for d in demos}
     unused = [d for d in mini_tasks.digit_strings(rng, 4, 10**4) if mini_tasks.target_problem(d)[0] not in used]
     for digits in unused[:TARGET_PRETRAIN]:
@@ -104,11 +105,11 @@ def pretrain(model, tokenizer, pairs: list[tuple[str, str]], steps: int, batch_s
 
 
 def greedy_accuracy(model, tokenizer, records: list[dict], max_new_tokens: int = 64, batch_size: int = 64) -> float:
-    """Share of ``records`` whose greedy answer's last ``\\boxed{}`` equals ``answer`` as a string."""
+    """Share of ``records`` whose greedy answer is right by ``rewards.boxed_string``, the suite's reward."""
     import torch
 
     tokenizer.padding_side = "left"
-    right = 0
+    right = 0.0
     for first in range(0, len(records), batch_size):
         chunk = records[first : first + batch_size]
         prompts = [
@@ -121,7 +122,7 @@ def greedy_accuracy(model, tokenizer, records: list[dict], max_new_tokens: int =
         with torch.no_grad():
             out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
         texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-        right += sum(last_boxed(text) == r["answer"] for text, r in zip(texts, chunk, strict=True))
+        right += sum(boxed_string(text, r["answer"]).accuracy for text, r in zip(texts, chunk, strict=True))
     return right / len(records)
 
 
@@ -133,7 +134,7 @@ def write_data(out: Path, seed: int = 0):
     traces = random.Random(seed + 1)  # each RL prompt's own expert trace, for LUFFY's groups
     prompts = []
     for record in target["rl"]:
-        digits = record["problem"].removeprefix("Sum ").removesuffix(".").replace(" ", "")
+        digits = mini_tasks.target_digits(record["problem"])
         slip = traces.random() < mini_tasks.EXPERT_SLIP
         prompts.append({**record, "expert_response": mini_tasks.expert_trace(digits, slip, traces)})
     write_jsonl(out / "expert.jsonl", target["expert"])
@@ -150,11 +151,10 @@ def write_data(out: Path, seed: int = 0):
 
 def expert_accuracy(demos: list[dict]) -> float:
     """Share of expert demonstrations whose boxed answer is the true sum."""
-    right = 0
+    right = 0.0
     for demo in demos:
         user, assistant = (m["content"] for m in demo["messages"])
-        digits = user.removeprefix("Sum ").removesuffix(".").replace(" ", "")
-        right += last_boxed(assistant) == mini_tasks.target_problem(digits)[1]
+        right += boxed_string(assistant, mini_tasks.target_problem(mini_tasks.target_digits(user))[1]).accuracy
     return right / len(demos)
 
 

@@ -261,18 +261,15 @@ def run_suite(
 
 def main(args, overrides: list[str]) -> list[RunResult]:
     """``compare --suite paper-mini``: run the suite, write ``results.md`` and ``curves.png`` into ``args.out``."""
-    import os
     from functools import partial
 
     from lit_chord import compare
 
-    chosen = [v for v in SUITE if v.name in (args.variants or [v.name for v in SUITE])]
-    for variant in chosen:
-        if variant.starts_from and variant.starts_from not in {v.name for v in chosen}:
-            chosen.insert(0, next(v for v in SUITE if v.name == variant.starts_from))
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    requested = {v.name for v in SUITE if v.name in (args.variants or [v.name for v in SUITE])}
+    needed = requested | {v.starts_from for v in SUITE if v.name in requested and v.starts_from}
+    chosen = [v for v in SUITE if v.name in needed]
     start = time.perf_counter()
-    run = partial(compare.launch, threads=threads)
+    run = partial(compare.launch, threads=compare.threads_per_run(args.jobs))
     results = run_suite(chosen, args.steps, args.seeds, args.out, args.base, args.val_every, overrides, args.jobs, run)
     minutes = (time.perf_counter() - start) / 60
     run_dirs = {key: result.run_dir for key, result in results.items()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import re
 
-from lit_chord.mini_tasks import GENERAL, expert_trace, general_records, target_problem, target_splits
+from lit_chord.mini_tasks import GENERAL, expert_trace, general_records, target_digits, target_problem, target_splits
 from lit_chord.rewards import math_boxed
 
 
@@ -19,6 +19,7 @@ def test_general_tasks_by_hand():
         "add": ("Add 3 and 1.", "4"),
     }
     assert target_problem("3141") == ("Sum 3 1 4 1.", "9")  # 3 + 1 + 4 + 1
+    assert target_digits("Sum 3 1 4 1.") == "3141" and target_digits(target_problem("0071")[0]) == "0071"
 
 
 def test_the_expert_spells_out_each_total_and_a_slip_is_one_step_off_by_one():
