@@ -8,7 +8,9 @@ another as subprocesses of ``python -m lit_chord fit``, so each is an ordinary r
 alone: ``<out>/runs/<variant>_s<seed>/`` holds its ``run.yaml`` (budget, seed, where it logs and checkpoints),
 ``log.txt``, ``metrics.csv``, checkpoints, samples and the exported policy (a two-phase variant keeps its phases
 under ``<out>/phases/`` and joins their logs, the second phase's steps shifted by the first's budget). A rerun
-into the same ``--out`` replaces the run folders.
+into the same ``--out`` keeps every run that finished before with the same command, run config and config files
+(its ``finished.json``), so an interrupted comparison picks up where it stopped; it replaces the others, and
+``--fresh`` replaces them all (do that after changing the package's code).
 
 Seed ``s`` sets ``seed_everything``, ``model.init_seed = s`` and ``data.seed = 42 + s``, so seed 0 is the demo
 itself. Writes ``<out>/results.md`` (final and best held-out greedy accuracy, steps, wall time) and
@@ -56,6 +58,7 @@ class RunResult:
     run_dir: Path  # holds metrics.csv
     wall_seconds: float
     returncode: int
+    reused: bool = False  # every phase kept from an earlier run with the same inputs
 
 
 def val_interval(steps: int, every: int) -> int:
@@ -147,9 +150,11 @@ def run_variant(
     run=launch,
     phases: list[tuple[str, ...]] | None = None,
     init_from: Path | None = None,
+    reuse: bool = True,
 ) -> RunResult:
     """Run variant ``name`` (its ``phases``, by default ``VARIANTS[name]``) with ``seed``; the first phase starts
-    from ``init_from`` (an exported policy) if given, else from the base config's model."""
+    from ``init_from`` (an exported policy) if given, else from the base config's model. With ``reuse``, a phase
+    that already finished with the same inputs (``finished.json``) is kept instead of rerun."""
     phases = VARIANTS[name] if phases is None else phases
     run_dir = out / "runs" / f"{name}_s{seed}"
     budgets = split_budget(steps, len(phases))
@@ -158,19 +163,28 @@ def run_variant(
     else:
         stems = [Path(layers[0]).stem if layers else "base" for layers in phases]
         phase_dirs = [out / "phases" / f"{name}_s{seed}" / f"{i}_{stem}" for i, stem in enumerate(stems)]
-    wall, returncode = 0.0, 0
+    wall, returncode, reused = 0.0, 0, reuse
     done: list[tuple[Path, int]] = []  # (phase folder, offset of its steps in the joined log)
     for phase_dir, variant_files, budget in zip(phase_dirs, phases, budgets, strict=True):
-        shutil.rmtree(phase_dir, ignore_errors=True)
-        phase_dir.mkdir(parents=True)
         layers = [base, *(base.parent / file for file in variant_files)]
-        run_yaml = phase_dir / "run.yaml"
         config = run_config(phase_dir, budget, seed, val_every, init_from, layers)
-        run_yaml.write_text(json.dumps(config, indent=2) + "\n")
-        print(f"[compare] {name} seed {seed}: {budget} steps -> {phase_dir}", flush=True)
-        start = time.perf_counter()
-        returncode = run(fit_command(layers, run_yaml, overrides), phase_dir / "log.txt")
-        wall += time.perf_counter() - start
+        command = fit_command(layers, phase_dir / "run.yaml", overrides)
+        inputs = {"command": command, "config": config, "layers": [layer.read_text() for layer in layers]}
+        if reused and (finished := finished_before(phase_dir, inputs)) is not None:
+            print(f"[compare] {name} seed {seed}: reusing {phase_dir} (finished before, same inputs)", flush=True)
+            wall += finished
+        else:
+            reused = False  # a later phase starts from this one's export, so it reruns too
+            shutil.rmtree(phase_dir, ignore_errors=True)
+            phase_dir.mkdir(parents=True)
+            (phase_dir / "run.yaml").write_text(json.dumps(config, indent=2) + "\n")
+            print(f"[compare] {name} seed {seed}: {budget} steps -> {phase_dir}", flush=True)
+            start = time.perf_counter()
+            returncode = run(command, phase_dir / "log.txt")
+            seconds = time.perf_counter() - start
+            wall += seconds
+            if not returncode:
+                (phase_dir / FINISHED).write_text(json.dumps({**inputs, "wall_seconds": seconds}, indent=2) + "\n")
         done.append((phase_dir, sum(budgets[: len(done)])))
         if returncode:
             print(f"[compare] {name} seed {seed} failed (exit {returncode}); see {phase_dir / 'log.txt'}", flush=True)
@@ -179,7 +193,21 @@ def run_variant(
     if len(phases) > 1:
         run_dir.mkdir(parents=True, exist_ok=True)
         join_metrics([(d / "metrics.csv", offset) for d, offset in done], run_dir / "metrics.csv")
-    return RunResult(name, seed, run_dir, wall, returncode)
+    return RunResult(name, seed, run_dir, wall, returncode, reused)
+
+
+FINISHED = "finished.json"  # a phase that ran to exit 0: its command, run config and layer files, and its wall time
+
+
+def finished_before(phase_dir: Path, inputs: dict) -> float | None:
+    """The wall seconds of the earlier run in ``phase_dir`` if it finished with exactly these ``inputs``, else None.
+    (The package's code is not an input: rerun with ``--fresh`` after changing it.)"""
+    path = phase_dir / FINISHED
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    seconds = record.pop("wall_seconds", None)
+    return seconds if record == json.loads(json.dumps(inputs)) else None
 
 
 def join_metrics(parts: list[tuple[Path, int]], out: Path) -> None:
@@ -274,6 +302,7 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
     parser.add_argument("--base", type=Path, help="base config; variant files sit next to it")
     parser.add_argument("--val-every", type=int, help="validate every N steps (a divisor of the budget)")
     parser.add_argument("--jobs", type=int, help="runs side by side, sharing the cores (demo 1, paper-mini 2)")
+    parser.add_argument("--fresh", action="store_true", help="rerun even the runs that finished before, same inputs")
     args = parser.parse_args(argv)
     for key, default in SUITES[args.suite].items():
         if getattr(args, key) is None:
@@ -300,7 +329,8 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
         results = list(
             pool.map(
                 lambda task: run_variant(
-                    task[0], task[1], args.steps, args.out, args.base, args.val_every, overrides, run
+                    task[0], task[1], args.steps, args.out, args.base, args.val_every, overrides, run,
+                    reuse=not args.fresh,
                 ),
                 tasks,
             )

@@ -231,23 +231,25 @@ def run_suite(
     overrides: list[str],
     jobs: int,
     run,
+    reuse: bool = True,
 ) -> dict[tuple[str, int], RunResult]:
     """Every variant and seed as a ``compare.run_variant``, ``jobs`` at a time; a variant that starts from another's
-    best policy waits for that run (submitted earlier, so the wait cannot deadlock). Returns the runs that ran."""
+    best policy waits for that run (submitted earlier, so the wait cannot deadlock), and is reused only if that run
+    was. Returns the runs that ran."""
     from lit_chord import compare
 
     futures: dict[tuple[str, int], Future[RunResult | None]] = {}
 
     def one(variant: MiniVariant, seed: int) -> RunResult | None:
-        init_from = None
+        init_from, reuse_this = None, reuse
         if variant.starts_from is not None:
             source = futures[(variant.starts_from, seed)].result()
             if source is None or source.returncode:
                 print(f"[paper-mini] {variant.name} seed {seed}: skipped, {variant.starts_from} failed", flush=True)
                 return None
-            init_from = source.run_dir / "export_best"
+            init_from, reuse_this = source.run_dir / "export_best", reuse and source.reused
         return compare.run_variant(
-            variant.name, seed, steps, out, base, val_every, overrides, run, [variant.layers], init_from
+            variant.name, seed, steps, out, base, val_every, overrides, run, [variant.layers], init_from, reuse_this
         )
 
     order = sorted(variants, key=lambda v: v.starts_from is not None)  # the runs others start from go first
@@ -270,7 +272,9 @@ def main(args, overrides: list[str]) -> list[RunResult]:
     chosen = [v for v in SUITE if v.name in needed]
     start = time.perf_counter()
     run = partial(compare.launch, threads=compare.threads_per_run(args.jobs))
-    results = run_suite(chosen, args.steps, args.seeds, args.out, args.base, args.val_every, overrides, args.jobs, run)
+    results = run_suite(
+        chosen, args.steps, args.seeds, args.out, args.base, args.val_every, overrides, args.jobs, run, not args.fresh
+    )
     minutes = (time.perf_counter() - start) / 60
     run_dirs = {key: result.run_dir for key, result in results.items()}
     header = (

@@ -73,6 +73,33 @@ def test_variants_launch_layered_configs_and_the_table_reads_their_logs(tmp_path
     assert table[3] == "| sft_then_grpo | 0 | 0.500 | 0.500 | 8 | 0.0 |"
 
 
+def test_a_rerun_keeps_the_phases_that_finished_with_the_same_inputs(tmp_path):
+    commands = []
+    launch = fake_launch({"sft_then_grpo_s0": [0.5, 0.25] * 7}, commands)
+
+    def again(overrides=(), reuse=True):
+        before = len(commands)
+        result = compare.run_variant(
+            "sft_then_grpo", 0, 8, tmp_path, CONFIGS / "demo.yaml", 4, list(overrides), launch, reuse=reuse
+        )
+        run_yamls = [[c[i + 1] for i, a in enumerate(c) if a == "--config"][-1] for c in commands[before:]]
+        return result, [Path(run_yaml).parent.name for run_yaml in run_yamls]
+
+    first, launched = again()
+    assert launched == ["0_demo_sft_only", "1_demo_grpo_only"] and not first.reused
+    second, launched = again()  # both phases finished with the same command, config and config files
+    assert launched == [] and second.reused
+    assert second.wall_seconds == first.wall_seconds  # the recorded times
+    assert read_metrics(second.run_dir / "metrics.csv") == read_metrics(first.run_dir / "metrics.csv")
+    _, launched = again(["--data.val_size", "4"])  # another command: both rerun
+    assert launched == ["0_demo_sft_only", "1_demo_grpo_only"]
+    (tmp_path / "phases" / "sft_then_grpo_s0" / "1_demo_grpo_only" / "finished.json").unlink()  # died in phase 2
+    third, launched = again(["--data.val_size", "4"])
+    assert launched == ["1_demo_grpo_only"] and not third.reused
+    _, launched = again(["--data.val_size", "4"], reuse=False)  # --fresh
+    assert launched == ["0_demo_sft_only", "1_demo_grpo_only"]
+
+
 def test_table_aggregates_seeds_and_names_failures(tmp_path):
     results = []
     for seed, final in [(0, 0.5), (1, 0.75), (2, None)]:

@@ -76,6 +76,14 @@ def test_runs_start_after_what_they_start_from(tmp_path):
         assert start == str(tmp_path / "runs" / f"sft_s{seed}" / "export_best")
     assert dict(launched)["grpo_s0"] is None  # the base config's pretrained policy
 
+    # A rerun keeps what finished; a run that reran makes the runs started from it rerun too.
+    launched.clear()
+    paper_mini.run_suite(variants, 2, [0, 1], tmp_path, CONFIGS / "mini.yaml", 1, [], 2, fake_launch)
+    assert launched == []
+    (tmp_path / "runs" / "sft_s0" / "finished.json").unlink()
+    paper_mini.run_suite(variants, 2, [0, 1], tmp_path, CONFIGS / "mini.yaml", 1, [], 2, fake_launch)
+    assert sorted(name for name, _ in launched) == ["sft_best_grpo_s0", "sft_s0"]
+
 
 @pytest.mark.slow
 def test_the_suite_runs_sft_then_grpo_from_the_best_export(tmp_path, monkeypatch):
