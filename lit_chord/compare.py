@@ -325,16 +325,15 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
         parser.error(f"--variants: {', '.join(unknown)} not in the demo suite ({', '.join(VARIANTS)})")
     tasks = [(variant, seed) for variant in args.variants or VARIANTS for seed in args.seeds]
     run = partial(launch, threads=threads_per_run(args.jobs))
-    with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(
-            pool.map(
-                lambda task: run_variant(
-                    task[0], task[1], args.steps, args.out, args.base, args.val_every, overrides, run,
-                    reuse=not args.fresh,
-                ),
-                tasks,
-            )
+
+    def one(task: tuple[str, int]) -> RunResult:
+        variant, seed = task
+        return run_variant(
+            variant, seed, args.steps, args.out, args.base, args.val_every, overrides, run, reuse=not args.fresh
         )
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(one, tasks))
     table = results_table(results)
     header = f"{args.steps} steps per variant, seeds {' '.join(map(str, args.seeds))}, base {args.base}\n\n"
     (args.out / "results.md").write_text(header + table)
