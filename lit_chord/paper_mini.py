@@ -10,7 +10,7 @@ the same budget of optimizer steps, the same batch, learning rate and seeds; onl
 - **GRPO**: μ = 0, no expert samples. **SFT-best → GRPO**: GRPO for the same budget from the SFT-best policy, the
   paper's two-stage baseline (so it has had twice the steps).
 - **LUFFY**: each prompt's expert trace inside its rollout group, shaped off-policy loss (``configs/demo_luffy.yaml``).
-- **fixed mix** (μ 0.5), **CHORD-μ** (0.9 → 0.05, cosine, over the first third), **CHORD-φ** (μ 0.1, φ weighting).
+- **fixed mix** (μ 0.5), **CHORD-μ** (0.9 → 0.05, cosine, over the first 50 steps), **CHORD-φ** (μ 0.1, φ weighting).
 
 Reported per variant, mean ± std over seeds: in-domain greedy accuracy, avg@4 and pass@4 on the 200 held-out sums;
 general ability as the mean greedy accuracy over the six general tasks, and each task's change from the original
