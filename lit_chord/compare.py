@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].strip("`"))
     parser.add_argument("--suite", choices=list(SUITES), default="demo", help="demo variants, or paper-mini")
     parser.add_argument("--variants", nargs="+", help="a subset (default: all of the suite's)")
-    parser.add_argument("--steps", type=int, help="optimizer steps per variant (all phases together); demo 600, paper-mini 450")
+    parser.add_argument("--steps", type=int, help="optimizer steps per variant, all phases (demo 600, paper-mini 450)")
     parser.add_argument("--seeds", nargs="+", type=int, help="demo: 0; paper-mini: 0 1 2")
     parser.add_argument("--out", type=Path, help="output folder (runs/compare, runs/paper-mini)")
     parser.add_argument("--base", type=Path, help="base config; variant files sit next to it")
