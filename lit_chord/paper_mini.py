@@ -279,7 +279,7 @@ def main(args, overrides: list[str]) -> list[RunResult]:
     run_dirs = {key: result.run_dir for key, result in results.items()}
     header = (
         f"paper-mini: {args.steps} steps per variant, seeds {' '.join(map(str, args.seeds))}, base {args.base}, "
-        f"{args.jobs} runs side by side, {minutes:.1f} min in all\n\n"
+        f"up to {args.jobs} runs side by side, {minutes:.1f} min in all\n\n"
     )
     tables = results_tables(row_scores(run_dirs, args.seeds))
     (args.out / "results.md").write_text(header + tables)
