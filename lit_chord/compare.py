@@ -133,7 +133,7 @@ def threads_per_run(jobs: int) -> int | None:
 
 def launch(command: list[str], log_path: Path, threads: int | None = None) -> int:
     """Run one ``fit`` to completion, its output into ``log_path``; return its exit code. ``threads``: the run's
-    ``OMP_NUM_THREADS`` (runs side by side share the cores; README "CPU threads")."""
+    ``OMP_NUM_THREADS`` (runs side by side share the cores: README "The demo", on ``OMP_NUM_THREADS``)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
     with log_path.open("w") as log:
         return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode

@@ -6,7 +6,7 @@ whether mixing SFT on another model's traces into RL lifts a target task without
 policy already knew. Here the digit tasks (copy, reverse, sort, max, count, add) stand for that prior knowledge
 (the paper's MMLU-Pro column), the multi-step sum of four digits for the math the paper trains on, and the expert
 for DeepSeek-R1: its traces spell the sum out step by step (R1's traces are ~9× the original policy's length in the
-paper; these are ~6×), while the policy's own style is a one-word thought (one sum in words for ``add``). The
+paper; these are ~4× in tokens), while the policy's own style is a one-word thought (one sum in words for ``add``). The
 expert slips on one step in ``EXPERT_SLIP`` of its traces, as R1's traces are not all right either; a slip is a
 running total off by one.
 

@@ -7,7 +7,7 @@ a tiny Qwen2 taught by plain supervised learning the six general digit tasks of 
 digits) only briefly, so that it is weak there. The expert's traces for the target are long, worded otherwise and
 not always right, as R1's are to Qwen2.5-Instruct.
 
-``python -m lit_chord.mini_world data/mini`` rebuilds the shipped folder (seed 0, 1500 steps of batch 64: 3.9 min
+``python -m lit_chord.mini_world data/mini`` rebuilds the shipped folder (seed 0, 1500 steps of batch 64: 4.0 min
 on 2 cores): the policy in ``model/`` (``from_pretrained`` loads it like any hub model) with
 ``model/pretraining.json`` (the command, the seed and the accuracy it reached per task), and the data:
 ``expert.jsonl`` (demonstrations, chat ``messages``), ``prompts.jsonl`` (RL prompts, each with the expert's trace for

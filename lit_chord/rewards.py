@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 FORMAT_PENALTY = 0.1
@@ -104,21 +104,23 @@ def answers_match(predicted: str, answer: str) -> bool:
     return bool(gold and guess and verify(gold, guess))
 
 
-def math_boxed(completion: str, answer: str) -> Reward:
-    """Accuracy of the last boxed answer, minus ``FORMAT_PENALTY`` if the <think> tags are malformed."""
+def boxed_reward(completion: str, answer: str, match: Callable[[str, str], bool]) -> Reward:
+    """Accuracy of the last boxed answer by ``match``, minus ``FORMAT_PENALTY`` if the <think> tags are malformed."""
     boxed = last_boxed(completion)
-    accuracy = 1.0 if boxed is not None and answers_match(boxed, answer) else 0.0
+    accuracy = float(boxed is not None and match(boxed, answer))
     well_formed = think_format_ok(completion)
     return Reward(accuracy - (0.0 if well_formed else FORMAT_PENALTY), accuracy, float(well_formed))
+
+
+def math_boxed(completion: str, answer: str) -> Reward:
+    """``boxed_reward`` with the answers compared by math-verify (``answers_match``)."""
+    return boxed_reward(completion, answer, answers_match)
 
 
 def boxed_string(completion: str, answer: str) -> Reward:
     """``math_boxed`` with the answers compared as strings: for digit strings, where ``0123`` and ``123`` differ
     (math-verify would call them equal), as in the miniature's copy and sort tasks."""
-    boxed = last_boxed(completion)
-    accuracy = float(boxed is not None and boxed.strip() == answer.strip())
-    well_formed = think_format_ok(completion)
-    return Reward(accuracy - (0.0 if well_formed else FORMAT_PENALTY), accuracy, float(well_formed))
+    return boxed_reward(completion, answer, lambda boxed, gold: boxed.strip() == gold.strip())
 
 
 def paper_math(completion: str, answer: str, truncated: bool = False) -> Reward:
