@@ -219,7 +219,7 @@ class ChordModule(LightningModule):
         if hp.gradient_checkpointing:
             policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if lora is not None:  # freezes the base; the KL reference is the base with the adapters off
-            self.lora = LoraPolicy(policy.to(lora.dtype), lora, hp.init_seed)
+            self.lora = LoraPolicy(policy.to(lora.dtype), lora, hp.init_seed, random_init=hp.random_init)
         elif hp.kl_coef > 0:
             import copy
 

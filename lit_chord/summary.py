@@ -36,8 +36,11 @@ def run_summary(trainer: Trainer, module: ChordModule, data: ChordDataModule) ->
 
     held_out = ", ".join(f"{name} ({len(prompts)} prompts)" for name, prompts in data.val_sets.items()) or "none"
     checkpoints = [getattr(cb, "dirpath", None) for cb in trainer.checkpoint_callbacks]
-    lora = module.lora_settings
-    adapters = f", LoRA r={lora.rank} α={lora.alpha:g} on {lora.target_modules}, base {lora.base_dtype}" if lora else ""
+    lora, adapters = module.lora_settings, ""
+    if lora is not None:
+        adapters = f", LoRA r={lora.rank} α={lora.alpha:g} on {lora.target_modules}, base {lora.base_dtype}"
+        if module.lora is not None and module.lora.modules_to_save:
+            adapters += f", trained in full: {', '.join(module.lora.modules_to_save)}"
     lines = [
         f"model:      {hp.model}{' (random init)' if hp.random_init else ''}{adapters}",
         f"prompts:    {dhp.prompt_data}: {kept(data.prompts, 'prompt_data')}",

@@ -61,8 +61,9 @@ def single_lora(tiny_world, tmp_path_factory):
 
 @pytest.mark.parametrize("layout", ["ddp+lora", "fsdp2+lora"])
 def test_two_ranks_take_the_same_lora_step_as_one(tiny_world, tmp_path, single_lora, layout):
-    """LoRA adapters on a frozen base (sharded under FSDP2) and a KL penalty to the base with the adapters off: the
-    merged weights after the step equal one rank's, and every adapted projection moved."""
+    """LoRA adapters on a frozen base (sharded under FSDP2), the tied embeddings trained in full, and a KL penalty to
+    the base with the adapters off: the merged weights after the step equal one rank's, and every adapted projection
+    and the embeddings moved."""
     two = run(tiny_world, tmp_path / "out.pt", 2, layout)
     assert two["loss"] == pytest.approx(single_lora["loss"], abs=1e-5)
     assert single_lora["weights"].keys() == two["weights"].keys()
@@ -74,7 +75,8 @@ def test_two_ranks_take_the_same_lora_step_as_one(tiny_world, tmp_path, single_l
     moved = {
         name for name, weight in single_lora["weights"].items() if name in base and not torch.equal(weight, base[name])
     }
-    assert moved == {name for name in base if name.endswith("proj.weight")}  # q k v o gate up down; the rest frozen
+    adapted = {name for name in base if name.endswith("proj.weight")}  # q k v o gate up down
+    assert moved == adapted | {"model.embed_tokens.weight"}  # the rest frozen
 
 
 def test_ranks_come_from_slurm_variables(tiny_world, tmp_path, single):

@@ -12,7 +12,7 @@ import torch
 from helpers import EchoEngine, cpu_trainer, tiny_datamodule
 
 from lit_chord.export import PolicyExport
-from lit_chord.lora import LoraSettings
+from lit_chord.lora import LoraSettings, trained_copy
 from lit_chord.module import ChordModule
 from lit_chord.rollout_callback import RolloutCallback
 from lit_chord.scorer import PolicyScorer
@@ -116,18 +116,55 @@ def test_export_writes_a_merged_model_and_a_peft_adapter(trained, tiny_world):
 
 
 def test_the_export_of_a_random_init_base_carries_the_base(tiny_world, tmp_path):
-    """A random-init base exists nowhere on disk: the export writes it to ``base/`` and the adapter points there."""
+    """A random-init base exists nowhere on disk: the export writes it to ``base/`` and the adapter points there.
+    The embeddings train in full there (tied to the head): both exports carry the trained copy as head and input."""
     from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    module = ChordModule(model=str(tiny_world / "model"), random_init=True, lora=LoraSettings(rank=2))
+    module = ChordModule(
+        model=str(tiny_world / "model"),
+        random_init=True,
+        lora=LoraSettings(rank=2),
+        optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2),
+    )
     export = PolicyExport()
     callbacks = [RolloutCallback(engine=EchoEngine(), reward_fn=length_reward), export]
     cpu_trainer(max_steps=1, default_root_dir=tmp_path, callbacks=callbacks).fit(module, tiny_datamodule(tiny_world))
     config = json.loads((export.path / "adapter" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(export.path / "base")
+    assert "embed_tokens" in config["modules_to_save"] and config["ensure_weight_tying"]
     adapted = AutoPeftModelForCausalLM.from_pretrained(export.path / "adapter").eval()  # loads the base from there
+    merged = AutoModelForCausalLM.from_pretrained(export.path, dtype=torch.float32).eval()
     expected = logprobs(module.scorer.eval())
     torch.testing.assert_close(logprobs(PolicyScorer(adapted.base_model.model)), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logprobs(PolicyScorer(merged)), expected, atol=1e-5, rtol=0)
+    base = AutoModelForCausalLM.from_pretrained(export.path / "base", dtype=torch.float32).eval()
+    assert (logprobs(PolicyScorer(base)) - expected).abs().max() > 1e-3  # the step moved the policy off its base
+
+
+def trained_in_full(module: ChordModule) -> set[str]:
+    return {name for name, p in module.policy.named_parameters() if p.requires_grad and ".lora_" not in name}
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_a_random_init_base_trains_its_embeddings_and_head_in_full(tiny_world, tmp_path, tie):
+    """A base built from its config has nothing to keep, and its head frozen at the initialization caps the logits:
+    by default the embeddings and the head train in full next to the adapters (one tied matrix, or two)."""
+    config = json.loads((tiny_world / "model" / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": tie}))
+    module = ChordModule(model=str(tmp_path), random_init=True, lora=LoraSettings(rank=2))
+    module.configure_model()
+    assert module.lora.modules_to_save == (["embed_tokens"] if tie else ["embed_tokens", "lm_head"])
+    copies = {"model.embed_tokens.modules_to_save.default.weight", "lm_head.modules_to_save.default.weight"}
+    assert trained_in_full(module) == (copies - {"lm_head.modules_to_save.default.weight"} if tie else copies)
+    head, embeddings = module.policy.get_output_embeddings(), module.policy.get_input_embeddings()
+    assert (trained_copy(head).weight is trained_copy(embeddings).weight) == tie
+    # None else: a pretrained base keeps them, and an explicit [] keeps them on a random-init base too.
+    explicit = ChordModule(model=str(tmp_path), random_init=True, lora=LoraSettings(rank=2, modules_to_save=[]))
+    pretrained = ChordModule(model=str(tiny_world / "model"), lora=LoraSettings(rank=2))
+    for other in (explicit, pretrained):
+        other.configure_model()
+        assert other.lora.modules_to_save == [] and trained_in_full(other) == set()
 
 
 def test_a_bfloat16_base_trains_float32_adapters(tiny_world):
@@ -140,17 +177,24 @@ def test_a_bfloat16_base_trains_float32_adapters(tiny_world):
     assert {t.dtype for _, t in module.full_parameters()} == {torch.bfloat16}  # merged in float32, cast back
 
 
-def test_modules_trained_in_full_merge_under_their_names_and_stay_out_of_the_reference(tiny_world):
-    """``modules_to_save: [norm]``: every RMSNorm gets a trained copy; the engine gets the copies under the plain
-    names, the KL reference keeps the base's own."""
-    module = ChordModule(model=str(tiny_world / "model"), lora=LoraSettings(rank=2, modules_to_save=["norm"]))
+@pytest.mark.parametrize("saved", [["norm"], ["embed_tokens", "norm"]])
+def test_modules_trained_in_full_merge_under_their_names_and_stay_out_of_the_reference(tiny_world, saved):
+    """``modules_to_save``: every RMSNorm (and the embeddings) gets a trained copy; the engine gets the copies under
+    the plain names, the KL reference keeps the base's own. The tiny model ties its output head to its embeddings,
+    so a trained copy of the embeddings must be the head too: the merged model, which ties them, has to score alike."""
+    settings = LoraSettings(rank=2, modules_to_save=saved)
+    module = ChordModule(model=str(tiny_world / "model"), lora=settings)
+    given = list(saved)
     module.configure_model()
+    assert settings.modules_to_save == given  # the setting stays as given (peft appends to the list it gets)
     with torch.no_grad():
         for param in module.policy.parameters():
-            if param.requires_grad:  # the adapters' B and the norms' copies, as training would move them
+            if param.requires_grad:  # the adapters' B and the trained copies, as training would move them
                 param.add_(0.1 * torch.randn_like(param))
     trained = {name for name, p in module.policy.named_parameters() if p.requires_grad and ".lora_" not in name}
-    assert len(trained) == 5  # 2 layers x 2 norms + the final norm
+    assert len(trained) == 5 + len(saved) - 1  # 2 layers x 2 norms + the final norm (+ the embeddings, the head too)
+    head, embeddings = module.policy.get_output_embeddings(), module.policy.get_input_embeddings()
+    assert trained_copy(head).weight is trained_copy(embeddings).weight
     module.policy.eval()
     plain = base_model(tiny_world)
     merged = dict(module.full_parameters())
@@ -159,7 +203,9 @@ def test_modules_trained_in_full_merge_under_their_names_and_stay_out_of_the_ref
     torch.testing.assert_close(logprobs(PolicyScorer(plain)), logprobs(module.scorer), atol=1e-5, rtol=0)
     with module.kl_reference() as reference:
         torch.testing.assert_close(logprobs(reference), logprobs(PolicyScorer(base_model(tiny_world))))
-    assert {k.removeprefix("base_model.model.") for k in module.lora.adapter_state() if ".lora_" not in k} == trained
+    head = {"lm_head.modules_to_save.default.weight"} if "embed_tokens" in saved else set()  # peft saves it by name
+    saved_copies = {k.removeprefix("base_model.model.") for k in module.lora.adapter_state() if ".lora_" not in k}
+    assert saved_copies == trained | head
 
 
 def test_bad_settings_are_refused(tiny_world):
@@ -167,6 +213,9 @@ def test_bad_settings_are_refused(tiny_world):
         LoraSettings(rank=0)
     module = ChordModule(model=str(tiny_world / "model"), lora=LoraSettings(target_modules=["embed_tokens"]))
     with pytest.raises(ValueError, match="only linear layers"):
+        module.configure_model()
+    module = ChordModule(model=str(tiny_world / "model"), lora=LoraSettings(modules_to_save=["lm_head"]))
+    with pytest.raises(ValueError, match=r"modules_to_save \['lm_head'\]: this model ties .* \(embed_tokens\)"):
         module.configure_model()
 
 

@@ -137,7 +137,10 @@ def fit(
     return module, engine, recorder
 
 
-@pytest.mark.parametrize("lora", [None, LoraSettings(rank=4, dropout=0.1)], ids=["full", "lora"])
+LORAS = [None, LoraSettings(rank=4, dropout=0.1), LoraSettings(rank=4, dropout=0.1, modules_to_save=["embed_tokens"])]
+
+
+@pytest.mark.parametrize("lora", LORAS, ids=["full", "lora", "lora+embeddings"])
 def test_fit_resumed_from_a_checkpoint_equals_an_uninterrupted_fit(tiny_world, dropout_model, tmp_path, lora):
     _, engine_a, whole = fit(tiny_world, dropout_model, tmp_path / "a", max_steps=4, global_seed=1, lora=lora)
     fit(tiny_world, dropout_model, tmp_path / "b", max_steps=2, global_seed=2, lora=lora)
@@ -158,7 +161,8 @@ def test_fit_resumed_from_a_checkpoint_equals_an_uninterrupted_fit(tiny_world, d
     assert torch.equal(engine_b.loads[0], engine_a.loads[2]) and not torch.equal(engine_b.loads[0], engine_a.loads[0])
     if lora is not None:  # the checkpoint holds the adapters and their optimizer state, not the frozen base
         saved = torch.load(tmp_path / "b/last.ckpt", weights_only=False)
-        assert saved["state_dict"] and all(".lora_" in key for key in saved["state_dict"])
+        trained = (".lora_", ".modules_to_save.")  # adapters, and the embeddings' trained copy (the tied head's too)
+        assert saved["state_dict"] and all(any(part in key for part in trained) for key in saved["state_dict"])
         adapters = [p for p in module.parameters() if p.requires_grad]
         assert len(saved["optimizer_states"][0]["state"]) == len(adapters)
         assert saved["hyper_parameters"]["lora"] == lora  # the setting round-trips: a resume compares it

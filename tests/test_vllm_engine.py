@@ -170,18 +170,22 @@ def test_weight_sync_makes_the_engine_follow_the_updated_policy(engine, policy):
         engine.load_weights(policy.named_parameters())
 
 
-def test_a_lora_policy_pushes_its_merged_weights(engine, policy, tiny_world):
+@pytest.mark.parametrize("saved", [None, ["embed_tokens", "norm"]], ids=["adapters", "adapters+embeddings+norms"])
+def test_a_lora_policy_pushes_its_merged_weights(engine, policy, tiny_world, saved):
     """LoRA: the engine receives W + (α/r)·B·A under the plain names and then scores its samples as the trainer's
-    adapter layers do (base and low-rank paths computed apart), in float32 to 1e-5."""
+    adapter layers do (base and low-rank paths computed apart), in float32 to 1e-5. With the embeddings trained in
+    full too, the engine's output head (tied to them) is the trained copy, as the trainer's is."""
     from lit_chord.lora import LoraSettings
     from lit_chord.module import ChordModule
 
-    module = ChordModule(model=str(tiny_world / "model"), lora=LoraSettings(rank=4, alpha=8.0))
+    module = ChordModule(model=str(tiny_world / "model"), lora=LoraSettings(rank=4, alpha=8.0, modules_to_save=saved))
     module.configure_model()
     with torch.no_grad():
         for name, param in module.policy.named_parameters():
             if ".lora_B." in name:  # B starts at 0 (the base); a trained one is not
                 param.normal_(0.0, 0.05)
+            elif param.requires_grad:  # a copy trained in full: moved as training would
+                param.add_(0.05 * torch.randn_like(param))
     adapted = module.policy.eval()
     try:
         engine.load_weights(module.full_parameters())

@@ -6,7 +6,8 @@ no clipping makes the weight change equal to minus the gradient.
 
 Usage: python one_step.py WORLD_DIR OUT_FILE DEVICES {ddp,fsdp2,single,slurm}[+padding_free]
 (``+padding_free``: padding-free passes of at most 60 real tokens instead of micro-batches of 3 rows.)
-(``+lora``: LoRA adapters of rank 4 on the frozen base, a KL penalty to the base; the saved weights are merged.)
+(``+lora``: LoRA adapters of rank 4 on the frozen base, the tied embeddings trained in full, a KL penalty to the
+base; the saved weights are merged.)
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def main(world: str, out: str, devices: int, layout: str) -> None:
     layout, _, variant = layout.partition("+")
     cut = {"max_tokens_per_micro_batch": 60, "padding_free": True} if variant == "padding_free" else {}
     if variant == "lora":
-        cut = {"lora": LoraSettings(rank=4, alpha=8.0), "kl_coef": 0.1}
+        cut = {"lora": LoraSettings(rank=4, alpha=8.0, modules_to_save=["embed_tokens"]), "kl_coef": 0.1}
     strategy = {
         "single": SingleDeviceStrategy(device="cpu"),
         "ddp": DDPStrategy(process_group_backend="gloo"),
