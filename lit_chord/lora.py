@@ -133,6 +133,11 @@ class LoraPolicy:
         if saved is None:
             saved = from_scratch_modules(policy) if random_init else []
         self.modules_to_save = saved  # what trains in full next to the adapters, as resolved for this base
+        names = [name for name, _ in policy.named_modules() if name]
+        unmatched = [suffix for suffix in saved if not any(name.endswith(suffix) for name in names)]
+        if unmatched:  # peft would train nothing for them, silently
+            leaves = sorted({leaf for name in names if not (leaf := name.rsplit(".", 1)[-1]).isdigit()})
+            raise ValueError(f"model.lora.modules_to_save: no module's name ends in {unmatched}; its modules: {leaves}")
         embeddings = module_name(policy, policy.get_input_embeddings())
         tied = ties_embeddings(policy)
         config = LoraConfig(

@@ -214,6 +214,9 @@ def test_bad_settings_are_refused(tiny_world):
     module = ChordModule(model=str(tiny_world / "model"), lora=LoraSettings(target_modules=["embed_tokens"]))
     with pytest.raises(ValueError, match="only linear layers"):
         module.configure_model()
+    module = ChordModule(model=str(tiny_world / "model"), lora=LoraSettings(modules_to_save=["embed_token", "norm"]))
+    with pytest.raises(ValueError, match=r"no module's name ends in \['embed_token'\]; its modules: .*'embed_tokens'"):
+        module.configure_model()
     module = ChordModule(model=str(tiny_world / "model"), lora=LoraSettings(modules_to_save=["lm_head"]))
     with pytest.raises(ValueError, match=r"modules_to_save \['lm_head'\]: this model ties .* \(embed_tokens\)"):
         module.configure_model()
