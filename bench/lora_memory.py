@@ -64,7 +64,8 @@ def build(args: argparse.Namespace, folder: Path) -> ChordModule:
         hidden_size=args.hidden, intermediate_size=args.intermediate, num_hidden_layers=args.layers,
         num_attention_heads=args.hidden // 64, num_key_value_heads=2, vocab_size=args.vocab, tie_word_embeddings=True,
     ).save_pretrained(folder)  # fmt: skip
-    lora = LoraSettings(rank=args.rank, alpha=2.0 * args.rank) if args.variant == "lora" else None
+    # modules_to_save=[]: adapters only, as on a pretrained base (a random-init one would train its embeddings too)
+    lora = LoraSettings(rank=args.rank, alpha=2.0 * args.rank, modules_to_save=[]) if args.variant == "lora" else None
     module = ChordModule(model=str(folder), random_init=True, micro_batch_size=args.micro_batch_size, lora=lora)
     module.configure_model()
     return module

@@ -46,7 +46,9 @@ def build(args: argparse.Namespace, folder: Path) -> ChordModule:
         num_attention_heads=args.hidden // 64, num_key_value_heads=2, vocab_size=args.vocab, tie_word_embeddings=True,
         max_position_embeddings=512,
     ).save_pretrained(folder)  # fmt: skip
-    module = ChordModule(model=str(folder), random_init=True, lora=LoraSettings(rank=args.rank, alpha=2.0 * args.rank))
+    # modules_to_save=[]: adapters only, as on a pretrained base (a random-init one would train its embeddings too)
+    lora = LoraSettings(rank=args.rank, alpha=2.0 * args.rank, modules_to_save=[])
+    module = ChordModule(model=str(folder), random_init=True, lora=lora)
     module.configure_model()
     module.policy.eval()
     return module
