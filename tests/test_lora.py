@@ -16,6 +16,7 @@ from lit_chord.lora import LoraSettings, trained_copy
 from lit_chord.module import ChordModule
 from lit_chord.rollout_callback import RolloutCallback
 from lit_chord.scorer import PolicyScorer
+from lit_chord.summary import RunSummary
 
 IDS = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12], [13, 14, 15, 16, 17, 18, 19, 20]])
 MASK = torch.ones_like(IDS)
@@ -115,7 +116,7 @@ def test_export_writes_a_merged_model_and_a_peft_adapter(trained, tiny_world):
     assert adapter_bytes < (path / "model.safetensors").stat().st_size / 5
 
 
-def test_the_export_of_a_random_init_base_carries_the_base(tiny_world, tmp_path):
+def test_the_export_of_a_random_init_base_carries_the_base(tiny_world, tmp_path, caplog):
     """A random-init base exists nowhere on disk: the export writes it to ``base/`` and the adapter points there.
     The embeddings train in full there (tied to the head): both exports carry the trained copy as head and input."""
     from peft import AutoPeftModelForCausalLM
@@ -128,8 +129,11 @@ def test_the_export_of_a_random_init_base_carries_the_base(tiny_world, tmp_path)
         optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2),
     )
     export = PolicyExport()
-    callbacks = [RolloutCallback(engine=EchoEngine(), reward_fn=length_reward), export]
-    cpu_trainer(max_steps=1, default_root_dir=tmp_path, callbacks=callbacks).fit(module, tiny_datamodule(tiny_world))
+    callbacks = [RolloutCallback(engine=EchoEngine(), reward_fn=length_reward), export, RunSummary()]
+    trainer = cpu_trainer(max_steps=1, default_root_dir=tmp_path, callbacks=callbacks)
+    with caplog.at_level("INFO"):
+        trainer.fit(module, tiny_datamodule(tiny_world))
+    assert "(random init), LoRA r=2 α=16 on all-linear, base float32, trained in full: embed_tokens\n" in caplog.text
     config = json.loads((export.path / "adapter" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(export.path / "base")
     assert "embed_tokens" in config["modules_to_save"] and config["ensure_weight_tying"]
