@@ -146,7 +146,8 @@ class ChordModule(LightningModule):
             gradient_checkpointing: Recompute decoder activations in backward to save memory.
             lora: Train LoRA adapters on a frozen base instead of every weight (``lit_chord.lora``; None: off):
                 ``--model.lora.rank 8``. The KL reference is then the base with the adapters off, the engine and
-                the export get the merged weights, and checkpoints hold the adapters only.
+                the export get the merged weights, and checkpoints hold only what trains (the adapters, and the
+                ``modules_to_save``: on a ``random_init`` base the embeddings, by default).
             optimizer: Optimizer factory (LightningCLI: ``--optimizer AdamW --optimizer.lr 1e-6``).
             lr_scheduler: Optional LR scheduler factory, stepped once per optimizer step.
         """
