@@ -163,6 +163,8 @@ def test_fit_resumed_from_a_checkpoint_equals_an_uninterrupted_fit(tiny_world, d
         saved = torch.load(tmp_path / "b/last.ckpt", weights_only=False)
         trained = (".lora_", ".modules_to_save.")  # adapters, and the embeddings' trained copy (the tied head's too)
         assert saved["state_dict"] and all(any(part in key for part in trained) for key in saved["state_dict"])
+        copy = "scorer.lm.model.embed_tokens.modules_to_save.default.weight"
+        assert (copy in saved["state_dict"]) == bool(lora.modules_to_save)
         adapters = [p for p in module.parameters() if p.requires_grad]
         assert len(saved["optimizer_states"][0]["state"]) == len(adapters)
         assert saved["hyper_parameters"]["lora"] == lora  # the setting round-trips: a resume compares it
