@@ -195,7 +195,7 @@ def test_modules_trained_in_full_merge_under_their_names_and_stay_out_of_the_ref
         for param in module.policy.parameters():
             if param.requires_grad:  # the adapters' B and the trained copies, as training would move them
                 param.add_(0.1 * torch.randn_like(param))
-    trained = {name for name, p in module.policy.named_parameters() if p.requires_grad and ".lora_" not in name}
+    trained = trained_in_full(module)
     assert len(trained) == 5 + len(saved) - 1  # 2 layers x 2 norms + the final norm (+ the embeddings, the head too)
     head, embeddings = module.policy.get_output_embeddings(), module.policy.get_input_embeddings()
     assert trained_copy(head).weight is trained_copy(embeddings).weight
@@ -207,9 +207,9 @@ def test_modules_trained_in_full_merge_under_their_names_and_stay_out_of_the_ref
     torch.testing.assert_close(logprobs(PolicyScorer(plain)), logprobs(module.scorer), atol=1e-5, rtol=0)
     with module.kl_reference() as reference:
         torch.testing.assert_close(logprobs(reference), logprobs(PolicyScorer(base_model(tiny_world))))
-    head = {"lm_head.modules_to_save.default.weight"} if "embed_tokens" in saved else set()  # peft saves it by name
+    head_copy = {"lm_head.modules_to_save.default.weight"} if "embed_tokens" in saved else set()  # saved by name too
     saved_copies = {k.removeprefix("base_model.model.") for k in module.lora.adapter_state() if ".lora_" not in k}
-    assert saved_copies == trained | head
+    assert saved_copies == trained | head_copy
 
 
 def test_bad_settings_are_refused(tiny_world):
