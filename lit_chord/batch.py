@@ -33,7 +33,7 @@ class Sequence:
     response_ids: list[int]
     is_expert: bool
     advantage: float = 0.0
-    loss_on_response: bool = True  # False for truncated rollouts (they keep their reward, not their tokens)
+    loss_on_response: bool = True  # False for masked truncated rollouts (they keep their reward, not their tokens)
     engine_logprobs: list[float] | None = None  # the rollout engine's logprobs of response_ids, when reported
     off_policy: bool = False  # an expert trace inside a rollout group (LUFFY): a rollout row not sampled by the policy
 
@@ -54,6 +54,8 @@ class TrainTensors:
     advantages: Tensor  # (B,) float
     engine_logprobs: Tensor | None = None  # (B, T) float, aligned like loss_mask; NaN where the engine gave none
     off_policy: Tensor | None = None  # (B,) bool: rollout rows that are expert traces (LUFFY); None: none are
+    old_logprobs: Tensor | None = None  # (B, T) float, aligned like loss_mask: the policy's before the step's updates
+    row_ids: Tensor | None = None  # (B,) long: where each row sits in the step's rows, to write per-row results back
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -74,6 +76,8 @@ class TrainTensors:
             advantages=self.advantages[rows],
             engine_logprobs=None if self.engine_logprobs is None else self.engine_logprobs[rows, :width],
             off_policy=None if self.off_policy is None else self.off_policy[rows],
+            old_logprobs=None if self.old_logprobs is None else self.old_logprobs[rows, :width],
+            row_ids=None if self.row_ids is None else self.row_ids[rows],
         )
 
     def micro_batches(self, size: int) -> list[TrainTensors]:
@@ -83,6 +87,21 @@ class TrainTensors:
     def to(self, device: torch.device | str) -> TrainTensors:
         tensors: dict[str, Any] = {k: None if v is None else v.to(device) for k, v in self.__dict__.items()}
         return TrainTensors(**tensors)
+
+
+def split_mini_batches(rows: TrainTensors, count: int, group_size: int) -> list[TrainTensors]:
+    """The step's rows in ``count`` mini-batches, one optimizer update each (PPO's mini-batches).
+
+    Prompt groups stay whole (their advantages were computed together) and are dealt out in turn: the k-th group of
+    rollout rows goes to mini-batch k mod ``count``, and so does the k-th expert row. Because ranks hold contiguous
+    shares of the step's draw, a rank whose share of groups (and of expert rows) is a multiple of ``count`` puts
+    into mini-batch j exactly the rows one rank would: 2 ranks take the same updates as 1.
+    """
+    is_expert = rows.is_expert
+    position = torch.zeros(len(rows), dtype=torch.long, device=is_expert.device)
+    position[~is_expert] = torch.arange(int((~is_expert).sum()), device=is_expert.device) // group_size
+    position[is_expert] = torch.arange(int(is_expert.sum()), device=is_expert.device)
+    return [rows.select(position % count == j) for j in range(count)]
 
 
 def pad_sequences(sequences: list[Sequence], pad_id: int) -> TrainTensors:

@@ -169,18 +169,24 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: KlEstimator = 
 
 @dataclass(frozen=True)
 class Normalizers:
-    """Token and sequence counts of each term over one whole optimizer step (all micro-batches and ranks)."""
+    """Counts of each term over one whole optimizer step (all micro-batches and ranks).
+
+    ``*_seqs`` counts the rows with at least one loss token, ``*_rows`` every row of the kind, loss tokens or not
+    (a masked truncated rollout still counts, as in the reference's sample counts and verl's batch means).
+    """
 
     rl_tokens: float
     rl_seqs: float
     sft_tokens: float
     sft_seqs: float
+    rl_rows: float
+    sft_rows: float
 
     def __add__(self, other: Normalizers) -> Normalizers:
         return Normalizers(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
     def as_tensor(self, device: torch.device | str | None = None) -> Tensor:
-        """``(4,)`` float64 (rl_tokens, rl_seqs, sft_tokens, sft_seqs), e.g. for ``all_reduce``."""
+        """``(6,)`` float64 in field order, e.g. for ``all_reduce``."""
         return torch.tensor(astuple(self), dtype=torch.float64, device=device)
 
     @classmethod
@@ -190,31 +196,44 @@ class Normalizers:
 
 
 def count_normalizers(mask: Tensor, is_expert: Tensor) -> Normalizers:
-    """Counts of one micro-batch from ``mask`` ``(B, T)`` and ``is_expert`` ``(B,)``; a row counts if it has a token."""
+    """Counts of one micro-batch from ``mask`` ``(B, T)`` and ``is_expert`` ``(B,)``."""
     row_tokens = mask.detach().float().sum(dim=-1)  # (B,)
     rl, sft = row_tokens[~is_expert.bool()], row_tokens[is_expert.bool()]
-    return Normalizers(*torch.stack([rl.sum(), (rl > 0).sum(), sft.sum(), (sft > 0).sum()]).tolist())
+    rl_tokens, rl_seqs, sft_tokens, sft_seqs = torch.stack([rl.sum(), (rl > 0).sum(), sft.sum(), (sft > 0).sum()])
+    return Normalizers(
+        float(rl_tokens), float(rl_seqs), float(sft_tokens), float(sft_seqs), float(len(rl)), float(len(sft))
+    )
 
 
 def aggregate(
-    values: Tensor, mask: Tensor, mode: LossAgg, tokens: float, seqs: float, horizon: int | None = None
+    values: Tensor,
+    mask: Tensor,
+    mode: LossAgg,
+    tokens: float,
+    seqs: float,
+    horizon: int | None = None,
+    rows: float | None = None,
 ) -> Tensor:
     """Reduce per-token ``values`` ``(B, T)`` over ``mask`` with global counts, so micro-batch results add up.
 
-    token-mean: Σv / tokens; seq-mean-token-mean: Σ_rows (Σ_row v / n_row) / seqs; seq-mean-token-sum: Σv / seqs;
-    seq-mean-token-sum-norm: Σv / (seqs·horizon), horizon a constant (default T; pass max_new_tokens; Dr. GRPO).
-    A zero denominator gives 0 (and a zero gradient), never NaN.
+    token-mean: Σv / tokens; seq-mean-token-mean: Σ_rows (Σ_row v / n_row) / seqs (the rows with tokens);
+    seq-mean-token-sum: Σv / rows; seq-mean-token-sum-norm: Σv / (rows·horizon), horizon a constant (default T;
+    pass max_new_tokens; Dr. GRPO). ``rows`` counts every row of the term, loss tokens or not (default: ``seqs``):
+    the two token-sum modes weigh each token by a constant of the step, which must not move with how many rows
+    were masked (truncated rollouts under ``mask_truncated_completions``). A zero denominator gives 0 (and a zero
+    gradient), never NaN.
     """
     keep = mask.bool()
     masked = torch.where(keep, values, torch.zeros((), dtype=values.dtype, device=values.device))  # no NaN leaks
+    rows = seqs if rows is None else rows
     if mode == "token-mean":
         total, denom = masked.sum(), tokens
     elif mode == "seq-mean-token-mean":
         total, denom = (masked.sum(dim=-1) / keep.sum(dim=-1).clamp(min=1)).sum(), seqs
     elif mode == "seq-mean-token-sum":
-        total, denom = masked.sum(), seqs
+        total, denom = masked.sum(), rows
     elif mode == "seq-mean-token-sum-norm":
-        total, denom = masked.sum(), seqs * (mask.shape[-1] if horizon is None else horizon)
+        total, denom = masked.sum(), rows * (mask.shape[-1] if horizon is None else horizon)
     else:
         raise ValueError(f"unknown aggregation mode {mode!r}")
     return total / denom if denom > 0 else total * 0.0
@@ -271,7 +290,7 @@ def chord_loss(
     rl_mask, sft_mask = mask.bool() & ~expert, mask.bool() & expert  # (B, T) each
 
     def rl_term(values: Tensor) -> Tensor:
-        return aggregate(values, rl_mask, rl_agg, norm.rl_tokens, norm.rl_seqs, horizon)
+        return aggregate(values, rl_mask, rl_agg, norm.rl_tokens, norm.rl_seqs, horizon, norm.rl_rows)
 
     def token_mean(values: Tensor, kind: Literal["rl", "sft", "all"] = "rl") -> Tensor:  # detached metric
         m, n = {
@@ -286,7 +305,8 @@ def chord_loss(
         logprobs, old_logprobs, advantages, rl_mask, **clips, off_policy=off_policy, off_policy_gamma=off_policy_gamma
     )
     loss_rl = rl_term(pg.losses if rollout_weights is None else pg.losses * rollout_weights)
-    loss_sft = aggregate(sft_loss(logprobs, sft_weighting), sft_mask, sft_agg, norm.sft_tokens, norm.sft_seqs, horizon)
+    sft_losses = sft_loss(logprobs, sft_weighting)
+    loss_sft = aggregate(sft_losses, sft_mask, sft_agg, norm.sft_tokens, norm.sft_seqs, horizon, norm.sft_rows)
     loss = (1.0 - mu) * loss_rl + mu * loss_sft  # the hybrid loss, the paper's L = (1 − μ)·L_RL + μ·L_SFT
     metrics = {"entropy": token_mean(entropy if entropy is not None else torch.zeros_like(logprobs))}
     if entropy is not None and entropy_coef != 0.0:
@@ -294,8 +314,13 @@ def chord_loss(
     if ref_logprobs is not None:
         kl = kl_penalty(logprobs, ref_logprobs, kl_estimator)
         if kl_coef != 0.0:  # KL penalty on every response token, expert rows included, outside 1 − μ (reference)
-            all_tokens, all_seqs = norm.rl_tokens + norm.sft_tokens, norm.rl_seqs + norm.sft_seqs
-            loss = loss + kl_coef * aggregate(kl, mask.bool(), rl_agg, all_tokens, all_seqs, horizon)
+            every = (
+                norm.rl_tokens + norm.sft_tokens,
+                norm.rl_seqs + norm.sft_seqs,
+                horizon,
+                norm.rl_rows + norm.sft_rows,
+            )
+            loss = loss + kl_coef * aggregate(kl, mask.bool(), rl_agg, *every)
         metrics["kl"] = token_mean(kl, "all")
 
     metrics.update(

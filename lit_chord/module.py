@@ -3,18 +3,22 @@
 Per step: count the step's rollout and expert tokens across micro-batches and ranks (the global normalizers),
 then for each micro-batch compute token log-probabilities without materializing the full-vocabulary
 log-softmax, call ``loss.chord_loss`` and backpropagate; then clip, skip the update if the gradient is not
-finite, and step the optimizer. Work without gradient is skipped (``split_rows``): truncated rollouts carry no
-loss token, and rollouts with advantage 0 get a forward pass for their metrics but no backward. Because every
-micro-batch divides by the step's global counts, the gradient does not depend on how rows fall into
-micro-batches or ranks.
+finite, and step the optimizer. Work without gradient is skipped (``split_rows``): masked truncated rollouts
+(``RolloutCallback.mask_truncated_completions``) carry no loss token, and rollouts with advantage 0 get a forward
+pass for their metrics but no backward. Because every micro-batch divides by the step's global counts, the
+gradient does not depend on how rows fall into micro-batches or ranks.
 
-Old log-probabilities: each rollout batch drives exactly one optimizer step, so the policy that the trainer
-scores with is the one the batch was sampled from; the old log-probabilities are the detached current ones
-(ratio 1, the reference's setting) and are recomputed by the trainer, never taken from the engine.
+Several updates per step (``ppo_epochs``, ``ppo_mini_batches``): the step's rows are cut into mini-batches of whole
+prompt groups, and each mini-batch gets an update as above, with its own global normalizers. The old
+log-probabilities are then recomputed by the trainer once, under ``no_grad``, before the first update. With one
+update (the reference's setting) the policy that scores is the one that sampled, and the old log-probabilities are
+the detached current ones (ratio 1). Either way they come from the trainer, never from the engine (whose numbers
+differ; ``tis_cap`` corrects for that gap).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from collections import defaultdict
@@ -25,13 +29,14 @@ from typing import TYPE_CHECKING, Literal, cast
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.core.optimizer import LightningOptimizer, do_nothing_closure
 from lightning.pytorch.utilities import AttributeDict, rank_zero_warn
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MeanMetric
 
-from lit_chord.batch import StepBatch, TrainTensors, ValBatch
+from lit_chord.batch import StepBatch, TrainTensors, ValBatch, split_mini_batches
+from lit_chord.errors import ConfigError
 from lit_chord.flops import ModelShape, forward_flops, model_shape, peak_flops, training_flops
 from lit_chord.lora import LoraPolicy, LoraSettings
 from lit_chord.loss import LossAgg, Normalizers, chord_loss, count_normalizers, mu_schedule
@@ -46,6 +51,17 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 NON_ADDITIVE = ("mu", "ratio_max")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepContext:
+    """What every update of one step shares: μ, the sampling temperature, the horizon of seq-mean-token-sum-norm,
+    and the step's rows (whose first row pads the passes of a rank with fewer)."""
+
+    mu: float
+    temperature: float
+    horizon: int
+    rows: TrainTensors
 
 
 def accumulate(totals: dict[str, Tensor], metrics: dict[str, Tensor], weight: float) -> None:
@@ -85,6 +101,8 @@ class ChordModule(LightningModule):
         logprob_chunk_size: int = 1024,
         max_grad_norm: float = 1.0,
         max_consecutive_skips: int = 10,
+        ppo_epochs: int = 1,
+        ppo_mini_batches: int = 1,
         tis_cap: float = 0.0,
         off_policy_gamma: float = 0.1,
         gradient_checkpointing: bool = False,
@@ -135,7 +153,18 @@ class ChordModule(LightningModule):
                 on CUDA (none has a CPU backward). Same log-probabilities, loss and gradient as padded passes.
             logprob_chunk_size: Tokens per chunk when projecting onto the vocabulary.
             max_grad_norm: Gradient clipping by global norm (reference: 1.0); 0 disables.
-            max_consecutive_skips: Stop after this many consecutive steps with a non-finite loss or gradient.
+            max_consecutive_skips: Stop after this many consecutive updates with a non-finite loss or gradient.
+            ppo_epochs: Passes over each step's rollouts (DeepSeekMath's GRPO iterations μ, verl's ``ppo_epochs``,
+                TRL's ``num_iterations``). Reference: 1.
+            ppo_mini_batches: Optimizer updates per pass, each on one share of the step's prompt groups and expert
+                rows (verl: ``data.train_batch_size / actor.ppo_mini_batch_size``; TRL's ``steps_per_generation``;
+                LUFFY's script: 2). Reference: 1. With ``ppo_epochs × ppo_mini_batches`` > 1 the old
+                log-probabilities are taken once before the first update (a forward pass over the step's rows), so
+                later updates see ratios ≠ 1 and the clips act. μ, the LR schedule, ``global_step`` and
+                ``trainer.max_steps`` still count steps (rollout batches), one value for all of a step's updates:
+                Trinity-RFT computes μ from its train step, which samples one batch; verl steps its LR once per
+                batch. Each rank's prompt groups per step must be at least this many (a multiple of it for 2 ranks
+                to update exactly as 1).
             tis_cap: Truncated importance sampling for the sampler/trainer mismatch: weight each rollout token's
                 policy loss by min(π_trainer / π_engine, tis_cap), using the engine's log-probabilities (vLLM,
                 at the sampling temperature). 0 disables it (reference); otherwise it must be >= 1. Without engine
@@ -164,8 +193,13 @@ class ChordModule(LightningModule):
         ]:
             if value < 0:
                 raise ValueError(f"model.{name} must be >= 0, got {value}")
-        if micro_batch_size < 1:
-            raise ValueError(f"model.micro_batch_size must be >= 1, got {micro_batch_size}")
+        for name, value in [
+            ("micro_batch_size", micro_batch_size),
+            ("ppo_epochs", ppo_epochs),
+            ("ppo_mini_batches", ppo_mini_batches),
+        ]:
+            if value < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {value}")
         if max_tokens_per_micro_batch is not None and max_tokens_per_micro_batch < 1:
             raise ValueError(f"model.max_tokens_per_micro_batch must be >= 1 or null, got {max_tokens_per_micro_batch}")
         if padding_free and max_tokens_per_micro_batch is None:
@@ -311,52 +345,100 @@ class ChordModule(LightningModule):
         total = self.trainer.strategy.reduce(local.as_tensor().to(self.device), reduce_op="sum")
         return Normalizers.from_tensor(total)
 
+    @property
+    def updates_per_step(self) -> int:
+        return self.hp.ppo_epochs * self.hp.ppo_mini_batches
+
     def training_step(self, batch: StepBatch, batch_idx: int) -> None:
         start = time.perf_counter()
-        mu = self.mu()
+        mu = self.mu()  # one μ for every update of the step: it counts steps (rollout batches), as the reference
         assert batch.train is not None, "the rollout callback fills batch.train before training_step"
         rows = batch.train.to(self.device)
-        normalizers = self.global_normalizers(rows)
         # seq-mean-token-sum-norm divides by a constant of the run, the same on every rank: the generation budget
         assert batch.horizon is not None, "the rollout callback sets batch.horizon (its max_new_tokens)"
-        horizon = batch.horizon
+        step = StepContext(mu, batch.temperature, batch.horizon, rows)
+        if self.updates_per_step > 1:
+            rows = self.with_old_logprobs(rows, batch.temperature)
+        mini_batches = split_mini_batches(rows, self.hp.ppo_mini_batches, batch.num_generations)
+        if self.hp.ppo_mini_batches > 1 and not all(m.is_expert.logical_not().any() for m in mini_batches):
+            groups = int((~rows.is_expert).sum()) // batch.num_generations
+            raise ConfigError(
+                f"model.ppo_mini_batches={self.hp.ppo_mini_batches} needs at least as many prompt groups per rank; "
+                f"this rank has {groups} (data.prompts_per_step / world size)"
+            )
         optimizer = cast(LightningOptimizer, self.optimizers())  # one optimizer
-        optimizer.zero_grad(set_to_none=True)
         totals: dict[str, Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
-        trained, scored = self.split_rows(rows)
-        # Rows whose loss has no gradient first: a forward pass for their metrics, no backward. First, because
-        # under FSDP2 a forward leaves the root's parameters gathered until the next backward reshards them; after
-        # the last backward, clipping and the optimizer would see the gathered copies instead of the shards.
-        score_batches, real_scores = self.micro_batches(scored, rows)
-        with torch.no_grad():
-            for index, micro in enumerate(score_batches):
-                out = self.micro_batch_loss(micro, mu, normalizers, batch.temperature, horizon)
-                accumulate(totals, out.metrics, 1.0 if index < real_scores else 0.0)
-        # At least one backward pass, even if every row was skipped, so that every parameter gets a (zero) gradient
-        # and AdamW's moments and weight decay advance as they would had the rows been run.
-        micro_batches, real = self.micro_batches(trained, rows, at_least=1)
-        for index, micro in enumerate(micro_batches):
-            out = self.micro_batch_loss(micro, mu, normalizers, batch.temperature, horizon)
-            weight = 1.0 if index < real else 0.0  # padding passes only keep the ranks' collectives in step
-            # Strategies average gradients over ranks; the normalizers already divide by the global count.
-            self.manual_backward(out.loss * self.trainer.world_size * weight)
-            accumulate(totals, out.metrics, weight)
         lr = optimizer.param_groups[0]["lr"]  # the rate this step uses (the scheduler steps after it)
-        grad_norm = self.clip_and_check(optimizer)
-        assert self.shape is not None, "on_fit_start has not run"
-        lengths = [trained.attention_mask.sum(-1), scored.attention_mask.sum(-1)]
-        totals["tokens"] = (lengths[0].sum() + lengths[1].sum()).to(torch.float32)
-        flops = training_flops(self.shape, lengths[0]) + forward_flops(self.shape, lengths[1])  # scored: forward only
-        totals["flops"] = torch.tensor(flops, device=self.device)
+        grad_norms = []
+        for epoch in range(self.hp.ppo_epochs):
+            for index, mini in enumerate(mini_batches):
+                last = epoch == self.hp.ppo_epochs - 1 and index == len(mini_batches) - 1
+                grad_norms.append(self.update(mini, step, optimizer, totals, last))
+        grad_norm = torch.stack(grad_norms).mean()
+        for key in totals:  # the updates' mean (ratio_max: their max); tokens and FLOPs add up
+            if key not in ("ratio_max", "tokens", "flops"):
+                totals[key] = totals[key] / self.updates_per_step
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # the optimizer's kernels belong to this step's time
         self.log_step(totals, mu, grad_norm, lr, time.perf_counter() - start, batch)
 
+    def update(
+        self, rows: TrainTensors, step: StepContext, optimizer: LightningOptimizer, totals: dict, last: bool
+    ) -> Tensor:
+        """One optimizer update on ``rows`` (the step's rows, or one mini-batch of them); its gradient norm.
+
+        Only the step's ``last`` update counts as an optimizer step (``global_step``): μ, the LR schedule, the data
+        streams and checkpoints all follow rollout batches, as verl and Trinity-RFT count them."""
+        normalizers = self.global_normalizers(rows)
+        optimizer.zero_grad(set_to_none=True)
+        trained, scored = self.split_rows(rows)
+        # Rows whose loss has no gradient first: a forward pass for their metrics, no backward. First, because
+        # under FSDP2 a forward leaves the root's parameters gathered until the next backward reshards them; after
+        # the last backward, clipping and the optimizer would see the gathered copies instead of the shards.
+        score_batches, real_scores = self.micro_batches(scored, step.rows)
+        with torch.no_grad():
+            for index, micro in enumerate(score_batches):
+                out = self.micro_batch_loss(micro, step.mu, normalizers, step.temperature, step.horizon)
+                accumulate(totals, out.metrics, 1.0 if index < real_scores else 0.0)
+        # At least one backward pass, even if every row was skipped, so that every parameter gets a (zero) gradient
+        # and AdamW's moments and weight decay advance as they would had the rows been run.
+        micro_batches, real = self.micro_batches(trained, step.rows, at_least=1)
+        for index, micro in enumerate(micro_batches):
+            out = self.micro_batch_loss(micro, step.mu, normalizers, step.temperature, step.horizon)
+            weight = 1.0 if index < real else 0.0  # padding passes only keep the ranks' collectives in step
+            # Strategies average gradients over ranks; the normalizers already divide by the global count.
+            self.manual_backward(out.loss * self.trainer.world_size * weight)
+            accumulate(totals, out.metrics, weight)
+        grad_norm = self.clip_and_check(optimizer, counts_step=last)
+        assert self.shape is not None, "on_fit_start has not run"
+        lengths = [trained.attention_mask.sum(-1), scored.attention_mask.sum(-1)]
+        totals["tokens"] += (lengths[0].sum() + lengths[1].sum()).to(torch.float32)
+        flops = training_flops(self.shape, lengths[0]) + forward_flops(self.shape, lengths[1])  # scored: forward only
+        totals["flops"] += torch.tensor(flops, device=self.device)
+        return grad_norm
+
+    @torch.no_grad()
+    def with_old_logprobs(self, rows: TrainTensors, temperature: float) -> TrainTensors:
+        """``rows`` with the log-probabilities of the policy that sampled them, taken once before the step's first
+        update, so that later updates see ratios ≠ 1 and the clip acts (DESIGN's point 4; verl's
+        ``compute_log_prob``). Rows without loss tokens are not scored (their ratio is never read)."""
+        assert self.scorer is not None, "configure_model has not run"
+        old = torch.zeros(rows.loss_mask.shape, dtype=torch.float32, device=self.device)  # (B, T) like loss_mask
+        numbered = dataclasses.replace(rows, row_ids=torch.arange(len(rows), device=self.device))
+        micro_batches, real = self.micro_batches(numbered.select(rows.loss_mask.bool().any(-1)), numbered)
+        for position, micro in enumerate(micro_batches):
+            logprobs, _ = self.token_logprobs(self.scorer, micro, temperature, with_entropy=False)
+            if position < real:  # padding passes only keep the ranks' collectives in step
+                assert micro.row_ids is not None
+                old[micro.row_ids, : logprobs.shape[1]] = logprobs.float()
+        self.pass_counts = [0, 0, 0]  # train/micro_batches and train/padding_frac describe the updates
+        return dataclasses.replace(rows, old_logprobs=old)
+
     def split_rows(self, rows: TrainTensors) -> tuple[TrainTensors, TrainTensors]:
-        """The rows to train on, and the rows only to score (no backward). Rows without loss tokens (truncated
-        rollouts) are in neither: no gradient, no metric. A rollout with advantage 0 (a group with equal rewards)
-        has a policy-gradient term A·ratio that is exactly 0 with its gradient, so while no entropy bonus or KL
-        penalty acts on it, it is only scored: its metrics (entropy, log-prob gap) stay in the step's means."""
+        """The rows to train on, and the rows only to score (no backward). Rows without loss tokens (masked
+        truncated rollouts) are in neither: no gradient, no metric. A rollout with advantage 0 (a group with equal
+        rewards) has a policy-gradient term A·ratio that is exactly 0 with its gradient, so while no entropy bonus
+        or KL penalty acts on it, it is only scored: its metrics (entropy, log-prob gap) stay in the step's means."""
         has_loss = rows.loss_mask.bool().any(-1)
         zero_gradient = ~rows.is_expert & (rows.advantages == 0)
         if self.hp.entropy_coef or self.hp.kl_coef:
@@ -406,9 +488,12 @@ class ChordModule(LightningModule):
         if hp.kl_coef > 0:
             with torch.no_grad(), self.kl_reference() as reference:
                 ref_logprobs, _ = self.token_logprobs(reference, micro, temperature, with_entropy=False)
+        # One update per step: the policy scoring is the one that sampled, so the old log-probabilities are the
+        # detached current ones (ratio 1). Several: taken before the first update (``with_old_logprobs``).
+        old_logprobs = logprobs.detach() if micro.old_logprobs is None else micro.old_logprobs[:, : logprobs.shape[1]]
         out = chord_loss(
             logprobs,
-            logprobs.detach(),
+            old_logprobs,
             micro.advantages,
             micro.loss_mask[:, :-1],
             micro.is_expert,
@@ -426,15 +511,16 @@ class ChordModule(LightningModule):
             ref_logprobs=ref_logprobs,
             kl_coef=hp.kl_coef,
             kl_estimator=hp.kl_estimator,
-            rollout_weights=self.tis_weights(logprobs, micro),
+            rollout_weights=self.tis_weights(old_logprobs, micro),
             off_policy=micro.off_policy,
             off_policy_gamma=hp.off_policy_gamma,
         )
         out.metrics.update(logprob_gap(logprobs.detach(), micro, normalizers))
         return out
 
-    def tis_weights(self, logprobs: Tensor, micro: TrainTensors) -> Tensor | None:
-        """min(exp(trainer − engine log-prob), cap) per token, 1 where the engine reported none; None when off."""
+    def tis_weights(self, old_logprobs: Tensor, micro: TrainTensors) -> Tensor | None:
+        """min(exp(trainer − engine log-prob), cap) per token, 1 where the engine reported none; None when off. The
+        trainer's side is the policy that sampled (``old_logprobs``): the mismatch is between two copies of it."""
         if not self.hp.tis_cap:
             return None
         if micro.engine_logprobs is None:
@@ -445,8 +531,8 @@ class ChordModule(LightningModule):
                 )
                 self.tis_warned = True
             return None
-        engine = micro.engine_logprobs[:, : logprobs.shape[1]].to(logprobs.device)
-        ratio = torch.exp(logprobs.detach().float() - torch.nan_to_num(engine, nan=0.0))
+        engine = micro.engine_logprobs[:, : old_logprobs.shape[1]].to(old_logprobs.device)
+        ratio = torch.exp(old_logprobs.detach().float() - torch.nan_to_num(engine, nan=0.0))
         return torch.where(engine.isnan(), torch.ones_like(ratio), ratio.clamp(max=self.hp.tis_cap))
 
     def clip_grad_norm(self) -> Tensor:
@@ -465,22 +551,32 @@ class ChordModule(LightningModule):
         """The precision plugin's ``GradScaler`` (16-mixed), else None."""
         return getattr(self.trainer.precision_plugin, "scaler", None)
 
-    def clip_and_check(self, optimizer) -> Tensor:
-        """Clip the global gradient norm; step only if it is finite, else skip (counted, fatal if repeated).
+    def clip_and_check(self, optimizer: LightningOptimizer, counts_step: bool = True) -> Tensor:
+        """Clip the global gradient norm; update only if it is finite, else skip (counted, fatal if repeated).
 
         Under 16-mixed the gradients are scaled until the precision plugin unscales them inside
         ``optimizer.step``, so the clipping happens there (``on_before_optimizer_step``), and the plugin's
-        ``GradScaler`` skips the update itself when a gradient is not finite (and lowers its scale)."""
+        ``GradScaler`` skips the update itself when a gradient is not finite (and lowers its scale).
+
+        ``counts_step``: this update ends the step, so it advances ``global_step`` and the LR schedule. The earlier
+        updates of a step with several go through the same strategy and precision plugin without counting."""
         scaled = self.grad_scaler() is not None
+
+        def step() -> None:
+            if counts_step:
+                optimizer.step()
+            else:
+                self.trainer.strategy.optimizer_step(optimizer.optimizer, closure=do_nothing_closure)
+
         if scaled:
             self.scaled_grad_norm = None
-            optimizer.step()  # the plugin unscales, calls on_before_optimizer_step (clipping), then steps or skips
+            step()  # the plugin unscales, calls on_before_optimizer_step (clipping), then steps or skips
             assert self.scaled_grad_norm is not None, "on_before_optimizer_step has not run"
             grad_norm = self.scaled_grad_norm
         else:
             grad_norm = self.clip_grad_norm()
             if torch.isfinite(grad_norm):
-                optimizer.step()
+                step()
         if torch.isfinite(grad_norm):
             self.consecutive_skips = 0
         else:
@@ -488,17 +584,18 @@ class ChordModule(LightningModule):
             self.consecutive_skips += 1
             if not scaled:
                 optimizer.zero_grad(set_to_none=True)
-                # Count the step anyway, so μ and the data streams stay aligned with global_step: the two hooks that
-                # LightningOptimizer.step runs around a real step (progress ready/completed, profiler start/stop).
-                optimizer._on_before_step()
-                optimizer._on_after_step()
+                if counts_step:
+                    # Count the step anyway, so μ and the data streams stay aligned with global_step: the two hooks
+                    # that LightningOptimizer.step runs around a real step (progress ready/completed, profiler).
+                    optimizer._on_before_step()
+                    optimizer._on_after_step()
             if self.consecutive_skips >= self.hp.max_consecutive_skips:
                 raise RuntimeError(
-                    f"{self.consecutive_skips} consecutive steps had a non-finite loss or gradient "
+                    f"{self.consecutive_skips} consecutive updates had a non-finite loss or gradient "
                     f"norm (last: {grad_norm.item()}); stopping. Lower the learning rate or check data."
                 )
         scheduler = cast("LRScheduler | None", self.lr_schedulers())  # at most one scheduler
-        if scheduler is not None:  # stepped on skipped steps too: the LR follows global_step, as μ does
+        if scheduler is not None and counts_step:  # stepped on skipped steps too: the LR follows global_step, as μ
             scheduler.step()
         return grad_norm
 

@@ -69,6 +69,7 @@ class RolloutCallback(Callback):
         temperature: float = 1.0,
         top_p: float = 1.0,
         max_new_tokens: int = 1024,
+        mask_truncated_completions: bool = False,
         scale_advantages_by_std: bool = True,
         val_temperature: float = 1.0,
         val_num_samples: int | dict[str, int] = 4,
@@ -86,7 +87,13 @@ class RolloutCallback(Callback):
                 ``truncated`` keyword is told whether the completion hit ``max_new_tokens``.
             temperature: Sampling temperature of rollouts; the trainer scales its logits by the same value.
             top_p: Nucleus sampling threshold.
-            max_new_tokens: Longest completion; longer ones are truncated and contribute no tokens to the loss.
+            max_new_tokens: Longest completion; a longer one is cut there (truncated), keeps its reward and counts in
+                its group's statistics either way.
+            mask_truncated_completions: Leave truncated completions' tokens out of the loss (TRL's name; DAPO's
+                "overlong filtering"; Trinity-RFT 0.6.0's math workflow). False (default) trains them with their
+                advantage, as the paper-era reference workflow, verl, TRL's default and LUFFY's script do: a reward
+                that punishes running out of tokens (``paper_math``'s −1) then reaches the tokens that earned it.
+                With masking it only shifts the group's mean and std.
             scale_advantages_by_std: GRPO's (r − mean)/std; False gives Dr. GRPO's r − mean.
             val_temperature: Temperature of the ``n`` validation samples (greedy is always measured too).
             val_num_samples: ``n`` samples per held-out prompt, logged as ``val/<set>/avg@<n>`` and
@@ -115,6 +122,7 @@ class RolloutCallback(Callback):
         # A reward that judges running out of tokens (``rewards.paper_math``) declares a ``truncated`` parameter.
         self.reward_takes_truncated = "truncated" in inspect.signature(reward_fn).parameters
         self.sampling = SamplingConfig(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+        self.mask_truncated_completions = mask_truncated_completions
         self.scale_advantages_by_std = scale_advantages_by_std
         self.val_temperature, self.val_num_samples, self.val_pass_k = val_temperature, val_num_samples, val_pass_k
         self.protocols: dict[str, SetProtocol] = {}  # held-out set name -> its n and k, set by setup
@@ -193,7 +201,7 @@ class RolloutCallback(Callback):
                 c.token_ids,
                 is_expert=False,
                 advantage=float(a),
-                loss_on_response=c.finished,
+                loss_on_response=c.finished or not self.mask_truncated_completions,
                 engine_logprobs=c.logprobs,
                 off_policy=mixed and index % batch.num_generations == sampled,
             )

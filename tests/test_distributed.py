@@ -79,6 +79,18 @@ def test_two_ranks_take_the_same_lora_step_as_one(tiny_world, tmp_path, single_l
     assert moved == adapted | {"model.embed_tokens.weight"}  # the rest frozen
 
 
+@pytest.mark.parametrize("layout", ["ddp+updates", "fsdp2+updates"])
+def test_two_ranks_take_the_same_updates_as_one(tiny_world, tmp_path, layout):
+    """Four updates of one rollout batch (two epochs of two mini-batches): each rank deals its prompt groups and
+    expert rows out to the mini-batches, so every update sees the rows one rank's would, with the same old
+    log-probabilities."""
+    single = run(tiny_world, tmp_path / "single.pt", 1, "single+updates")
+    two = run(tiny_world, tmp_path / "out.pt", 2, layout)
+    assert two["loss"] == pytest.approx(single["loss"], abs=1e-5)
+    for name, weight in single["weights"].items():
+        torch.testing.assert_close(two["weights"][name], weight, atol=2e-5, rtol=1e-4, msg=name)
+
+
 def test_ranks_come_from_slurm_variables(tiny_world, tmp_path, single):
     """Two processes started the way srun starts them (SLURM_* variables, no torchrun): Lightning's
     SLURMEnvironment must take ranks and the rendezvous from Slurm, and the step must equal one rank's."""

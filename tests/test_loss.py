@@ -193,7 +193,7 @@ def test_kl_penalty_estimators():
 def test_aggregate_matches_loop(mode):
     values = torch.randn(4, 5)
     mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0], [0, 1, 0, 1, 0]], dtype=torch.float32)
-    tokens, seqs = 9.0, 3.0  # global counts: 2 + 5 + 0 + 2 tokens, 3 non-empty rows
+    tokens, seqs, rows = 9.0, 3.0, 4.0  # global counts: 2 + 5 + 0 + 2 tokens, 3 non-empty rows, 4 rows
     total, per_row_means = 0.0, 0.0
     for i in range(4):
         row = [values[i, j].item() for j in range(5) if mask[i, j] > 0]
@@ -202,13 +202,13 @@ def test_aggregate_matches_loop(mode):
     expected = {
         "token-mean": total / tokens,
         "seq-mean-token-mean": per_row_means / seqs,
-        "seq-mean-token-sum": total / seqs,
-        "seq-mean-token-sum-norm": total / (seqs * 7),
+        "seq-mean-token-sum": total / rows,  # every row, the empty one too: a constant weight per token
+        "seq-mean-token-sum-norm": total / (rows * 7),
     }[mode]
-    got = aggregate(values, mask, mode, tokens, seqs, horizon=7)
+    got = aggregate(values, mask, mode, tokens, seqs, horizon=7, rows=rows)
     assert got.item() == pytest.approx(expected, rel=1e-6)
     if mode == "seq-mean-token-sum-norm":  # default horizon is T = 5
-        assert aggregate(values, mask, mode, tokens, seqs).item() == pytest.approx(total / 15, rel=1e-6)
+        assert aggregate(values, mask, mode, tokens, seqs, rows=rows).item() == pytest.approx(total / 20, rel=1e-6)
 
 
 @pytest.mark.parametrize("mode", AGG_MODES)
@@ -217,6 +217,25 @@ def test_aggregate_empty_is_zero(mode):
     out = aggregate(values, torch.zeros(2, 3), mode, tokens=0.0, seqs=0.0)
     out.backward()
     assert out.item() == 0.0 and torch.equal(values.grad, torch.zeros(2, 3))
+
+
+def test_seq_mean_token_sum_norm_counts_a_masked_truncated_rollout_in_its_divisor():
+    # Three rollouts, A = 1 each, on-policy (pg = −1 per token), horizon 4; row 2 was truncated and masked (no token).
+    # Rows 0 and 1 have 2 and 3 tokens: Σpg = −5. The divisor is every rollout row times the horizon, 3·4 = 12, as the
+    # reference divides by all samples of the kind: L_rl = −5 / 12 (counting only the rows with tokens: −5 / 8).
+    logp = torch.zeros(3, 4)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0], [0, 0, 0, 0]], dtype=torch.float32)
+    out = chord_loss(
+        logp,
+        logp,
+        torch.ones(3),
+        mask,
+        torch.zeros(3, dtype=torch.bool),
+        0.0,
+        rl_agg="seq-mean-token-sum-norm",
+        horizon=4,
+    )
+    assert out.metrics["loss_rl"].item() == pytest.approx(-5 / 12)
 
 
 # ---------------------------------------------------------------- chord_loss
@@ -374,13 +393,13 @@ def test_micro_batches_add_up_to_full_batch(mode, n_micro):
 
 
 def test_normalizers_tensor_round_trip_and_sum():
-    a, b = Normalizers(10.0, 2.0, 7.0, 1.0), Normalizers(3.0, 1.0, 0.0, 0.0)
+    a, b = Normalizers(10.0, 2.0, 7.0, 1.0, 3.0, 1.0), Normalizers(3.0, 1.0, 0.0, 0.0, 1.0, 0.0)
     assert Normalizers.from_tensor(a.as_tensor()) == a
-    assert a + b == Normalizers(13.0, 3.0, 7.0, 1.0)
-    assert a.as_tensor().shape == (4,)
+    assert a + b == Normalizers(13.0, 3.0, 7.0, 1.0, 4.0, 1.0)
+    assert a.as_tensor().shape == (6,)
     mask = torch.tensor([[1, 1, 0], [0, 0, 0], [1, 0, 0]])
-    # rollout rows 0, 1 → 2 tokens, 1 non-empty row; expert row 2 → 1 token, 1 row
-    assert count_normalizers(mask, torch.tensor([False, False, True])) == Normalizers(2.0, 1.0, 1.0, 1.0)
+    # rollout rows 0, 1 → 2 tokens, 1 non-empty row, 2 rows; expert row 2 → 1 token, 1 non-empty row, 1 row
+    assert count_normalizers(mask, torch.tensor([False, False, True])) == Normalizers(2.0, 1.0, 1.0, 1.0, 2.0, 1.0)
 
 
 def test_rollout_weights_scale_each_rollout_tokens_policy_loss_and_ignore_expert_rows():

@@ -247,8 +247,10 @@ def test_a_step_with_score_only_rows_equals_one_that_trains_every_row(tiny_world
         for key, value in every_log.logged[step].items():
             if "seconds" not in key and key not in ("train/tokens_per_second", "train/update_seconds", *PASSES):
                 assert split_log.logged[step][key] == pytest.approx(value, abs=1e-5), key
+    # AdamW divides by sqrt(v): where a gradient element is ~0, summing rows in another order moves its update by up
+    # to ~1e-5 here (lr 1e-2); a row trained or left out would move whole rows of weights by ~lr.
     for a, b in zip(split.policy.parameters(), every.policy.parameters(), strict=True):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
 
 
 class GradientRecorder(Recorder):

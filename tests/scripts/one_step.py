@@ -8,6 +8,7 @@ Usage: python one_step.py WORLD_DIR OUT_FILE DEVICES {ddp,fsdp2,single,slurm}[+p
 (``+padding_free``: padding-free passes of at most 60 real tokens instead of micro-batches of 3 rows.)
 (``+lora``: LoRA adapters of rank 4 on the frozen base, the tied embeddings trained in full, a KL penalty to the
 base; the saved weights are merged.)
+(``+updates``: two epochs of two mini-batches, four updates of one rollout batch.)
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ def main(world: str, out: str, devices: int, layout: str) -> None:
     cut = {"max_tokens_per_micro_batch": 60, "padding_free": True} if variant == "padding_free" else {}
     if variant == "lora":
         cut = {"lora": LoraSettings(rank=4, alpha=8.0, modules_to_save=["embed_tokens"]), "kl_coef": 0.1}
+    if variant == "updates":
+        cut = {"ppo_epochs": 2, "ppo_mini_batches": 2}
     strategy = {
         "single": SingleDeviceStrategy(device="cpu"),
         "ddp": DDPStrategy(process_group_backend="gloo"),
