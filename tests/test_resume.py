@@ -107,11 +107,14 @@ def fit(
     global_seed: int,
     ckpt_path: str | None = None,
     lora: LoraSettings | None = None,
+    ppo_epochs: int = 1,
 ):
     torch.manual_seed(global_seed)  # a resumed process starts from another global RNG state: nothing may depend on it
     module = ChordModule(
         model=str(model),
         lora=lora,
+        ppo_epochs=ppo_epochs,
+        ppo_mini_batches=ppo_epochs,  # 1 update, or 2 epochs of 2 mini-batches
         mu_warmup_steps=2,
         mu_decay_steps=2,
         mu_peak=0.8,
@@ -138,22 +141,24 @@ def fit(
 
 
 LORAS = [None, LoraSettings(rank=4, dropout=0.1), LoraSettings(rank=4, dropout=0.1, modules_to_save=["embed_tokens"])]
+RUNS = [(lora, 1) for lora in LORAS] + [(None, 2)]  # (LoRA, PPO epochs = mini-batches)
 
 
-@pytest.mark.parametrize("lora", LORAS, ids=["full", "lora", "lora+embeddings"])
-def test_fit_resumed_from_a_checkpoint_equals_an_uninterrupted_fit(tiny_world, dropout_model, tmp_path, lora):
-    _, engine_a, whole = fit(tiny_world, dropout_model, tmp_path / "a", max_steps=4, global_seed=1, lora=lora)
-    fit(tiny_world, dropout_model, tmp_path / "b", max_steps=2, global_seed=2, lora=lora)
+@pytest.mark.parametrize(("lora", "epochs"), RUNS, ids=["full", "lora", "lora+embeddings", "full+4-updates"])
+def test_fit_resumed_from_a_checkpoint_equals_an_uninterrupted_fit(tiny_world, dropout_model, tmp_path, lora, epochs):
+    kwargs = {"lora": lora, "ppo_epochs": epochs}
+    _, engine_a, whole = fit(tiny_world, dropout_model, tmp_path / "a", max_steps=4, global_seed=1, **kwargs)
+    fit(tiny_world, dropout_model, tmp_path / "b", max_steps=2, global_seed=2, **kwargs)
     module, engine_b, resumed = fit(
-        tiny_world, dropout_model, tmp_path / "b", 4, global_seed=3, ckpt_path=str(tmp_path / "b/last.ckpt"), lora=lora
+        tiny_world, dropout_model, tmp_path / "b", 4, global_seed=3, ckpt_path=str(tmp_path / "b/last.ckpt"), **kwargs
     )
 
     assert sorted(resumed.logged) == [3, 4]
     for step in (3, 4):
         assert resumed.rollouts[step] == whole.rollouts[step]  # same prompts, same weights, same sampling seed
         assert resumed.logged[step] == whole.logged[step]  # bit-identical: loss, rewards, μ, lr, grad norm, ...
-    # The skipped step 2 was counted before the checkpoint and is still counted after it.
-    assert [resumed.logged[s]["train/skipped_steps"] for s in (3, 4)] == [1.0, 1.0]
+    # The skipped step 2 (each of its updates) was counted before the checkpoint and is still counted after it.
+    assert [resumed.logged[s]["train/skipped_steps"] for s in (3, 4)] == [epochs**2] * 2
     assert len({whole.logged[s]["train/lr"] for s in (1, 3, 4)}) == 3  # the scheduler moves: restoring it matters
     # Seeds are a function of (seed, step, rank): distinct per step, and the resumed run reuses steps 3-4's.
     assert len(set(engine_a.seeds)) == 4 and engine_b.seeds == engine_a.seeds[2:]
