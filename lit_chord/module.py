@@ -527,16 +527,11 @@ class ChordModule(LightningModule):
         metrics["train/tokens_per_second"] = metrics["train/tokens"] / seconds
         if self.peak_flops:  # model FLOPs utilization (lit_chord.flops), where Lightning knows the device's peak
             metrics["train/mfu"] = flops / (seconds * self.peak_flops * self.trainer.world_size)
-        metrics.update({k: torch.tensor(float(v)) for k, v in batch.metrics.items()})
         # The x-axis: the optimizer steps taken, k after the k-th (its optimizer.step, or a skip, has counted it)
         metrics["step"] = torch.tensor(float(self.trainer.global_step))
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
-        self.log_dict(
-            {"mu": metrics["train/mu"], "reward": metrics.get("rollout/reward_mean", torch.tensor(0.0))},
-            prog_bar=True,
-            logger=False,
-            batch_size=1,
-        )
+        # rollout/* and the bar's "reward": the rollout callback logs them, over all ranks
+        self.log("mu", metrics["train/mu"], prog_bar=True, logger=False, batch_size=1)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         """After the last step, ask to stop: Lightning then validates the final weights (``Trainer.should_stop``

@@ -22,7 +22,7 @@ from lit_chord.datamodule import ChordDataModule, DataError
 from lit_chord.engines import Completion
 from lit_chord.loss import group_advantages, mu_schedule
 from lit_chord.module import ChordModule
-from lit_chord.rollout_callback import RolloutCallback, Scores, rollout_metrics
+from lit_chord.rollout_callback import RolloutCallback, Scores, rollout_sums
 
 BAD = Path(__file__).parent / "data" / "bad"
 REPO = Path(__file__).parent.parent
@@ -196,7 +196,7 @@ def test_all_equal_rewards_give_zero_advantages_and_are_counted(scale_by_std):
     advantages = group_advantages(rewards, 8, scale_by_std=scale_by_std)
     assert torch.equal(advantages, torch.zeros(16))
     scores = Scores(rewards, accuracy=torch.zeros(16), format_ok=torch.full((16,), math.nan), errors=0)
-    metrics = rollout_metrics(scores, [Completion([1], True)] * 16, 8)
+    metrics = rollout_sums(scores, [Completion([1], True)] * 16, 8).metrics()
     assert metrics["rollout/zero_std_groups"] == 2.0 and all(math.isfinite(v) for v in metrics.values())
 
 
