@@ -61,7 +61,10 @@ REJECTED = {
     ),
     "expert_all_too_long.jsonl": r"expert_all_too_long\.jsonl: no expert sample fits max_prompt_length=64",
 }
-FILTERED = {"prompts_some_too_long.jsonl": "prompt_data", "expert_some_too_long.jsonl": "expert_data"}
+FILTERED = {
+    "prompts_some_too_long.jsonl": {"prompt_data": {"max_prompt_length": 1}},
+    "expert_some_too_long.jsonl": {"expert_data": {"max_response_length": 1}},
+}
 CONFIGS = {
     "config_unknown_key.yaml": "mu_peek",
     "config_wrong_type.yaml": "data.prompts_per_step",
@@ -116,7 +119,7 @@ def test_bad_data_is_rejected_naming_file_line_and_field(tiny_world, good_prompt
 @pytest.mark.parametrize("name", sorted(FILTERED), ids=str)
 def test_overlong_records_are_filtered_and_counted(tiny_world, good_prompts, name):
     dm = make_dm(tiny_world, **stream_args(name, good_prompts))
-    assert dm.filtered == {FILTERED[name]: 1}
+    assert dm.filtered == FILTERED[name]
     if name.startswith("prompts"):  # the numeric answer 654 is kept, as a string
         assert [p.answer for p in dm.prompts] == ["321", "654"]
     else:
