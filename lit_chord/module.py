@@ -192,6 +192,7 @@ class ChordModule(LightningModule):
         self.tis_warned = False
         self.budget_warned = False
         self.pass_counts = [0, 0, 0]  # this step's passes, tokens processed, of which padding (micro_batches)
+        self.configured_lrs: list[float] = []  # the optimizer's lr per group as configured (on_train_start compares)
 
     @property
     def hp(self) -> AttributeDict:
@@ -279,6 +280,7 @@ class ChordModule(LightningModule):
     def configure_optimizers(self):
         assert self.scorer is not None, "configure_model has not run"
         optimizer = self.optimizer_factory([p for p in self.scorer.parameters() if p.requires_grad])  # LoRA: adapters
+        self.configured_lrs = [group["lr"] for group in optimizer.param_groups]  # before a scheduler scales them
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer)
@@ -292,6 +294,19 @@ class ChordModule(LightningModule):
                 f"{max_steps}; lit_chord.schedules.CosineDecay with total_steps: null follows the run's length"
             )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler}}
+
+    def on_train_start(self) -> None:
+        """Warn when a resumed run's optimizer keeps the checkpoint's learning rate over this run's: Lightning loads
+        the optimizer state (its ``lr``; a scheduler's ``initial_lr``, the rate it scales) after
+        ``configure_optimizers``, so a changed ``lr`` would otherwise not apply, silently."""
+        restored = [group.get("initial_lr", group["lr"]) for group in self.trainer.optimizers[0].param_groups]
+        for configured, kept in zip(self.configured_lrs, restored, strict=True):
+            if configured != kept:
+                rank_zero_warn(
+                    f"the optimizer's lr {configured} does not apply: resuming restores the checkpoint's optimizer "
+                    f"state, which keeps lr {kept}"
+                )
+                return
 
     def token_logprobs(self, scorer: PolicyScorer, rows: TrainTensors, temperature: float, with_entropy: bool):
         """Log-probabilities (and entropies) of ``input_ids[:, 1:]``, shapes ``(B, T - 1)``."""
