@@ -145,7 +145,7 @@ class StepBatch:
     train: TrainTensors | None = None  # set by the rollout callback through the datamodule's collate
     temperature: float = 1.0  # sampling temperature; the trainer scales logits by the same value
     horizon: int | None = None  # the rollouts' max_new_tokens: the constant of seq-mean-token-sum-norm
-    metrics: dict[str, float] = field(default_factory=dict)  # rollout metrics, logged by the module
+    metrics: dict[str, float] = field(default_factory=dict)  # rollout/*, all ranks, as the callback logged them
 
 
 @dataclass

@@ -7,10 +7,11 @@ deprecation warnings that say nothing about it. Here:
 - ``ChordCLI`` turns the errors that are config errors into our ``ConfigError`` while the classes are built: the
   ``ValueError`` of our (or Lightning's) ``__init__`` checks, Lightning's ``MisconfigurationException``, a GPU
   accelerator on a machine without one.
-- Before ``fit`` it checks the cheap things: every local path in the config exists, and a hub name is in the local
-  cache or the hub answers one short request (none in offline mode), so a typo fails in seconds, not after a minute
-  of download retries. Data files are read and checked by the datamodule's ``setup``, which Lightning runs before
-  ``configure_model``, so bad data, too, fails before the model is loaded.
+- Before ``fit`` it checks the cheap things: every local path in the config exists, and a hub name (a model, or a
+  ``datasets`` name given as a ``data.*`` source) is in the local cache or the hub answers one short request (none in
+  offline mode), so a typo fails in seconds, not after a minute of download retries. Data files are read and checked
+  by the datamodule's ``setup``, which Lightning runs before ``configure_model``, so bad data, too, fails before the
+  model is loaded.
 - Then it gives the run its own folder and resolves ``--ckpt_path last`` to the checkpoint of the run to continue,
   refusing one with other hyper-parameters unless ``--resume_anyway true`` (``lit_chord.runs``); Ctrl-C and SIGTERM
   save the step in progress once it completes.
@@ -128,10 +129,11 @@ class ChordCLI(LightningCLI):
     def check_before_run(self) -> None:
         """Fail in seconds on a missing path or a model nobody can provide, before ``fit`` loads anything."""
         model, data = self.model.hparams, self.datamodule.hparams
-        files = {"data.prompt_data": data.get("prompt_data"), "data.expert_data": data.get("expert_data")}
+        sources = {"data.prompt_data": data.get("prompt_data"), "data.expert_data": data.get("expert_data")}
         for name, source in val_set_sources(data.get("val_data")).items():
-            files["data.val_data" if isinstance(data.get("val_data"), str) else f"data.val_data.{name}"] = source
-        files = {key: path for key, path in files.items() if path and Path(path).suffix in DATA_SUFFIXES}
+            sources["data.val_data" if isinstance(data.get("val_data"), str) else f"data.val_data.{name}"] = source
+        sources = {key: source for key, source in sources.items() if source}
+        files = {key: path for key, path in sources.items() if Path(path).suffix in DATA_SUFFIXES}
         ckpt_path = self._get(self.config_init, "ckpt_path")
         if isinstance(ckpt_path, str) and not _resolved_by_lightning(ckpt_path):
             files["ckpt_path"] = ckpt_path
@@ -140,6 +142,7 @@ class ChordCLI(LightningCLI):
             "data.tokenizer": (data.get("tokenizer"), ("tokenizer_config.json", "tokenizer.json")),
         }
         check_paths({key: spec for key, spec in pretrained.items() if spec[0]}, files)
+        check_datasets({key: source for key, source in sources.items() if key not in files})
 
 
 def _resolved_by_lightning(ckpt_path: str) -> bool:
@@ -188,6 +191,55 @@ def check_paths(pretrained: dict[str, tuple[str, tuple[str, ...]]], files: dict[
             raise ConfigError(f"{key}: {problem}")
 
 
+def check_datasets(sources: dict[str, str]) -> None:
+    """Raise a ``ConfigError`` for the first data source that is neither a local folder nor a ``datasets`` hub name
+    (``name`` or ``name:split``, as ``lit_chord.records`` reads them) that the cache or the hub can provide now.
+
+    Args:
+        sources: Config key -> a data source without a data file's suffix.
+    """
+    for key, source in sources.items():
+        name = source.partition(":")[0]
+        if Path(source).exists():
+            continue
+        if not is_repo_id(name):
+            raise ConfigError(
+                f"{key}: {source!r} not found (relative paths are resolved from the working directory, {Path.cwd()}) "
+                "and not a datasets hub name"
+            )
+        problem = dataset_problem(name)
+        if problem is not None:
+            raise ConfigError(f"{key}: {problem}", hint="pass a local .jsonl, .json or .parquet file instead")
+
+
+def dataset_problem(name: str) -> str | None:
+    """Why ``datasets.load_dataset(name)`` would fail now, or None if it can work: neither cache has it, and the hub
+    cannot provide it (offline mode, no answer, no such data set)."""
+    import datasets.config
+
+    if dataset_cached(name):
+        return None
+    problem = "offline mode is on (HF_HUB_OFFLINE)" if datasets.config.HF_HUB_OFFLINE else hub_problem(name, "dataset")
+    if problem is None:
+        return None
+    where = f"relative to {Path.cwd()}"
+    return f"{name!r} is not a local file or folder ({where}), not in the Hugging Face cache, and {problem}"
+
+
+def dataset_cached(name: str) -> bool:
+    """Whether a version of the hub data set ``name`` is cached: its files in the hub cache, or the tables ``datasets``
+    prepared from them in its own cache (which ``load_dataset`` falls back to offline)."""
+    import datasets.config
+    from datasets.naming import camelcase_to_snakecase
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    snapshots = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=name, repo_type="dataset") / "snapshots"
+    namespace, _, dataset = name.rpartition("/")
+    prepared = "___".join([*filter(None, [namespace]), camelcase_to_snakecase(dataset)])
+    return any(snapshots.glob("*/*")) or (Path(datasets.config.HF_DATASETS_CACHE) / prepared).is_dir()
+
+
 def pretrained_problem(name: str, filenames: tuple[str, ...]) -> str | None:
     """Why ``from_pretrained(name)`` would fail, or None if it can work: a folder without the files, or a hub name
     that neither the local cache nor the hub can provide now."""
@@ -215,14 +267,15 @@ def is_repo_id(name: str) -> bool:
     return True
 
 
-def hub_problem(name: str) -> str | None:
-    """Why the hub cannot provide the model ``name`` now, or None if it can: one short request, no retries."""
+def hub_problem(name: str, repo_type: str = "model") -> str | None:
+    """Why the hub cannot provide the model (or ``repo_type`` "dataset") ``name`` now, or None if it can: one short
+    request, no retries."""
     if is_offline_mode():
         return "offline mode is on (HF_HUB_OFFLINE)"
     try:
-        HfApi().model_info(name, timeout=HUB_PROBE_TIMEOUT_S)
+        HfApi().repo_info(name, repo_type=repo_type, timeout=HUB_PROBE_TIMEOUT_S)
     except RepositoryNotFoundError:
-        return "the hub has no such model (or it is private or gated: log in with `hf auth login`)"
+        return f"the hub has no such {repo_type} (or it is private or gated: log in with `hf auth login`)"
     except Exception as err:  # no route, no DNS, a timeout, a 5xx: the download would fail the same way
         return f"the hub is unreachable ({type(err).__name__}: {_first_line(err)})"
     return None

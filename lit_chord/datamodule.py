@@ -14,6 +14,7 @@ each step's draw, so a prompt group never straddles ranks.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -61,6 +62,10 @@ def val_set_sources(val_data: str | list[str] | dict[str, str] | None) -> dict[s
         if not name or "/" in name:
             raise ValueError(f"data.val_data: set name {name!r} must be non-empty and without '/'")
     return named
+
+
+# What max_response_length limits in each stream: the expert's response, or LUFFY's trace inside an RL prompt's group
+DROPPED_RESPONSE = {"expert_data": "response", "prompt_data": "expert trace"}
 
 
 class StepStream(IterableDataset):
@@ -132,7 +137,8 @@ class ChordDataModule(LightningDataModule):
                 and the group's advantage. Independent of ``expert_data``, the SFT stream (LUFFY has none).
             expert_response_key: Field with an RL prompt's expert response, read with ``expert_traces_in_groups``.
             max_prompt_length: Prompts longer than this (in tokens) are filtered out and counted.
-            max_response_length: Expert responses longer than this are filtered out and counted (reference).
+            max_response_length: Expert responses (and LUFFY's expert traces) longer than this are filtered out and
+                counted (reference).
             val_size: Use only the first ``val_size`` prompts of each held-out set (None: all).
             val_batch_size: Held-out prompts per validation batch and rank (one generation call each).
             seed: Seed of the per-epoch shuffles.
@@ -171,7 +177,7 @@ class ChordDataModule(LightningDataModule):
         self.prompts: list[Prompt] = []
         self.expert: list[Sequence] = []
         self.val_sets: dict[str, list[Prompt]] = {}  # name -> prompts, one validation dataloader each
-        self.filtered: dict[str, int] = {}
+        self.filtered: dict[str, Counter[str]] = {}  # data field -> the limit a dropped record exceeds -> count
         self.tokenizer: PreTrainedTokenizerBase | None = None  # loaded by setup
         self.stop_token_ids: list[int] = []  # where a turn ends (chat.py), set by setup
 
@@ -199,11 +205,13 @@ class ChordDataModule(LightningDataModule):
         for name, source in self.val_sources.items():
             field_name = "val_data" if isinstance(hp.val_data, str) else f"val_data.{name}"
             self.val_sets[name] = self._load_prompts(source, field_name)[: hp.val_size]
-        for name, count in self.filtered.items():
-            limits = f"max_prompt_length={hp.max_prompt_length}"
-            if name == "expert_data":
-                limits += f" or max_response_length={hp.max_response_length}"
-            rank_zero_info(f"data.{name}: {count} records longer than {limits} tokens were filtered out")
+        for name, counts in self.filtered.items():
+            for limit, count in counts.items():
+                what = "prompt" if limit == "max_prompt_length" else DROPPED_RESPONSE.get(name, "response")
+                rank_zero_info(
+                    f"data.{name}: {count} records whose {what} is longer than data.{limit}={hp[limit]} tokens were "
+                    "filtered out"
+                )
 
     def _chat_text(self, messages: list[dict], generation_prompt: bool) -> str:
         assert self.tokenizer is not None, "setup has not run"
@@ -225,13 +233,24 @@ class ChordDataModule(LightningDataModule):
             messages = self.prompt_messages(record, where, field_name)
             ids = self._chat_ids(messages, generation_prompt=True)
             trace = self.expert_trace(record, messages, where) if field_name == "prompt_data" else None
-            if len(ids) > hp.max_prompt_length or (trace is not None and len(trace) > hp.max_response_length):
-                self.filtered[field_name] = self.filtered.get(field_name, 0) + 1
+            if limit := self.exceeded(len(ids), len(trace or [])):
+                self.filtered.setdefault(field_name, Counter())[limit] += 1
                 continue
             prompts.append(Prompt(ids, str(record[hp.answer_key]), messages[-1]["content"], trace))
         if not prompts:
-            raise DataError(f"{source}: no prompt fits max_prompt_length={hp.max_prompt_length}")
+            with_trace = hp.expert_traces_in_groups and field_name == "prompt_data"
+            traces = f" with an expert trace within max_response_length={hp.max_response_length}" if with_trace else ""
+            raise DataError(f"{source}: no prompt fits max_prompt_length={hp.max_prompt_length}{traces}")
         return prompts
+
+    def exceeded(self, prompt_length: int, response_length: int) -> str | None:
+        """The length limit a record exceeds (the prompt's first), or None if it fits: dropped records are counted
+        by limit, so that the start-up line says which limit to raise."""
+        if prompt_length > self.hp.max_prompt_length:
+            return "max_prompt_length"
+        if response_length > self.hp.max_response_length:
+            return "max_response_length"
+        return None
 
     def prompt_messages(self, record: dict, where: str, field_name: str) -> list[dict]:
         """An RL or held-out record's prompt as chat turns: its own ``messages_key`` turns (a tool-use prompt: the
@@ -305,8 +324,8 @@ class ChordDataModule(LightningDataModule):
             messages = self.expert_messages(record, where)
             prompt_ids = self._chat_ids(messages[:-1], generation_prompt=True)
             response_ids = self.response_ids(messages, where)
-            if len(prompt_ids) > hp.max_prompt_length or len(response_ids) > hp.max_response_length:
-                self.filtered["expert_data"] = self.filtered.get("expert_data", 0) + 1
+            if limit := self.exceeded(len(prompt_ids), len(response_ids)):
+                self.filtered.setdefault("expert_data", Counter())[limit] += 1
                 continue
             expert.append(Sequence(prompt_ids, response_ids, is_expert=True))
         if not expert:

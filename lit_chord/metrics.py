@@ -11,11 +11,16 @@ and epochs reset by Lightning); its keys are ``val/<set>/greedy_acc``, ``val/<se
 ``val/<set>/response_len`` and ``val/<set>/format_ok``. Accuracies count right answers only (the reward's
 ``accuracy``); the format is ``format_ok``, logged for rewards that judge it. ``logprob_gap`` measures how far
 the rollout engine's numerics drift from the trainer's on the sampled tokens.
+
+``rollout/*`` are the step's rollouts over all ranks: each rank sums its own (``RolloutSums``), the ranks' sums add
+up, and the means follow from the totals; a mean of per-rank means would misstate the std and count a rank's
+``zero_std_groups`` instead of the step's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import astuple, dataclass, fields
 
 import torch
 from torch import Tensor, nn
@@ -99,3 +104,68 @@ def logprob_gap(logprobs: Tensor, rows: TrainTensors, normalizers: Normalizers) 
     scored = rows.loss_mask[:, : logprobs.shape[1]].bool() & ~rows.is_expert[:, None] & ~engine.isnan()
     gap = torch.where(scored, (logprobs.float() - engine).abs(), torch.zeros((), device=logprobs.device))
     return {"logprob_gap": gap.sum() / max(normalizers.rl_tokens, 1.0)}
+
+
+@dataclass
+class RolloutSums:
+    """One rank's rollouts of a step as sums and counts: additive, so that ranks combine exactly by adding them.
+
+    Counts are floats so that the fields travel as one float64 tensor (``as_tensor``): float64 keeps the std from Σr
+    and Σr² exact enough for any step size, and keeps 1 rank and 2 ranks equal to the last digits.
+    """
+
+    completions: float = 0.0  # the policy's samples scored (LUFFY's expert traces are counted apart)
+    reward: float = 0.0  # Σ reward
+    reward_squared: float = 0.0  # Σ reward², for the std
+    accuracy: float = 0.0  # right answers
+    format_judged: float = 0.0  # completions whose format the reward judged
+    format_ok: float = 0.0  # of those, the well-formed ones
+    response_tokens: float = 0.0  # Σ completion length
+    truncated: float = 0.0  # completions that hit max_new_tokens
+    zero_std_groups: float = 0.0  # groups of two or more with equal rewards (advantage 0)
+    reward_errors: float = 0.0  # completions whose reward function failed
+    expert_traces: float = 0.0  # LUFFY: expert traces inside the groups
+    expert_trace_reward: float = 0.0  # Σ of their rewards
+
+    def __add__(self, other: RolloutSums) -> RolloutSums:
+        return RolloutSums(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
+
+    def as_tensor(self) -> Tensor:
+        return torch.tensor(astuple(self), dtype=torch.float64)
+
+    @classmethod
+    def from_tensor(cls, values: Tensor) -> RolloutSums:
+        return cls(*values.tolist())
+
+    def metrics(self) -> dict[str, float]:
+        """``rollout/*`` of these rollouts: means from the sums, the std unbiased (as ``Tensor.std``), counts as they
+        are. ``format_ok`` only where the reward judged a format, ``expert_trace_reward`` only where there are
+        traces."""
+        n = self.completions
+        per_completion = 1.0 / n if n else 0.0
+        variance = (self.reward_squared - self.reward**2 / n) / (n - 1) if n > 1 else 0.0
+        metrics = {
+            "rollout/reward_mean": self.reward * per_completion,
+            "rollout/reward_std": max(variance, 0.0) ** 0.5,  # Σr² − (Σr)²/n may round to just below 0
+            "rollout/accuracy": self.accuracy * per_completion,
+            "rollout/response_len": self.response_tokens * per_completion,
+            "rollout/truncated_frac": self.truncated * per_completion,
+            "rollout/zero_std_groups": self.zero_std_groups,
+            "rollout/reward_errors": self.reward_errors,
+        }
+        if self.format_judged:
+            metrics["rollout/format_ok"] = self.format_ok / self.format_judged
+        if self.expert_traces:
+            metrics["rollout/expert_trace_reward"] = self.expert_trace_reward / self.expert_traces
+        return metrics
+
+
+def step_rollout_metrics(per_rank: Tensor, timings: list[str]) -> dict[str, float]:
+    """The step's ``rollout/*`` from every rank's ``RolloutSums`` fields followed by its timings, ``(world, K)``.
+
+    The sums add up over ranks; a timing is the slowest rank's, since the step waits for it.
+    """
+    width = len(fields(RolloutSums))
+    metrics = RolloutSums.from_tensor(per_rank[:, :width].sum(0)).metrics()
+    slowest = per_rank[:, width:].max(0).values.tolist()
+    return metrics | {f"rollout/{name}": seconds for name, seconds in zip(timings, slowest, strict=True)}

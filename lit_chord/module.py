@@ -226,6 +226,7 @@ class ChordModule(LightningModule):
         self.tis_warned = False
         self.budget_warned = False
         self.pass_counts = [0, 0, 0]  # this step's passes, tokens processed, of which padding (micro_batches)
+        self.configured_lrs: list[float] = []  # the optimizer's lr per group as configured (on_train_start compares)
 
     @property
     def hp(self) -> AttributeDict:
@@ -313,6 +314,7 @@ class ChordModule(LightningModule):
     def configure_optimizers(self):
         assert self.scorer is not None, "configure_model has not run"
         optimizer = self.optimizer_factory([p for p in self.scorer.parameters() if p.requires_grad])  # LoRA: adapters
+        self.configured_lrs = [group["lr"] for group in optimizer.param_groups]  # before a scheduler scales them
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer)
@@ -326,6 +328,19 @@ class ChordModule(LightningModule):
                 f"{max_steps}; lit_chord.schedules.CosineDecay with total_steps: null follows the run's length"
             )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler}}
+
+    def on_train_start(self) -> None:
+        """Warn when a resumed run's optimizer keeps the checkpoint's learning rate over this run's: Lightning loads
+        the optimizer state (its ``lr``; a scheduler's ``initial_lr``, the rate it scales) after
+        ``configure_optimizers``, so a changed ``lr`` would otherwise not apply, silently."""
+        restored = [group.get("initial_lr", group["lr"]) for group in self.trainer.optimizers[0].param_groups]
+        for configured, kept in zip(self.configured_lrs, restored, strict=True):
+            if configured != kept:
+                rank_zero_warn(
+                    f"the optimizer's lr {configured} does not apply: resuming restores the checkpoint's optimizer "
+                    f"state, which keeps lr {kept}"
+                )
+                return
 
     def token_logprobs(self, scorer: PolicyScorer, rows: TrainTensors, temperature: float, with_entropy: bool):
         """Log-probabilities (and entropies) of ``input_ids[:, 1:]``, shapes ``(B, T - 1)``."""
@@ -624,16 +639,11 @@ class ChordModule(LightningModule):
         metrics["train/tokens_per_second"] = metrics["train/tokens"] / seconds
         if self.peak_flops:  # model FLOPs utilization (lit_chord.flops), where Lightning knows the device's peak
             metrics["train/mfu"] = flops / (seconds * self.peak_flops * self.trainer.world_size)
-        metrics.update({k: torch.tensor(float(v)) for k, v in batch.metrics.items()})
         # The x-axis: the optimizer steps taken, k after the k-th (its optimizer.step, or a skip, has counted it)
         metrics["step"] = torch.tensor(float(self.trainer.global_step))
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
-        self.log_dict(
-            {"mu": metrics["train/mu"], "reward": metrics.get("rollout/reward_mean", torch.tensor(0.0))},
-            prog_bar=True,
-            logger=False,
-            batch_size=1,
-        )
+        # rollout/* and the bar's "reward": the rollout callback logs them, over all ranks
+        self.log("mu", metrics["train/mu"], prog_bar=True, logger=False, batch_size=1)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         """After the last step, ask to stop: Lightning then validates the final weights (``Trainer.should_stop``

@@ -29,7 +29,7 @@ from lit_chord.batch import Sequence, StepBatch, ValBatch, ValResult
 from lit_chord.chat import eos_ids
 from lit_chord.engines import Completion, Engine, SamplingConfig
 from lit_chord.loss import group_advantages
-from lit_chord.metrics import pass_at_k
+from lit_chord.metrics import RolloutSums, pass_at_k, step_rollout_metrics
 from lit_chord.protocol import SetProtocol, check_per_set, protocols
 from lit_chord.rewards import Reward, as_reward, math_boxed
 
@@ -54,11 +54,6 @@ class Scores:
     def select(self, keep: Tensor) -> Scores:
         """The completions where ``keep`` ``(N,)`` is true (errors are kept as counted)."""
         return Scores(self.rewards[keep], self.accuracy[keep], self.format_ok[keep], self.errors)
-
-    def format_rate(self) -> float | None:
-        """Share of well-formed responses among those the reward judged; None if it judged none."""
-        known = self.format_ok[~self.format_ok.isnan()]
-        return known.mean().item() if len(known) else None
 
 
 class RolloutCallback(Callback):
@@ -213,11 +208,29 @@ class RolloutCallback(Callback):
         if mixed:  # the rollout metrics describe the policy's samples; the traces' rewards get their own
             on_policy = torch.arange(len(completions)) % batch.num_generations < sampled
             own = [c for c, keep in zip(completions, on_policy.tolist(), strict=True) if keep]
-            batch.metrics = rollout_metrics(scores.select(on_policy), own, sampled)
-            batch.metrics["rollout/expert_trace_reward"] = scores.rewards[~on_policy].mean().item()
+            sums = rollout_sums(scores.select(on_policy), own, sampled)
+            sums.expert_traces = float((~on_policy).sum())
+            sums.expert_trace_reward = scores.rewards[~on_policy].sum().item()
         else:
-            batch.metrics = rollout_metrics(scores, completions, batch.num_generations)
-        batch.metrics.update({"rollout/gen_seconds": gen_seconds, "rollout/sync_seconds": sync_seconds})
+            sums = rollout_sums(scores, completions, batch.num_generations)
+        timings = {"gen_seconds": gen_seconds, "sync_seconds": sync_seconds}
+        batch.metrics = self.log_rollout_metrics(trainer, module, sums, timings)
+
+    def log_rollout_metrics(
+        self, trainer: Trainer, pl_module: ChordModule, sums: RolloutSums, timings: dict[str, float]
+    ) -> dict[str, float]:
+        """Log ``rollout/*`` over the step's rollouts on all ranks, and return them.
+
+        One collective per step: every rank's sums and timings are gathered (a small float64 vector each), then
+        added up, or for timings maxed (``metrics.step_rollout_metrics``). Ranks already wait for each other at the
+        step's first collective (the token counts), so this adds no waiting, only a few bytes.
+        """
+        local = torch.cat([sums.as_tensor(), torch.tensor(list(timings.values()), dtype=torch.float64)])
+        gathered = trainer.strategy.all_gather(local.to(pl_module.device))  # (world, K); one device: (K,)
+        metrics = step_rollout_metrics(gathered.reshape(-1, len(local)).cpu(), list(timings))
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
+        pl_module.log("reward", metrics["rollout/reward_mean"], prog_bar=True, logger=False, batch_size=1)
+        return metrics
 
     def generate(
         self, pl_module: ChordModule, prompt_ids: list[list[int]], n: int, sampling: SamplingConfig
@@ -300,24 +313,23 @@ class RolloutCallback(Callback):
         ]
 
 
-def rollout_metrics(scores: Scores, completions: list[Completion], group_size: int) -> dict[str, float]:
-    """Scalar summaries of one step's rollouts. ``rollout/accuracy`` counts right answers only, whatever the format;
-    ``rollout/format_ok`` (only for rewards that judge the format) is the share of well-formed responses."""
-    rewards = scores.rewards
+def rollout_sums(scores: Scores, completions: list[Completion], group_size: int) -> RolloutSums:
+    """One rank's rollouts as sums and counts (``metrics.RolloutSums``). ``accuracy`` counts right answers only,
+    whatever the format; ``format_ok`` counts the well-formed among the completions whose format the reward judged."""
+    rewards = scores.rewards.double()
+    judged = scores.format_ok[~scores.format_ok.isnan()]
+    # groups of two or more with equal rewards: advantage 0 (a group of one has A = r, see group_advantages)
     grouped = rewards.view(-1, group_size)
-    lengths = torch.tensor([len(c.token_ids) for c in completions], dtype=torch.float32)
-    metrics = {
-        "rollout/reward_mean": rewards.mean().item(),
-        "rollout/reward_std": rewards.std().item() if len(rewards) > 1 else 0.0,
-        "rollout/accuracy": scores.accuracy.mean().item(),
-        "rollout/response_len": lengths.mean().item(),
-        "rollout/truncated_frac": sum(not c.finished for c in completions) / len(completions),
-        # groups of two or more with equal rewards: advantage 0 (a group of one has A = r, see group_advantages)
-        "rollout/zero_std_groups": (grouped.max(-1).values == grouped.min(-1).values).float().sum().item()
-        if group_size > 1
-        else 0.0,
-        "rollout/reward_errors": float(scores.errors),
-    }
-    if (format_rate := scores.format_rate()) is not None:
-        metrics["rollout/format_ok"] = format_rate
-    return metrics
+    constant = (grouped.max(-1).values == grouped.min(-1).values).sum().item() if group_size > 1 else 0
+    return RolloutSums(
+        completions=float(len(completions)),
+        reward=rewards.sum().item(),
+        reward_squared=rewards.square().sum().item(),
+        accuracy=scores.accuracy.sum().item(),
+        format_judged=float(len(judged)),
+        format_ok=judged.sum().item(),
+        response_tokens=float(sum(len(c.token_ids) for c in completions)),
+        truncated=float(sum(not c.finished for c in completions)),
+        zero_std_groups=float(constant),
+        reward_errors=float(scores.errors),
+    )

@@ -31,7 +31,7 @@ def run_summary(trainer: Trainer, module: ChordModule, data: ChordDataModule) ->
     )
 
     def kept(rows: list, field: str) -> str:
-        dropped = data.filtered.get(field, 0)
+        dropped = sum(data.filtered.get(field, {}).values())
         return f"{len(rows)} kept" + (f", {dropped} too long dropped" if dropped else "")
 
     held_out = ", ".join(f"{name} ({len(prompts)} prompts)" for name, prompts in data.val_sets.items()) or "none"

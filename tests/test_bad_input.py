@@ -22,7 +22,7 @@ from lit_chord.datamodule import ChordDataModule, DataError
 from lit_chord.engines import Completion
 from lit_chord.loss import group_advantages, mu_schedule
 from lit_chord.module import ChordModule
-from lit_chord.rollout_callback import RolloutCallback, Scores, rollout_metrics
+from lit_chord.rollout_callback import RolloutCallback, Scores, rollout_sums
 
 BAD = Path(__file__).parent / "data" / "bad"
 REPO = Path(__file__).parent.parent
@@ -61,7 +61,10 @@ REJECTED = {
     ),
     "expert_all_too_long.jsonl": r"expert_all_too_long\.jsonl: no expert sample fits max_prompt_length=64",
 }
-FILTERED = {"prompts_some_too_long.jsonl": "prompt_data", "expert_some_too_long.jsonl": "expert_data"}
+FILTERED = {
+    "prompts_some_too_long.jsonl": {"prompt_data": {"max_prompt_length": 1}},
+    "expert_some_too_long.jsonl": {"expert_data": {"max_response_length": 1}},
+}
 CONFIGS = {
     "config_unknown_key.yaml": "mu_peek",
     "config_wrong_type.yaml": "data.prompts_per_step",
@@ -116,7 +119,7 @@ def test_bad_data_is_rejected_naming_file_line_and_field(tiny_world, good_prompt
 @pytest.mark.parametrize("name", sorted(FILTERED), ids=str)
 def test_overlong_records_are_filtered_and_counted(tiny_world, good_prompts, name):
     dm = make_dm(tiny_world, **stream_args(name, good_prompts))
-    assert dm.filtered == {FILTERED[name]: 1}
+    assert dm.filtered == FILTERED[name]
     if name.startswith("prompts"):  # the numeric answer 654 is kept, as a string
         assert [p.answer for p in dm.prompts] == ["321", "654"]
     else:
@@ -196,7 +199,7 @@ def test_all_equal_rewards_give_zero_advantages_and_are_counted(scale_by_std):
     advantages = group_advantages(rewards, 8, scale_by_std=scale_by_std)
     assert torch.equal(advantages, torch.zeros(16))
     scores = Scores(rewards, accuracy=torch.zeros(16), format_ok=torch.full((16,), math.nan), errors=0)
-    metrics = rollout_metrics(scores, [Completion([1], True)] * 16, 8)
+    metrics = rollout_sums(scores, [Completion([1], True)] * 16, 8).metrics()
     assert metrics["rollout/zero_std_groups"] == 2.0 and all(math.isfinite(v) for v in metrics.values())
 
 

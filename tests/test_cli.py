@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_chord.cli import command_line, config_error
+from lit_chord.cli import check_datasets, command_line, config_error
 from lit_chord.errors import ConfigError, UserError
 from lit_chord.module import ChordModule
 from lit_chord.records import DataError
@@ -151,6 +151,33 @@ def test_a_run_prints_none_of_the_noise(results):
     assert "`max_steps=2` reached" in result.stderr  # it did run
     for noise, text in NOISE.items():
         assert text not in result.stdout + result.stderr, noise
+
+
+def test_a_datasets_hub_name_that_cannot_be_had_fails_fast_naming_the_field(tmp_path):
+    """A made-up hub data set as ``data.prompt_data``, offline and in no cache: one line naming the field, before the
+    model loads (it was ``datasets``' ConnectionError traceback, and online after half a minute of retries)."""
+    env = {k: v for k, v in os.environ.items() if k != "LIT_CHORD_DEBUG"}
+    env |= {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_DATASETS_CACHE": str(tmp_path / "ds")}
+    args = ["--config", str(CONFIGS / "demo.yaml"), *DEMO_PATHS, "--data.prompt_data", "someone/nonexistent-dataset"]
+    start = time.monotonic()
+    command = [sys.executable, "-m", "lit_chord", "fit", *args]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    line = one_line_error(Result(done.returncode, done.stdout, done.stderr, time.monotonic() - start))
+    assert "data.prompt_data: 'someone/nonexistent-dataset' is not a local file or folder" in line
+    assert "not in the Hugging Face cache, and offline mode is on" in line
+
+
+def test_each_data_source_that_is_no_file_is_checked_under_its_field(monkeypatch, tmp_path):
+    import datasets.config
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # read at import: the variable would come too late
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "saved").mkdir()  # a folder ``datasets`` loads as it is
+    check_datasets({"data.prompt_data": "saved"})
+    with pytest.raises(ConfigError, match=r"^data.val_data.aime: 'someone/nonexistent-dataset' is not a local file"):
+        check_datasets({"data.prompt_data": "saved", "data.val_data.aime": "someone/nonexistent-dataset:test"})
+    with pytest.raises(ConfigError, match=r"^data.expert_data: 'data/demo/expert' not found .* and not a datasets hub"):
+        check_datasets({"data.expert_data": "data/demo/expert"})  # three parts: no hub name
 
 
 def test_a_bug_keeps_its_traceback_and_a_user_error_is_one_line(capsys):

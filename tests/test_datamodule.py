@@ -117,7 +117,7 @@ def test_streams_are_a_function_of_the_step_and_split_across_ranks(tiny_world, t
 def test_overlong_expert_samples_are_filtered_and_counted(tiny_world, tmp_path):
     records = [{"problem": "Q", "response": "short"}, {"problem": "Q", "response": "long " * 100}]
     dm = make_dm(tiny_world, tmp_path, records)
-    assert len(dm.expert) == 1 and dm.filtered["expert_data"] == 1
+    assert len(dm.expert) == 1 and dm.filtered["expert_data"] == {"max_response_length": 1}
 
 
 def test_malformed_jsonl_names_file_and_line(tiny_world, tmp_path):

@@ -52,6 +52,10 @@ def test_two_ranks_take_the_same_step_as_one(tiny_world, tmp_path, single, layou
     assert single["weights"].keys() == two["weights"].keys()
     for name, weight in single["weights"].items():
         torch.testing.assert_close(two["weights"][name], weight, atol=2e-5, rtol=1e-4, msg=name)
+    # rollout/* describe the whole step's 4 prompts x 3 rollouts on rank 0 too, not its own 2 prompts
+    assert two["rollout"].keys() == single["rollout"].keys() >= {"rollout/zero_std_groups", "rollout/format_ok"}
+    for key in single["rollout"].keys() - {"rollout/gen_seconds", "rollout/sync_seconds"}:
+        assert two["rollout"][key] == pytest.approx(single["rollout"][key], abs=1e-9), key
 
 
 @pytest.fixture(scope="module")

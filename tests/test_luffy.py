@@ -74,3 +74,27 @@ def test_a_prompt_without_its_trace_is_refused_with_its_line(tiny_world, tmp_pat
         data.setup("fit")
     with pytest.raises(ValueError, match="num_generations >= 2"):
         tiny_datamodule(tiny_world, num_generations=1, expert_traces_in_groups=True)
+
+
+def test_a_prompt_dropped_for_its_trace_is_counted_and_reported_apart(tiny_world, tmp_path, caplog):
+    """Limits 64 prompt tokens and 32 response tokens: one record fits, one has a ~100-token trace, two a ~100-token
+    prompt. Each is counted under the limit it exceeds, and the start-up lines name that limit."""
+    long = " ".join(["1234567890"] * 10)
+    records = [
+        {"problem": "Reverse 123.", "answer": "321", "expert_response": "\\boxed{321}"},
+        {"problem": "Reverse 456.", "answer": "654", "expert_response": long},
+        {"problem": f"Reverse {long}.", "answer": "1", "expert_response": "\\boxed{1}"},
+        {"problem": f"Reverse {long} {long}.", "answer": "2", "expert_response": "\\boxed{2}"},
+    ]
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    data = tiny_datamodule(tiny_world, prompt_data=str(path), expert_data=None, expert_traces_in_groups=True)
+    with caplog.at_level("INFO"):
+        data.setup("fit")
+    assert [p.answer for p in data.prompts] == ["321"]
+    assert data.filtered == {"prompt_data": {"max_response_length": 1, "max_prompt_length": 2}}
+    assert (
+        "data.prompt_data: 1 records whose expert trace is longer than data.max_response_length=32 tokens"
+        in caplog.text
+    )
+    assert "data.prompt_data: 2 records whose prompt is longer than data.max_prompt_length=64 tokens" in caplog.text

@@ -1,4 +1,5 @@
-"""Held-out metrics: the unbiased pass@k estimator by hand, and named held-out sets end to end on the tiny model."""
+"""Held-out metrics: the unbiased pass@k estimator by hand, and named held-out sets end to end on the tiny model.
+Rollout metrics: ranks' partial sums combined by hand."""
 
 from __future__ import annotations
 
@@ -15,10 +16,58 @@ from lit_chord.batch import ValResult
 from lit_chord.datamodule import ChordDataModule, val_set_sources
 from lit_chord.engines import Completion
 from lit_chord.errors import ConfigError
-from lit_chord.metrics import HeldOutMetrics, pass_at_k
+from lit_chord.metrics import HeldOutMetrics, RolloutSums, pass_at_k, step_rollout_metrics
 from lit_chord.module import ChordModule
 from lit_chord.protocol import SetProtocol, protocols
-from lit_chord.rollout_callback import RolloutCallback
+from lit_chord.rollout_callback import RolloutCallback, Scores, rollout_sums
+
+
+def rank_sums(rewards, formats, lengths, finished, errors=0, group_size=2) -> RolloutSums:
+    """One rank's ``RolloutSums`` from its rollouts (in groups of 2 unless told); a reward of 1 is a right answer."""
+    scores = Scores(torch.tensor(rewards), torch.tensor(rewards), torch.tensor(formats), errors)
+    completions = [Completion([7] * n, done) for n, done in zip(lengths, finished, strict=True)]
+    return rollout_sums(scores, completions, group_size)
+
+
+def test_rollout_metrics_add_up_the_ranks_sums_not_their_means():
+    """Rank 0: groups [1, 1] and [0, 1]; rank 1: the group [0, 0] and a reward function that failed once."""
+    rank0 = rank_sums([1.0, 1.0, 0.0, 1.0], [1.0, 0.0, 0.0, math.nan], [2, 4, 6, 8], [True, True, True, False])
+    rank1 = rank_sums([0.0, 0.0], [1.0, 1.0], [3, 5], [True, False], errors=1)
+    rank0.expert_traces, rank0.expert_trace_reward = 2.0, 1.0  # LUFFY: 2 traces, one right
+    rank1.expert_traces, rank1.expert_trace_reward = 1.0, 1.0
+    timings = torch.tensor([[0.5, 0.1], [2.0, 0.0]], dtype=torch.float64)  # gen, sync seconds per rank
+    per_rank = torch.cat([torch.stack([rank0.as_tensor(), rank1.as_tensor()]), timings], dim=1)
+    metrics = step_rollout_metrics(per_rank, ["gen_seconds", "sync_seconds"])
+    assert metrics == pytest.approx(
+        {
+            "rollout/reward_mean": 0.5,  # 3 / 6, not the ranks' (0.75 + 0) / 2
+            "rollout/reward_std": math.sqrt(0.3),  # (Σr² − (Σr)²/n) / (n − 1) = (3 − 9/6) / 5, unbiased
+            "rollout/accuracy": 0.5,  # 3 right of 6
+            "rollout/format_ok": 0.6,  # 3 well formed of the 5 judged, not (1/3 + 1) / 2
+            "rollout/response_len": 28 / 6,  # (2 + 4 + 6 + 8 + 3 + 5) / 6
+            "rollout/truncated_frac": 2 / 6,
+            "rollout/zero_std_groups": 2.0,  # [1, 1] on rank 0 and [0, 0] on rank 1
+            "rollout/reward_errors": 1.0,
+            "rollout/expert_trace_reward": 2 / 3,  # 2 right of 3 traces, not (1/2 + 1) / 2
+            "rollout/gen_seconds": 2.0,  # the slowest rank's: the step waits for it
+            "rollout/sync_seconds": 0.1,
+        },
+        abs=1e-12,
+    )
+    assert torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0]).std().item() == pytest.approx(math.sqrt(0.3))  # as torch's
+    one_rank = rank_sums(
+        [1.0, 1.0, 0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, math.nan, 1.0, 1.0], [2, 4, 6, 8, 3, 5], [True, True] * 3
+    )
+    one_rank.truncated, one_rank.reward_errors = 2.0, 1.0
+    one_rank.expert_traces, one_rank.expert_trace_reward = 3.0, 2.0
+    assert (rank0 + rank1).metrics() == pytest.approx(one_rank.metrics(), abs=1e-12)  # as if one rank had them all
+
+
+def test_a_single_rollout_has_no_std_and_a_plain_reward_no_format():
+    metrics = rank_sums([0.7], [math.nan], [3], [True], group_size=1).metrics()
+    assert metrics["rollout/reward_std"] == 0.0 and metrics["rollout/zero_std_groups"] == 0.0
+    assert "rollout/format_ok" not in metrics
+    assert "rollout/expert_trace_reward" not in metrics
 
 
 def test_pass_at_k_by_hand():

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import NanGradient, cpu_trainer, tiny_datamodule
+from helpers import EchoEngine, NanGradient, cpu_trainer, tiny_datamodule
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -334,3 +334,27 @@ def test_resuming_with_other_data_streams_warns(tiny_world):
     datamodule.load_state_dict(state)  # the same streams: silent
     with pytest.warns(UserWarning, match=r"seed 7 -> 42; prompts_per_step 4 -> 2"):
         datamodule.load_state_dict({**state, "prompts_per_step": 4, "seed": 7})
+
+
+@pytest.mark.parametrize("scheduled", [False, True], ids=["constant", "scheduled"])
+def test_resuming_with_another_lr_warns_that_the_checkpoints_applies(tiny_world, tmp_path, recwarn, scheduled):
+    """The checkpoint's optimizer state (lr 1e-2; with StepLR its initial_lr 1e-2, lr 5e-3 after one step) overrides
+    a resumed run's lr 1e-3: one warning names both. A fresh run says nothing."""
+
+    def fit_lr(lr: float, max_steps: int, ckpt_path: str | None = None) -> ChordModule:
+        module = ChordModule(
+            model=str(tiny_world / "model"),
+            optimizer=lambda p: torch.optim.AdamW(p, lr=lr),
+            lr_scheduler=(lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.5)) if scheduled else None,
+        )
+        checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+        rollout = RolloutCallback(engine=EchoEngine(), reward_fn=digit_share)
+        trainer = cpu_trainer(enable_checkpointing=True, max_steps=max_steps, callbacks=[rollout, checkpoint])
+        trainer.fit(module, datamodule=tiny_datamodule(tiny_world), ckpt_path=ckpt_path)
+        return module
+
+    fit_lr(1e-2, max_steps=1)
+    assert not [w for w in recwarn if "lr" in str(w.message)]
+    with pytest.warns(UserWarning, match=r"the optimizer's lr 0\.001 does not apply: .* keeps lr 0\.01$"):
+        module = fit_lr(1e-3, max_steps=2, ckpt_path=str(tmp_path / "last.ckpt"))
+    assert module.trainer.optimizers[0].param_groups[0]["lr"] == (1e-2 * 0.5**2 if scheduled else 1e-2)

@@ -15,7 +15,7 @@ from lit_chord.rewards import (
     think_format_ok,
     tool_call,
 )
-from lit_chord.rollout_callback import RolloutCallback, rollout_metrics
+from lit_chord.rollout_callback import RolloutCallback, rollout_sums
 
 
 def test_last_boxed_takes_the_last_and_balances_braces():
@@ -95,7 +95,7 @@ def test_rollout_accuracy_counts_right_answers_and_format_is_its_own_metric(tiny
     group = [Completion(callback.tokenizer(t)["input_ids"], True) for t in texts]
     scores = callback.score([group], ["12"])
     assert scores.rewards.tolist() == pytest.approx([1.0, 0.9, 0.0, -0.1])
-    metrics = rollout_metrics(scores, group, group_size=4)
+    metrics = rollout_sums(scores, group, group_size=4).metrics()
     assert metrics["rollout/accuracy"] == 0.5  # (1 + 1 + 0 + 0) / 4
     assert metrics["rollout/format_ok"] == 0.5  # (1 + 0 + 1 + 0) / 4
     assert metrics["rollout/reward_mean"] == pytest.approx((1.0 + 0.9 + 0.0 - 0.1) / 4)
@@ -107,7 +107,7 @@ def test_a_plain_number_reward_logs_no_format(tiny_world):
     callback = RolloutCallback(reward_fn=exact_match)
     callback.tokenizer = AutoTokenizer.from_pretrained(tiny_world / "model")
     group = [Completion(callback.tokenizer(t)["input_ids"], True) for t in ["\\boxed{12}", "\\boxed{1}"]]
-    metrics = rollout_metrics(callback.score([group], ["12"]), group, group_size=2)
+    metrics = rollout_sums(callback.score([group], ["12"]), group, group_size=2).metrics()
     assert metrics["rollout/accuracy"] == 0.5 and "rollout/format_ok" not in metrics
 
 

@@ -1,4 +1,4 @@
-"""One CHORD optimizer step on N CPU ranks; rank 0 saves the logged loss and the updated weights.
+"""One CHORD optimizer step on N CPU ranks; rank 0 saves the logged loss, rollout/* and the updated weights.
 
 Used by tests/test_distributed.py to compare 1 rank against 2 (DDP, FSDP2). Rollouts come from a deterministic
 engine (completions are a function of the prompt), so every layout trains on the same rows; SGD with lr 1 and
@@ -29,14 +29,18 @@ from lit_chord.module import ChordModule  # noqa: E402
 from lit_chord.rollout_callback import RolloutCallback  # noqa: E402
 
 
-def length_reward(completion: str, answer: str) -> float:
-    return float(len(completion) % 3)
+def length_reward(completion: str, answer: str) -> dict[str, float]:
+    """Varies within the groups of odd answers and is 0 throughout the others (which count in zero_std_groups);
+    judges a format too, so that ``rollout/format_ok`` is logged."""
+    reward = float(len(completion) % 3) if int(answer) % 2 else 0.0
+    return {"reward": reward, "format": float(len(completion) % 2)}
 
 
 class Keep(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.loss = float(trainer.callback_metrics["train/loss"])
         self.loss_sft = float(trainer.callback_metrics["train/loss_sft"])
+        self.rollout = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("rollout/")}
 
 
 def main(world: str, out: str, devices: int, layout: str) -> None:
@@ -87,7 +91,7 @@ def main(world: str, out: str, devices: int, layout: str) -> None:
     weights = dict(module.full_parameters())  # a collective under FSDP2: every rank takes part
     if trainer.is_global_zero:
         weights = {name: tensor.cpu() for name, tensor in weights.items()}
-        torch.save({"loss": keep.loss, "loss_sft": keep.loss_sft, "weights": weights}, out)
+        torch.save({"loss": keep.loss, "loss_sft": keep.loss_sft, "rollout": keep.rollout, "weights": weights}, out)
 
 
 if __name__ == "__main__":
