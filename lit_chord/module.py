@@ -395,7 +395,7 @@ class ChordModule(LightningModule):
                 totals[key] = totals[key] / self.updates_per_step
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # the optimizer's kernels belong to this step's time
-        self.log_step(totals, mu, grad_norm, lr, time.perf_counter() - start, batch)
+        self.log_step(totals, mu, grad_norm, lr, time.perf_counter() - start)
 
     def update(
         self, rows: TrainTensors, step: StepContext, optimizer: LightningOptimizer, totals: dict, last: bool
@@ -614,9 +614,7 @@ class ChordModule(LightningModule):
             scheduler.step()
         return grad_norm
 
-    def log_step(
-        self, totals: dict[str, Tensor], mu: float, grad_norm: Tensor, lr: float, seconds: float, batch: StepBatch
-    ) -> None:
+    def log_step(self, totals: dict[str, Tensor], mu: float, grad_norm: Tensor, lr: float, seconds: float) -> None:
         additive = {k: v for k, v in totals.items() if k not in NON_ADDITIVE}
         (passes, processed, padding), self.pass_counts = self.pass_counts, [0, 0, 0]
         counts = torch.tensor([processed, padding], dtype=torch.float32, device=self.device)
@@ -629,7 +627,7 @@ class ChordModule(LightningModule):
         metrics = {"train/padding_frac": summed.pop("padding_tokens") / summed.pop("processed_tokens")}
         metrics["train/micro_batches"] = torch.tensor(float(passes))
         metrics |= {f"{'rollout' if k == 'logprob_gap' else 'train'}/{k}": v for k, v in summed.items()}
-        metrics["train/ratio_max"] = totals["ratio_max"]
+        metrics["train/ratio_max"] = self.trainer.strategy.reduce(totals["ratio_max"], reduce_op="max")
         metrics["train/mu"] = torch.tensor(mu)
         metrics["train/grad_norm"] = grad_norm.detach().float()
         metrics["train/skipped_steps"] = torch.tensor(float(self.skipped_steps))

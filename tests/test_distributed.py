@@ -91,6 +91,8 @@ def test_two_ranks_take_the_same_updates_as_one(tiny_world, tmp_path, layout):
     single = run(tiny_world, tmp_path / "single.pt", 1, "single+updates")
     two = run(tiny_world, tmp_path / "out.pt", 2, layout)
     assert two["loss"] == pytest.approx(single["loss"], abs=1e-5)
+    assert single["ratio_max"] > 1.2  # later updates moved the policy beyond the clip
+    assert two["ratio_max"] == pytest.approx(single["ratio_max"], rel=1e-4)  # the largest over both ranks
     for name, weight in single["weights"].items():
         torch.testing.assert_close(two["weights"][name], weight, atol=2e-5, rtol=1e-4, msg=name)
 

@@ -40,6 +40,7 @@ class Keep(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.loss = float(trainer.callback_metrics["train/loss"])
         self.loss_sft = float(trainer.callback_metrics["train/loss_sft"])
+        self.ratio_max = float(trainer.callback_metrics["train/ratio_max"])
         self.rollout = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("rollout/")}
 
 
@@ -91,7 +92,8 @@ def main(world: str, out: str, devices: int, layout: str) -> None:
     weights = dict(module.full_parameters())  # a collective under FSDP2: every rank takes part
     if trainer.is_global_zero:
         weights = {name: tensor.cpu() for name, tensor in weights.items()}
-        torch.save({"loss": keep.loss, "loss_sft": keep.loss_sft, "rollout": keep.rollout, "weights": weights}, out)
+        logged = {"loss": keep.loss, "loss_sft": keep.loss_sft, "ratio_max": keep.ratio_max, "rollout": keep.rollout}
+        torch.save({**logged, "weights": weights}, out)
 
 
 if __name__ == "__main__":
