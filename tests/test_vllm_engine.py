@@ -206,6 +206,40 @@ def test_a_lora_policy_pushes_its_merged_weights(engine, policy, tiny_world, sav
         engine.load_weights(policy.named_parameters())
 
 
+def test_a_lora_policy_on_a_bfloat16_base_reaches_a_float32_engine_exactly(engine, policy, tiny_world):
+    """A bfloat16 base with small adapter updates, as after a few steps at a small lr (ΔW ≈ |W|·2⁻¹⁰, below half a
+    bfloat16 step of W): the float32 engine samples from W + ΔW to 1e-5, scored by an independent float32 copy of
+    the policy. Merged in float32 then cast back to bfloat16, the update would have rounded away: the engine would
+    sample from the base (log-probabilities 1e-3 apart here)."""
+    from transformers import AutoModelForCausalLM
+
+    from lit_chord.lora import LoraSettings
+    from lit_chord.module import ChordModule
+
+    module = ChordModule(model=str(tiny_world / "model"), lora=LoraSettings(rank=4, alpha=8.0, base_dtype="bfloat16"))
+    module.configure_model()
+    with torch.no_grad():
+        for name, param in module.policy.named_parameters():
+            if ".lora_B." in name:
+                param.normal_(0.0, 1e-4)
+    weights = {name: tensor.float() for name, tensor in module.lora.merged_parameters(merge=False)}  # the base
+    base = AutoModelForCausalLM.from_pretrained(tiny_world / "model", dtype=torch.float32).eval()
+    base.load_state_dict(weights, strict=False)  # strict apart from lm_head, tied to the embeddings
+    for path, layer in module.lora.layers.items():  # W + (α/r)·B·A, α/r = 2, computed here in float32
+        weights[f"{path}.weight"] += 2.0 * layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+    exact = AutoModelForCausalLM.from_pretrained(tiny_world / "model", dtype=torch.float32).eval()
+    exact.load_state_dict(weights, strict=False)
+    try:
+        engine.attach(module.policy, STOP_IDS, pad_token_id=0)
+        engine.load_weights(module.full_parameters())
+        groups = engine.generate(PROMPTS, 4, SamplingConfig(max_new_tokens=32, seed=6))
+        assert max_logprob_gap(exact, groups) < 1e-5
+        assert max_logprob_gap(base, groups) > 1e-4  # the small update does change the policy
+    finally:
+        engine.attach(policy, STOP_IDS, pad_token_id=0)
+        engine.load_weights(policy.named_parameters())
+
+
 def test_tied_names_are_the_hugging_face_names_under_peft(tiny_world):
     """The alias map holds the names the policy streams, read from transformers' map of tied weights: the same for
     the plain model and for one whose embeddings peft wrapped (``modules_to_save``), where the parameters' own names

@@ -201,11 +201,16 @@ class VLLMEngine:
         splitting a layer across calls would leave the missing parts uninitialized.
         """
         self.wake_up()
-        dtype = self.llm.llm_engine.model_config.dtype
         # vLLM worker method (vllm/v1/worker/gpu_worker.py): in-place, layer-wise reload of checkpoint-format
         # weights; the in-process worker receives the generator itself.
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": self.stream(named_tensors, dtype)})
+        weights = self.stream(named_tensors, self.weight_dtype)
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.reset_prefix_cache()
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        """The dtype of the engine's copy of the weights (``dtype`` as vLLM resolved it): pushes are cast to it."""
+        return self.llm.llm_engine.model_config.dtype
 
     def stream(self, named_tensors: Iterable[tuple[str, Tensor]], dtype: torch.dtype) -> Iterator[tuple[str, Tensor]]:
         """The tensors cast to ``dtype``, each tied tensor also under its other names.
