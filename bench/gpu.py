@@ -200,7 +200,7 @@ def sync(args, path: str) -> dict:
     engine.load_weights(policy.named_parameters())  # warm-up push
     seconds = timed(lambda: engine.load_weights(policy.named_parameters()), args.repeats)
     pushed = sum(p.numel() for p in policy.parameters()) + sum(  # a tied tensor goes under each of its names
-        policy.get_parameter(name).numel() * len(aliases) for name, aliases in engine.tied_names.items()
+        param.numel() * len(engine.tied_names.get(name, ())) for name, param in policy.named_parameters()
     )
     gap = sync_check(policy, engine, prompts(args, policy.config.vocab_size)[:2], SamplingConfig)
     return {

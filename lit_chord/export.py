@@ -73,8 +73,9 @@ class PolicyExport(Callback):
     def save(self, trainer: Trainer, module: ChordModule, path: Path) -> None:
         """``save_pretrained`` the policy (merged, and the adapter apart, with LoRA) and the tokenizer into ``path``;
         every rank calls it (gathering a sharded policy is a collective), rank 0 writes."""
-        state = {name: tensor.cpu() for name, tensor in module.full_parameters()}  # collective if sharded
         lora = module.lora
+        dtype = lora.base_dtype if lora is not None else None  # LoRA merges in float32: store the base's dtype
+        state = {name: tensor.to(dtype).cpu() for name, tensor in module.full_parameters()}  # collective if sharded
         adapter = lora.adapter_state() if lora is not None else {}  # collective if sharded
         base = {}
         if lora is not None and module.hp.random_init:

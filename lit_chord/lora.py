@@ -14,7 +14,13 @@ Three things follow from the frozen base, and they live here:
 Dtypes: the base may be loaded in bfloat16 (``base_dtype``; half the memory of float32, and it gets no updates
 that rounding could swallow) while the adapters stay float32 (``peft``'s ``autocast_adapter_dtype``), so AdamW
 updates them at full precision; under ``bf16-mixed`` the matmuls run in bfloat16 either way. The merged weights
-are computed in float32 and cast to the base's dtype.
+are computed and handed out in float32, and whoever stores them picks the dtype: a float32 engine gets the trained
+policy exactly, the export writes the base's dtype. Cast back to a bfloat16 base, ``W + ΔW`` would lose every
+update smaller than half a bfloat16 step of ``W`` (|W|·2⁻⁹), while the trainer adds ``B A x`` exactly: a small-lr
+run's first updates would not reach the engine at all. An engine that holds bfloat16 weights rounds the same
+way, so it samples from a slightly different policy than the one trained; ``rollout_tis_cap`` then turns on
+truncated importance sampling with the engine's log-probabilities (``model.tis_cap``), which corrects for exactly
+that mismatch, and ``rollout/logprob_gap`` measures it.
 
 Simplified: plain LoRA on linear layers only (no DoRA or rsLoRA; embeddings, the output head and norms train in
 full when asked for, as ``modules_to_save``), one adapter.
@@ -29,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 if TYPE_CHECKING:
@@ -36,6 +43,7 @@ if TYPE_CHECKING:
 
 ADAPTER = "default"  # peft's name of the one adapter
 SAVED = f".modules_to_save.{ADAPTER}."  # in the name of a module's trained copy (``modules_to_save``)
+LOSSY_PUSH_TIS_CAP = 2.0  # TIS for a coarser engine: a token the engine found half as likely counts at most twice
 
 
 @dataclass(frozen=True)
@@ -133,6 +141,7 @@ class LoraPolicy:
         if saved is None:
             saved = from_scratch_modules(policy) if random_init else []
         self.modules_to_save = saved  # what trains in full next to the adapters, as resolved for this base
+        self.base_dtype = settings.dtype  # the frozen base's, in which the export stores the merged weights
         names = [name for name, _ in policy.named_modules() if name]
         unmatched = [suffix for suffix in saved if not any(name.endswith(suffix) for name in names)]
         if unmatched:  # peft would train nothing for them, silently
@@ -178,9 +187,10 @@ class LoraPolicy:
             self.lm.train(training)
 
     def merged_parameters(self, merge: bool = True) -> Iterator[tuple[str, Tensor]]:
-        """The policy's parameters under their Hugging Face names, each targeted weight merged: ``W + (α/r)·B A``
-        (computed in float32, cast to ``W``'s dtype); with ``merge=False`` the base's own. One at a time, gathered
-        if sharded (a collective under FSDP2: every rank must iterate in step)."""
+        """The policy's parameters under their Hugging Face names, each targeted weight merged: ``W + (α/r)·B A`` in
+        float32, not cast back to a bfloat16 base's dtype, which would round small updates away (module doc); with
+        ``merge=False`` the base's own. One at a time (a 7B layer's largest merged weight is 0.27 GB in float32),
+        gathered if sharded (a collective under FSDP2: every rank must iterate in step)."""
         for name, param in self.lm.named_parameters():
             if ".lora_" in name or (merge and ".original_module." in name) or (not merge and SAVED in name):
                 continue
@@ -191,7 +201,7 @@ class LoraPolicy:
             path, leaf = name.split(".base_layer.")
             tensor = full(param)
             if leaf == "weight" and merge:
-                tensor = (tensor.float() + self.delta(path)).to(tensor.dtype)
+                tensor = tensor.float() + self.delta(path)
             yield f"{path}.{leaf}", tensor
 
     def delta(self, path: str) -> Tensor:
@@ -222,3 +232,25 @@ class LoraPolicy:
         """State-dict keys of the frozen base under ``prefix`` (the policy's path in the LightningModule)."""
         state = self.lm.state_dict(keep_vars=True)  # by tensor, not by name: a tied head's copy is the embeddings'
         return {prefix + key for key, tensor in state.items() if not tensor.requires_grad}
+
+
+def rollout_tis_cap(engine_dtype: torch.dtype, tis_cap: float) -> float:
+    """The TIS cap of a LoRA run whose engine holds its weights in ``engine_dtype``: ``tis_cap`` as set, or, where
+    it is off (0) and the engine's dtype is coarser than float32, ``LOSSY_PUSH_TIS_CAP`` with a one-line warning.
+
+    The engine then rounds every merged weight ``W + ΔW`` to its dtype, and an update below half a step of ``W``
+    never reaches it (module doc): the rollouts lag the policy trained, and without a correction the trainer would
+    treat them as its own. Truncated importance sampling weights each rollout
+    token by min(π_trainer / π_engine, cap), which is what that mismatch calls for; where the engine matches, the
+    ratio is 1 and the weights change nothing. A full fine-tune into a bfloat16 engine has the same mismatch and
+    keeps ``model.tis_cap`` as set (its default, 0, is the reference's).
+    """
+    if tis_cap or torch.finfo(engine_dtype).eps <= torch.finfo(torch.float32).eps:
+        return tis_cap
+    rank_zero_warn(
+        f"LoRA with a {str(engine_dtype).removeprefix('torch.')} rollout engine: the merged weights W + ΔW are "
+        f"rounded there, so updates below half a step of W do not reach it; model.tis_cap={LOSSY_PUSH_TIS_CAP:g} "
+        "(truncated importance sampling with the engine's log-probabilities) is on to correct for it (set "
+        "model.tis_cap to choose the cap; rollout/logprob_gap logs the mismatch)"
+    )
+    return LOSSY_PUSH_TIS_CAP

@@ -38,7 +38,7 @@ from torchmetrics import MeanMetric
 from lit_chord.batch import StepBatch, TrainTensors, ValBatch, split_mini_batches
 from lit_chord.errors import ConfigError
 from lit_chord.flops import ModelShape, forward_flops, model_shape, peak_flops, training_flops
-from lit_chord.lora import LoraPolicy, LoraSettings
+from lit_chord.lora import LoraPolicy, LoraSettings, rollout_tis_cap
 from lit_chord.loss import LossAgg, Normalizers, chord_loss, count_normalizers, mu_schedule
 from lit_chord.metrics import logprob_gap
 from lit_chord.packing import check_padding_free, pack_micro_batches, pack_padding_free
@@ -169,7 +169,8 @@ class ChordModule(LightningModule):
                 policy loss by min(π_trainer / π_engine, tis_cap), using the engine's log-probabilities (vLLM,
                 at the sampling temperature). 0 disables it (reference); otherwise it must be >= 1. Without engine
                 log-probabilities (the transformers engine samples from the policy itself) it has no effect, and
-                says so once.
+                says so once. Under LoRA with an engine coarser than float32 (vLLM in bfloat16), 0 becomes 2 with a
+                warning: the merged push rounds small updates away there (``lit_chord.lora.rollout_tis_cap``).
             off_policy_gamma: γ of LUFFY's shaping f(π) = π / (π + γ) on expert traces inside rollout groups
                 (``data.expert_traces_in_groups``; ``lit_chord.loss.shaped_loss``). LUFFY: 0.1.
             gradient_checkpointing: Recompute decoder activations in backward to save memory.
@@ -223,6 +224,7 @@ class ChordModule(LightningModule):
         self.peak_flops: float | None = None  # the device's peak FLOP/s at the trainer's precision, for train/mfu
         self.shape: ModelShape | None = None  # what the policy's FLOPs depend on, for train/mfu
         self.scaled_grad_norm: Tensor | None = None  # 16-mixed: the norm clipped after the plugin unscaled
+        self.lora_tis_cap = 0.0  # the cap LoRA turns on for an engine coarser than float32 (engine_attached)
         self.tis_warned = False
         self.budget_warned = False
         self.pass_counts = [0, 0, 0]  # this step's passes, tokens processed, of which padding (micro_batches)
@@ -536,19 +538,30 @@ class ChordModule(LightningModule):
     def tis_weights(self, old_logprobs: Tensor, micro: TrainTensors) -> Tensor | None:
         """min(exp(trainer − engine log-prob), cap) per token, 1 where the engine reported none; None when off. The
         trainer's side is the policy that sampled (``old_logprobs``): the mismatch is between two copies of it."""
-        if not self.hp.tis_cap:
+        if not self.tis_cap:
             return None
         if micro.engine_logprobs is None:
             if not self.tis_warned and not micro.is_expert.all():
                 rank_zero_warn(
-                    f"model.tis_cap={self.hp.tis_cap} has no effect: the rollout engine reports no log-probabilities "
+                    f"model.tis_cap={self.tis_cap} has no effect: the rollout engine reports no log-probabilities "
                     "(the transformers engine samples from the trained policy itself, so there is no mismatch)"
                 )
                 self.tis_warned = True
             return None
         engine = micro.engine_logprobs[:, : old_logprobs.shape[1]].to(old_logprobs.device)
         ratio = torch.exp(old_logprobs.detach().float() - torch.nan_to_num(engine, nan=0.0))
-        return torch.where(engine.isnan(), torch.ones_like(ratio), ratio.clamp(max=self.hp.tis_cap))
+        return torch.where(engine.isnan(), torch.ones_like(ratio), ratio.clamp(max=self.tis_cap))
+
+    @property
+    def tis_cap(self) -> float:
+        """The cap of truncated importance sampling in use: ``model.tis_cap``, else the one LoRA turned on (0: off)."""
+        return self.hp.tis_cap or self.lora_tis_cap
+
+    def engine_attached(self, engine_dtype: torch.dtype | None) -> None:
+        """The rollout engine holds its own copy of the weights in ``engine_dtype`` (None: it samples from the policy
+        itself). Under LoRA a coarser copy turns truncated importance sampling on (``lora.rollout_tis_cap``)."""
+        if self.lora is not None and engine_dtype is not None:
+            self.lora_tis_cap = rollout_tis_cap(engine_dtype, self.hp.tis_cap)
 
     def clip_grad_norm(self) -> Tensor:
         """Clip the global gradient norm to ``max_grad_norm`` (0: no clipping); the norm before clipping."""

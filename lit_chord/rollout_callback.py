@@ -141,6 +141,7 @@ class RolloutCallback(Callback):
         tokenizer = self.tokenizer
         assert tokenizer is not None and pl_module.policy is not None, "setup and configure_model have not run"
         self.engine.attach(pl_module.policy, self.stop_token_ids(pl_module), tokenizer.pad_token_id)
+        pl_module.engine_attached(getattr(self.engine, "weight_dtype", None))  # None: no copy of the weights
         self.attached_to = pl_module.policy
 
     def stop_token_ids(self, pl_module: ChordModule) -> list[int]:

@@ -178,7 +178,84 @@ def test_a_bfloat16_base_trains_float32_adapters(tiny_world):
     assert dtypes == {False: torch.bfloat16, True: torch.float32}
     module.scorer(IDS, MASK, 1.0, 1024, False)[0].sum().backward()
     assert all(p.grad is not None for p in module.scorer.parameters() if p.requires_grad)
-    assert {t.dtype for _, t in module.full_parameters()} == {torch.bfloat16}  # merged in float32, cast back
+    merged = {name: t.dtype for name, t in module.full_parameters()}
+    adapted = {f"{path}.weight" for path in module.lora.layers}  # W + ΔW in float32; the rest as the base has it
+    assert {name for name, dtype in merged.items() if dtype == torch.float32} == adapted
+    assert {dtype for name, dtype in merged.items() if name not in adapted} == {torch.bfloat16}
+
+
+def test_a_merged_bfloat16_weight_keeps_an_update_below_its_rounding_step(tiny_world):
+    """bfloat16 keeps 8 significant bits: near W its step lies between |W|·2⁻⁸ and |W|·2⁻⁷, so a ΔW of |W|·2⁻¹¹
+    rounds away when W + ΔW is cast back to bfloat16, as the merge did. Merged in float32 it is W + ΔW to the last
+    bit (every term a bfloat16 value times a power of 2)."""
+    module = ChordModule(model=str(tiny_world / "model"), lora=LoraSettings(rank=1, alpha=1.0, base_dtype="bfloat16"))
+    module.configure_model()
+    path = "model.layers.0.mlp.down_proj"
+    layer = module.lora.layers[path]
+    weight = layer.base_layer.weight  # (out, in) bfloat16
+    with torch.no_grad():  # ΔW = B A = |W|·2⁻¹¹ everywhere: B = 1 (out, 1), A = |W[0]|·2⁻¹¹ (1, in) with W's rows alike
+        weight.copy_(weight[:1].expand_as(weight))
+        layer.lora_A["default"].weight.copy_(weight[:1].float().abs() * 2**-11)
+        layer.lora_B["default"].weight.fill_(1.0)
+    delta = weight.float().abs() * 2**-11
+    merged = dict(module.full_parameters())[f"{path}.weight"]
+    assert merged.dtype == torch.float32
+    assert torch.equal(merged, weight.float() + delta)  # every update kept, exactly
+    assert torch.equal(merged.to(torch.bfloat16), weight)  # what the old cast back to bfloat16 kept: the base alone
+    assert (merged - weight.float()).abs().min() > 0
+
+
+def test_a_bfloat16_engine_turns_truncated_importance_sampling_on_under_lora(tiny_world):
+    """An engine coarser than float32 rounds the merged W + ΔW: LoRA then turns TIS on at 2 unless model.tis_cap is
+    set; a float32 engine, a full fine-tune and the transformers engine (no copy of the weights) leave it as set."""
+    from lit_chord.lora import rollout_tis_cap
+
+    with pytest.warns(UserWarning, match=r"LoRA with a bfloat16 rollout engine: .* model.tis_cap=2 .* is on"):
+        assert rollout_tis_cap(torch.bfloat16, 0.0) == 2.0
+    assert rollout_tis_cap(torch.float16, 3.0) == 3.0  # set: kept, no warning (pytest's filter turns one into an error)
+    assert rollout_tis_cap(torch.float32, 0.0) == 0.0
+    lora = ChordModule(model=str(tiny_world / "model"), lora=LoraSettings(rank=2))
+    full = ChordModule(model=str(tiny_world / "model"))
+    for module in (lora, full):
+        module.configure_model()
+        for dtype in (None, torch.float32):
+            module.engine_attached(dtype)
+            assert module.tis_cap == 0.0
+    full.engine_attached(torch.bfloat16)
+    assert full.tis_cap == 0.0
+    with pytest.warns(UserWarning, match="LoRA with a bfloat16 rollout engine"):
+        lora.engine_attached(torch.bfloat16)
+    assert lora.tis_cap == 2.0 and lora.hparams.tis_cap == 0.0  # the hyper-parameter stays as given: resume compares it
+
+
+def test_the_rollout_callback_tells_the_module_its_engines_dtype(tiny_world, tmp_path):
+    """A LoRA fit with an engine that holds bfloat16 weights trains with TIS on: the engine's log-probability, -9
+    here, lies far below the random tiny model's (≈ -log 322 = -5.8), so the rollout tokens' weights are capped at 2."""
+    from lit_chord.engines import Completion
+
+    class Bfloat16Engine(EchoEngine):
+        weight_dtype = torch.bfloat16
+
+        def generate(self, prompt_ids, n, sampling):
+            groups = super().generate(prompt_ids, n, sampling)
+            return [[Completion(c.token_ids, c.finished, [-9.0] * len(c.token_ids)) for c in g] for g in groups]
+
+    module = ChordModule(model=str(tiny_world / "model"), lora=LoraSettings(rank=2))
+    weights = []
+    tis_weights = module.tis_weights
+
+    def recorded(logprobs, micro):
+        weights.append(tis_weights(logprobs, micro))
+        return weights[-1]
+
+    module.tis_weights = recorded
+    trainer = cpu_trainer(
+        max_steps=1, default_root_dir=tmp_path, callbacks=[RolloutCallback(Bfloat16Engine(), length_reward)]
+    )
+    with pytest.warns(UserWarning, match="LoRA with a bfloat16 rollout engine"):
+        trainer.fit(module, tiny_datamodule(tiny_world))
+    assert module.tis_cap == 2.0
+    assert weights and all(w is not None and w.max() == 2.0 for w in weights)
 
 
 @pytest.mark.parametrize("saved", [["norm"], ["embed_tokens", "norm"]])
@@ -249,3 +326,17 @@ def test_the_command_line_setting_round_trips_through_a_checkpoint(tiny_world, t
     changed = hparams_differences(checkpoint, cli("--model.lora.rank", "4").model, first.datamodule)
     assert len(changed) == 1 and changed[0].startswith("model.lora:")
     assert cli().model.lora_settings is None  # off by default
+
+
+def test_the_export_of_a_bfloat16_base_is_bfloat16(tiny_world, tmp_path):
+    """The merged weights come in float32; the export stores them in the base's dtype, as a full checkpoint of it."""
+    from types import SimpleNamespace
+
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    module = ChordModule(model=str(tiny_world / "model"), lora=LoraSettings(rank=2, base_dtype="bfloat16"))
+    module.configure_model()
+    datamodule = SimpleNamespace(tokenizer=AutoTokenizer.from_pretrained(tiny_world / "model"))
+    PolicyExport().save(SimpleNamespace(is_global_zero=True, datamodule=datamodule), module, tmp_path)
+    assert {t.dtype for t in load_file(tmp_path / "model.safetensors").values()} == {torch.bfloat16}

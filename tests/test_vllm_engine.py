@@ -170,15 +170,22 @@ def test_weight_sync_makes_the_engine_follow_the_updated_policy(engine, policy):
         engine.load_weights(policy.named_parameters())
 
 
-@pytest.mark.parametrize("saved", [None, ["embed_tokens", "norm"]], ids=["adapters", "adapters+embeddings+norms"])
-def test_a_lora_policy_pushes_its_merged_weights(engine, policy, tiny_world, saved):
+@pytest.mark.parametrize(
+    ("saved", "random_init"),
+    [(None, False), (["embed_tokens", "norm"], False), (None, True)],
+    ids=["adapters", "adapters+embeddings+norms", "random-init: adapters+embeddings"],
+)
+def test_a_lora_policy_pushes_its_merged_weights(engine, policy, tiny_world, saved, random_init):
     """LoRA: the engine receives W + (α/r)·B·A under the plain names and then scores its samples as the trainer's
     adapter layers do (base and low-rank paths computed apart), in float32 to 1e-5. With the embeddings trained in
-    full too, the engine's output head (tied to them) is the trained copy, as the trainer's is."""
+    full too (asked for, or by default on a random-init base), the engine's output head (tied to them) is the trained
+    copy, as the trainer's is: the engine is attached to the peft-wrapped policy, as ``RolloutCallback.attach`` does,
+    and still learns that the streamed ``model.embed_tokens.weight`` is ``lm_head.weight`` too."""
     from lit_chord.lora import LoraSettings
     from lit_chord.module import ChordModule
 
-    module = ChordModule(model=str(tiny_world / "model"), lora=LoraSettings(rank=4, alpha=8.0, modules_to_save=saved))
+    settings = LoraSettings(rank=4, alpha=8.0, modules_to_save=saved)
+    module = ChordModule(model=str(tiny_world / "model"), random_init=random_init, init_seed=3, lora=settings)
     module.configure_model()
     with torch.no_grad():
         for name, param in module.policy.named_parameters():
@@ -188,13 +195,71 @@ def test_a_lora_policy_pushes_its_merged_weights(engine, policy, tiny_world, sav
                 param.add_(0.05 * torch.randn_like(param))
     adapted = module.policy.eval()
     try:
+        engine.attach(adapted, STOP_IDS, pad_token_id=0)
         engine.load_weights(module.full_parameters())
         for temperature in (1.0, 0.7):
             groups = engine.generate(PROMPTS, 4, SamplingConfig(temperature, max_new_tokens=32, seed=5))
             assert max_logprob_gap(adapted, groups, temperature) < 1e-5
         assert max_logprob_gap(policy, groups, temperature) > 0.1  # the base would score them clearly otherwise
     finally:
+        engine.attach(policy, STOP_IDS, pad_token_id=0)
         engine.load_weights(policy.named_parameters())
+
+
+def test_a_lora_policy_on_a_bfloat16_base_reaches_a_float32_engine_exactly(engine, policy, tiny_world):
+    """A bfloat16 base with small adapter updates, as after a few steps at a small lr (ΔW ≈ |W|·2⁻¹⁰, below half a
+    bfloat16 step of W): the float32 engine samples from W + ΔW to 1e-5, scored by an independent float32 copy of
+    the policy. Merged in float32 then cast back to bfloat16, the update would have rounded away: the engine would
+    sample from the base (log-probabilities 1e-3 apart here)."""
+    from transformers import AutoModelForCausalLM
+
+    from lit_chord.lora import LoraSettings
+    from lit_chord.module import ChordModule
+
+    module = ChordModule(model=str(tiny_world / "model"), lora=LoraSettings(rank=4, alpha=8.0, base_dtype="bfloat16"))
+    module.configure_model()
+    with torch.no_grad():
+        for name, param in module.policy.named_parameters():
+            if ".lora_B." in name:
+                param.normal_(0.0, 1e-4)
+    weights = {name: tensor.float() for name, tensor in module.lora.merged_parameters(merge=False)}  # the base
+    base = AutoModelForCausalLM.from_pretrained(tiny_world / "model", dtype=torch.float32).eval()
+    base.load_state_dict(weights, strict=False)  # strict apart from lm_head, tied to the embeddings
+    for path, layer in module.lora.layers.items():  # W + (α/r)·B·A, α/r = 2, computed here in float32
+        weights[f"{path}.weight"] += 2.0 * layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+    exact = AutoModelForCausalLM.from_pretrained(tiny_world / "model", dtype=torch.float32).eval()
+    exact.load_state_dict(weights, strict=False)
+    try:
+        engine.attach(module.policy, STOP_IDS, pad_token_id=0)
+        engine.load_weights(module.full_parameters())
+        groups = engine.generate(PROMPTS, 4, SamplingConfig(max_new_tokens=32, seed=6))
+        assert max_logprob_gap(exact, groups) < 1e-5
+        assert max_logprob_gap(base, groups) > 1e-4  # the small update does change the policy
+    finally:
+        engine.attach(policy, STOP_IDS, pad_token_id=0)
+        engine.load_weights(policy.named_parameters())
+
+
+def test_tied_names_are_the_hugging_face_names_under_peft(tiny_world):
+    """The alias map holds the names the policy streams, read from transformers' map of tied weights: the same for
+    the plain model and for one whose embeddings peft wrapped (``modules_to_save``), where the parameters' own names
+    (``model.embed_tokens.modules_to_save.default.weight``) would match nothing in the stream."""
+    from lit_chord.engines.vllm_engine import tied_parameter_names
+    from lit_chord.lora import LoraSettings
+    from lit_chord.module import ChordModule
+
+    expected = {"model.embed_tokens.weight": ["lm_head.weight"], "lm_head.weight": ["model.embed_tokens.weight"]}
+    module = ChordModule(model=str(tiny_world / "model"), lora=LoraSettings(rank=2, modules_to_save=["embed_tokens"]))
+    module.configure_model()
+    streamed = {name for name, _ in module.full_parameters()}
+    assert "model.embed_tokens.weight" in streamed and "lm_head.weight" not in streamed  # one tensor, named once
+    assert tied_parameter_names(module.policy) == expected
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(tiny_world / "model")
+    assert tied_parameter_names(AutoModelForCausalLM.from_config(config)) == expected
+    config.tie_word_embeddings = False
+    assert tied_parameter_names(AutoModelForCausalLM.from_config(config)) == {}
 
 
 LOAD_EXPORT = """

@@ -100,7 +100,7 @@ class VLLMEngine:
         self.return_logprobs = return_logprobs
         self.llm: Any = None  # vllm.LLM, built by attach
         self.stop_token_ids: list[int] = []
-        self.tied_names: dict[str, list[str]] = {}  # parameter name -> names of the same tensor elsewhere
+        self.tied_names: dict[str, list[str]] = {}  # streamed (Hugging Face) name -> names of the same tensor
         self.asleep = False
 
     def attach(self, policy: nn.Module, stop_token_ids: list[int], pad_token_id: int) -> None:
@@ -201,11 +201,16 @@ class VLLMEngine:
         splitting a layer across calls would leave the missing parts uninitialized.
         """
         self.wake_up()
-        dtype = self.llm.llm_engine.model_config.dtype
         # vLLM worker method (vllm/v1/worker/gpu_worker.py): in-place, layer-wise reload of checkpoint-format
         # weights; the in-process worker receives the generator itself.
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": self.stream(named_tensors, dtype)})
+        weights = self.stream(named_tensors, self.weight_dtype)
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.reset_prefix_cache()
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        """The dtype of the engine's copy of the weights (``dtype`` as vLLM resolved it): pushes are cast to it."""
+        return self.llm.llm_engine.model_config.dtype
 
     def stream(self, named_tensors: Iterable[tuple[str, Tensor]], dtype: torch.dtype) -> Iterator[tuple[str, Tensor]]:
         """The tensors cast to ``dtype``, each tied tensor also under its other names.
@@ -239,11 +244,18 @@ def model_path(policy: nn.Module) -> str:
 
 
 def tied_parameter_names(policy: nn.Module) -> dict[str, list[str]]:
-    """Map each shared parameter's first name to its other names, e.g. embed_tokens -> [lm_head]."""
-    names: dict[int, list[str]] = {}
-    for name, param in policy.named_parameters(remove_duplicate=False):
-        names.setdefault(id(param), []).append(name)
-    return {group[0]: group[1:] for group in names.values() if len(group) > 1}
+    """Each tied parameter's Hugging Face name -> the other names of the same tensor, e.g. model.embed_tokens.weight
+    -> [lm_head.weight].
+
+    From transformers' own map of tied names (``all_tied_weights_keys``, target -> source), which stays in the
+    Hugging Face names the policy streams (``ChordModule.full_parameters``) when peft wraps the modules: the
+    parameters' own names there (``...modules_to_save.default.weight``) would match nothing in the stream. Read
+    both ways, since the stream names a tied tensor once, under whichever name ``named_parameters`` meets first.
+    """
+    groups: dict[str, list[str]] = {}  # source -> [source, *targets]
+    for target, source in getattr(policy, "all_tied_weights_keys", {}).items():
+        groups.setdefault(source, [source]).append(target)
+    return {name: [other for other in group if other != name] for group in groups.values() for name in group}
 
 
 @contextmanager
