@@ -275,5 +275,5 @@ def test_a_non_finite_gradient_skips_the_update_and_is_counted(tiny_world, good_
 
 
 def test_consecutive_non_finite_steps_stop_the_run(tiny_world, good_prompts):
-    with pytest.raises(RuntimeError, match=re.escape("2 consecutive steps had a non-finite loss or gradient norm")):
+    with pytest.raises(RuntimeError, match=re.escape("2 consecutive updates had a non-finite loss or gradient norm")):
         tiny_fit(tiny_world, good_prompts, steps=5, callbacks=[NanGradient({1, 2, 3})], max_consecutive_skips=2)
