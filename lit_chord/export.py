@@ -36,6 +36,7 @@ class PolicyExport(Callback):
         self.dirname, self.best_by = dirname, best_by
         self.path: Path | None = None
         self.best: dict | None = None  # {"step", "value"} of the best validation so far (kept in checkpoints)
+        self.before: float | None = None  # best_by's value before training (the sanity check), not a candidate
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         run_dir = self.run_dir(trainer)
@@ -44,7 +45,12 @@ class PolicyExport(Callback):
         self.report(trainer, pl_module, run_dir)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.best_by is None or trainer.sanity_checking:
+        if self.best_by is None:
+            return
+        if trainer.sanity_checking:  # the policy before training: reported beside the best, never exported as it
+            before = trainer.callback_metrics.get(self.best_by)
+            if before is not None and trainer.global_step == 0:  # a resumed run's sanity check sees trained weights
+                self.before = float(before)
             return
         if self.best_by not in trainer.callback_metrics:
             raise KeyError(
@@ -65,10 +71,10 @@ class PolicyExport(Callback):
         return Path(trainer.log_dir or trainer.default_root_dir)
 
     def state_dict(self) -> dict:
-        return {"best": self.best}
+        return {"best": self.best, "before": self.before}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.best = state_dict.get("best")
+        self.best, self.before = state_dict.get("best"), state_dict.get("before")
 
     def save(self, trainer: Trainer, module: ChordModule, path: Path) -> None:
         """``save_pretrained`` the policy (merged, and the adapter apart, with LoRA) and the tokenizer into ``path``;
@@ -94,7 +100,7 @@ class PolicyExport(Callback):
                 hf_logging.enable_progress_bar()
             trainer.datamodule.tokenizer.save_pretrained(path)  # type: ignore[attr-defined]
             if lora is not None:
-                lora.save_adapter(path / "adapter", adapter, base=str(base_path) if base_path else None)
+                lora.save_adapter(path / "adapter", adapter, base=str(base_path.resolve()) if base_path else None)
 
     @rank_zero_only
     def report(self, trainer: Trainer, pl_module: LightningModule, run_dir: Path) -> None:
@@ -114,6 +120,11 @@ class PolicyExport(Callback):
             lines.append(
                 f"best policy:     {where} ({self.best_by} {self.best['value']:.3f} at step {self.best['step']})"
             )
+            if self.before is not None and self.before > self.best["value"]:
+                lines.append(
+                    f"                 (before training it was {self.before:.3f} at step 0: the best is chosen among "
+                    "the trained policies only)"
+                )
         if pl_module.val_before is not None and after is not None:
             lines.append(f"held-out accuracy: {pl_module.val_before:.3f} before -> {float(after):.3f} after")
         print("\n".join(lines))

@@ -222,6 +222,8 @@ class LoraPolicy:
         ``PeftModel.from_pretrained(base_model, path)``; ``base`` overrides the base model's path recorded there."""
         config = self.peft_model.peft_config[ADAPTER]
         recorded = config.base_model_name_or_path
+        if base is None and recorded and Path(recorded).exists():  # a local base: absolute, so the adapter loads
+            base = str(Path(recorded).resolve())  # from any folder (a hub name stays as it is)
         config.base_model_name_or_path = base or recorded
         try:
             self.peft_model.save_pretrained(str(path), state_dict=state)
