@@ -255,14 +255,15 @@ class ChordDataModule(LightningDataModule):
         same record several times, which a small data set does without a word otherwise. Within one pass over a
         stream no record repeats (each pass is a permutation), so a step is where repeats can surprise."""
         expert_knob = "expert_data_ratio" if self.hp.experts_per_step is None else "experts_per_step"
-        for field, records, per_step, unit, knob in [
-            ("expert_data", self.expert, self.experts_per_step, "expert samples", expert_knob),
-            ("prompt_data", self.prompts, self.prompts_per_step, "prompts", "prompts_per_step"),
-        ]:
-            if records and per_step > len(records):
+        streams: list[tuple[str, int, int, str, str]] = [
+            ("expert_data", len(self.expert), self.experts_per_step, "expert samples", expert_knob),
+            ("prompt_data", len(self.prompts), self.prompts_per_step, "prompts", "prompts_per_step"),
+        ]
+        for field, records, per_step, unit, knob in streams:
+            if records and per_step > records:
                 rank_zero_warn(
-                    f"data.{field}: each step draws {per_step} {unit} from {len(records)} record(s), so every record "
-                    f"appears ~{per_step / len(records):.1f} times in each step; add records or lower data.{knob}"
+                    f"data.{field}: each step draws {per_step} {unit} from {records} record(s), so every record "
+                    f"appears ~{per_step / records:.1f} times in each step; add records or lower data.{knob}"
                 )
 
     def _chat_text(self, messages: list[dict], generation_prompt: bool) -> str:
