@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from lit_chord.batch import Prompt, Sequence, StepBatch, TrainTensors, pad_sequences
 from lit_chord.chat import stop_token_ids
+from lit_chord.errors import ConfigError
 from lit_chord.held_out import HeldOutShard
 from lit_chord.records import DataError, chat_messages, json_type, located_records, text_field_problem
 
@@ -62,6 +63,11 @@ def val_set_sources(val_data: str | list[str] | dict[str, str] | None) -> dict[s
         if not name or "/" in name:
             raise ValueError(f"data.val_data: set name {name!r} must be non-empty and without '/'")
     return named
+
+
+def round_up(count: int, multiple: int) -> int:
+    """The smallest multiple of ``multiple`` that is >= ``count``."""
+    return -(-count // multiple) * multiple
 
 
 # What max_response_length limits in each stream: the expert's response, or LUFFY's trace inside an RL prompt's group
@@ -188,6 +194,7 @@ class ChordDataModule(LightningDataModule):
 
     # ----- setup -----------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        self.split_over_ranks(self.trainer.world_size if self.trainer is not None else 1)
         if self.tokenizer is not None:
             return
         from transformers import AutoTokenizer
@@ -211,6 +218,52 @@ class ChordDataModule(LightningDataModule):
                 rank_zero_info(
                     f"data.{name}: {count} records whose {what} is longer than data.{limit}={hp[limit]} tokens were "
                     "filtered out"
+                )
+        self.warn_repeats()
+
+    def split_over_ranks(self, world_size: int) -> None:
+        """Make the step's counts divisible by the world size, before anything is loaded: each rank draws an equal
+        share (a prompt group never straddles ranks). An expert count derived from ``expert_data_ratio`` is rounded
+        up to a multiple of the world size (the ratio's ceiling, as for one rank), and says so; a count the config
+        gives explicitly that does not divide is refused, in one line, rather than changed behind the user's back."""
+        hp = self.hp
+        if self.prompts_per_step % world_size:
+            raise ConfigError(
+                f"data.prompts_per_step={self.prompts_per_step} must be divisible by the world size ({world_size}): "
+                "each rank rolls out an equal share of the step's prompts",
+                hint=f"use a multiple of {world_size}, e.g. --data.prompts_per_step "
+                f"{round_up(self.prompts_per_step, world_size)}",
+            )
+        if not hp.expert_data or self.experts_per_step % world_size == 0:
+            return  # without an SFT stream the count is never drawn
+        if hp.experts_per_step is not None:
+            raise ConfigError(
+                f"data.experts_per_step={self.experts_per_step} must be divisible by the world size ({world_size}): "
+                "each rank draws an equal share of the step's expert samples",
+                hint=f"use a multiple of {world_size}, e.g. --data.experts_per_step "
+                f"{round_up(self.experts_per_step, world_size)}",
+            )
+        rounded = round_up(self.experts_per_step, world_size)
+        rank_zero_info(
+            f"data.expert_data_ratio={hp.expert_data_ratio} gives {self.experts_per_step} expert samples per step; "
+            f"{rounded} are drawn, a multiple of the world size ({world_size}), {rounded // world_size} per rank"
+        )
+        self.experts_per_step = rounded
+
+    def warn_repeats(self) -> None:
+        """Warn (once, on rank zero) where a step draws more records than a stream holds: each step then holds the
+        same record several times, which a small data set does without a word otherwise. Within one pass over a
+        stream no record repeats (each pass is a permutation), so a step is where repeats can surprise."""
+        expert_knob = "expert_data_ratio" if self.hp.experts_per_step is None else "experts_per_step"
+        streams: list[tuple[str, int, int, str, str]] = [
+            ("expert_data", len(self.expert), self.experts_per_step, "expert samples", expert_knob),
+            ("prompt_data", len(self.prompts), self.prompts_per_step, "prompts", "prompts_per_step"),
+        ]
+        for field, records, per_step, unit, knob in streams:
+            if records and per_step > records:
+                rank_zero_warn(
+                    f"data.{field}: each step draws {per_step} {unit} from {records} record(s), so every record "
+                    f"appears ~{per_step / records:.1f} times in each step; add records or lower data.{knob}"
                 )
 
     def _chat_text(self, messages: list[dict], generation_prompt: bool) -> str:
@@ -366,8 +419,9 @@ class ChordDataModule(LightningDataModule):
         return drawn
 
     def step_batch(self, step: int, rank: int = 0, world_size: int = 1) -> StepBatch:
+        # setup's split_over_ranks makes both counts divisible by the trainer's world size
         for name, count in [("prompts_per_step", self.prompts_per_step), ("expert samples", self.experts_per_step)]:
-            if count % world_size:
+            if count % world_size and (name == "prompts_per_step" or self.expert):
                 raise ValueError(f"{name} ({count}) must be divisible by the world size ({world_size})")
         return StepBatch(
             step=step,

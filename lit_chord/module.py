@@ -221,6 +221,7 @@ class ChordModule(LightningModule):
         self.val_accuracy = MeanMetric()  # "val/accuracy": the first held-out set's greedy accuracy
         self.val_metrics = nn.ModuleDict()  # str(dataloader_idx) -> HeldOutMetrics, made on first use
         self.val_before: float | None = None  # held-out accuracy of the sanity check, i.e. before training
+        self.checkpoint_step: int | None = None  # the loaded checkpoint's global_step: where `validate` logs
         self.peak_flops: float | None = None  # the device's peak FLOP/s at the trainer's precision, for train/mfu
         self.shape: ModelShape | None = None  # what the policy's FLOPs depend on, for train/mfu
         self.scaled_grad_norm: Tensor | None = None  # 16-mixed: the norm clipped after the plugin unscaled
@@ -312,6 +313,19 @@ class ChordModule(LightningModule):
         if self.hp.padding_free:  # here, where the device is known: flex_attention trains padding-free on CUDA only
             check_padding_free(self.policy.config._attn_implementation, self.device)
         self.shape = model_shape(self.policy)
+        self.check_mu_schedule()
+
+    def check_mu_schedule(self) -> None:
+        """Warn when μ's schedule outlasts the run, as ``configure_optimizers`` does for the LR's: a 300-step decay
+        in a 20-step run keeps μ near its peak throughout, without a word."""
+        hp, max_steps = self.hp, self.trainer.max_steps
+        span = hp.mu_warmup_steps + hp.mu_decay_steps
+        if 0 < max_steps < span:
+            last = mu_schedule(max_steps, hp.mu_warmup_steps, hp.mu_decay_steps, hp.mu_peak, hp.mu_valley)
+            rank_zero_warn(
+                f"the μ schedule spans {span} steps (model.mu_warmup_steps + model.mu_decay_steps) but "
+                f"trainer.max_steps is {max_steps}: μ ends at {last:.2f}, not model.mu_valley={hp.mu_valley}"
+            )
 
     def configure_optimizers(self):
         assert self.scorer is not None, "configure_model has not run"
@@ -688,6 +702,7 @@ class ChordModule(LightningModule):
         self.skipped_steps = state.get("skipped_steps", 0)
         self.consecutive_skips = state.get("consecutive_skips", 0)
         self.val_before = state.get("val_before")
+        self.checkpoint_step = int(checkpoint.get("global_step", 0))  # validation.validated_step
         if self.lora is not None and self.device_mesh is None:  # put the frozen base back: strict loading stays on
             frozen = self.lora.frozen_keys("scorer.lm.")
             base = {k: v for k, v in self.state_dict().items() if k in frozen}

@@ -14,6 +14,9 @@ from pathlib import Path
 from lit_chord.errors import UserError
 
 CHAT_ROLES = ("system", "user", "assistant", "tool")
+# The folders the paper's recipes read under data/, and the subcommand of ``python -m lit_chord.data`` that writes
+# each ({name}: the missing file's stem, one benchmark per file).
+PREPARED_BY = {"openr1": "openr1", "toolace": "toolace", "eval": "bench {name}"}
 
 
 class DataError(UserError, ValueError):
@@ -41,7 +44,7 @@ def located_records(source: str) -> list[tuple[str, dict]]:
         if path.exists() and path.suffix != ".parquet":
             raise DataError(f"{source}: unsupported file type {path.suffix!r}; use .jsonl, .json or .parquet")
         if path.suffix == ".parquet" and not path.exists():
-            raise DataError(f"{source}: file not found")
+            raise DataError(f"{source}: file not found", hint=preparation_hint(path))
         import datasets
 
         name, _, split = source.partition(":")
@@ -55,6 +58,16 @@ def located_records(source: str) -> list[tuple[str, dict]]:
     return located
 
 
+def preparation_hint(path: str | Path) -> str | None:
+    """For a missing file of the paper's prepared data (``data/openr1/``, ``data/toolace/``, ``data/eval/``), the
+    command that prepares it; None for any other path."""
+    folder = Path(path).parent
+    if folder.parent.name != "data" or folder.name not in PREPARED_BY:
+        return None
+    command = PREPARED_BY[folder.name].format(name=Path(path).stem)
+    return f'prepare it with `python -m lit_chord.data {command} --out {folder}` (README, "Reproducing the paper")'
+
+
 def json_type(value) -> str:
     """A value's type in JSON's words, for error messages: "null", "a string", "an array", ..."""
     names = {type(None): "null", bool: "a boolean", int: "a number", float: "a number", str: "a string"}
@@ -66,7 +79,7 @@ def _read_json(path: Path) -> list[tuple[str, dict]]:
     """JSON Lines (one object per line, blank lines skipped); a ``.json`` file may instead hold one array of
     objects (or one object)."""
     if not path.exists():
-        raise DataError(f"{path}: file not found")
+        raise DataError(f"{path}: file not found", hint=preparation_hint(path))
     data = path.read_bytes()
     try:
         text = data.decode("utf-8-sig")
@@ -135,7 +148,8 @@ def chat_messages(messages: object, field: str, where: str) -> list[dict]:
             role = "'role' missing" if "role" not in m else f"unknown chat role {m['role']!r}"
             raise DataError(f"{where}: message {number}: {role}; expected one of {', '.join(CHAT_ROLES)}")
         if not isinstance(m.get("content"), str):
-            raise DataError(f"{where}: message {number}: 'content' must be a string, got {json_type(m.get('content'))}")
+            got = "missing" if "content" not in m else f"must be a string, got {json_type(m['content'])}"
+            raise DataError(f"{where}: message {number}: 'content' {got}")
     if not messages:
         raise DataError(f"{where}: field {field!r} is empty")
     return messages

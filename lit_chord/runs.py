@@ -13,6 +13,11 @@ only warned and trained from step 0. Ctrl-C and SIGTERM saved nothing. Now:
   ``--resume_anyway true``. An explicit ``--ckpt_path FILE`` starts a new run folder from it.
 - **A stop saves** (``lit_chord.interrupt``): Ctrl-C and SIGTERM finish the step, save it in the run's folder and
   print the command that resumes; the requeued SLURM job (``SLURM_RESTART_COUNT`` > 0) continues its run.
+- **A run that fails before writing anything** (bad data at setup, a model that does not load) leaves no empty
+  ``version_N``: the folder is made at the start, to reserve its number against a run started in the same moment,
+  and removed again when the run fails while it is still empty (``EmptyRunRemoval``).
+- **The step's counts are split over the ranks** (``ChordDataModule.split_over_ranks``) before the folder is made,
+  in this one process (Lightning starts the other ranks inside ``fit``): a count that cannot be split is one line.
 """
 
 from __future__ import annotations
@@ -29,11 +34,13 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
-from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+from typing_extensions import override
 
+from lit_chord.datamodule import ChordDataModule
 from lit_chord.errors import UserError
 from lit_chord.interrupt import InterruptCheckpoint, say, shown
 
@@ -51,6 +58,10 @@ MAY_DIFFER = frozenset(
         "data.val_batch_size",
     }
 )
+
+# A checkpoint loaded by another run than the one that wrote it (``validate --ckpt_path``, a new run from an explicit
+# file) makes Lightning warn that its ModelCheckpoint's "dirpath has changed": by design here, each run its folder.
+warnings.filterwarnings("ignore", message="The dirpath has changed from")
 
 
 # ----- where runs live --------------------------------------------------------------------------------------------
@@ -195,7 +206,10 @@ def prepare_fit(
     resume_anyway: bool,
     args: list[str] | None,
 ) -> str | None:
-    """Give the run its folder, find what ``last`` means, check the checkpoint; return the path ``fit`` loads."""
+    """Split the step's counts over the ranks, give the run its folder, find what ``last`` means, check the
+    checkpoint; return the path ``fit`` loads."""
+    if isinstance(datamodule, ChordDataModule):
+        datamodule.split_over_ranks(trainer.world_size)
     root, pinned = runs_root(trainer), pinned_version(trainer)
     requeued = ckpt_path is None and SLURMEnvironment.detect() and int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
     last = ckpt_path == "last" or requeued
@@ -216,6 +230,7 @@ def prepare_fit(
         version = owner_version  # ``last`` continues its run; an explicit file starts a new one from it
     if version is None:
         version = new_version(root)
+        trainer.callbacks.append(EmptyRunRemoval(run_dir(root, version)))  # type: ignore[attr-defined]  # as below
     folder = run_dir(root, version)
     use_folder(trainer, folder, version)
     if path is not None:
@@ -228,6 +243,24 @@ def prepare_fit(
     # ``Trainer.callbacks`` from its callback connector; mypy cannot see it.)
     trainer.callbacks.insert(0, InterruptCheckpoint(folder, resume_command(args)))  # type: ignore[attr-defined]
     return ckpt_path
+
+
+class EmptyRunRemoval(Callback):
+    """Removes a fresh run's folder when the run fails while the folder is still empty: made at the start to reserve
+    its version number, an empty ``version_N`` left by a failed start only looks like a run.
+
+    Args:
+        folder: The run's folder.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    @override
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        # Lightning finalizes its loggers after this hook; a CSVLogger without rows writes nothing then.
+        if global_rank() == 0 and self.folder.is_dir() and not any(self.folder.iterdir()):
+            self.folder.rmdir()
 
 
 def last_checkpoint(trainer: Trainer) -> Path:

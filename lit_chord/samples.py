@@ -2,7 +2,8 @@
 
 Scalars say that accuracy moved; reading completions says why (format learned, the expert's slip copied,
 answers truncated). With a ``WandbLogger`` the rows go to a wandb Table (``val/samples``); otherwise to
-``samples/step_<k>.jsonl`` under the run's log directory, one JSON object per row. The first ``num_prompts`` of
+``samples/step_<k>.jsonl`` under the run's log directory, one JSON object per row (k: the optimizer step whose
+weights answered, the checkpoint's under ``validate --ckpt_path``). The first ``num_prompts`` of
 each held-out set are shown every time, so tables of successive validations compare the same prompts. Rank 0
 writes its own shard's prompts only.
 """
@@ -17,6 +18,7 @@ from lightning.pytorch.loggers import WandbLogger
 from typing_extensions import override
 
 from lit_chord.batch import ValBatch
+from lit_chord.validation import validated_step
 
 COLUMNS = ["step", "set", "prompt", "answer", "completion", "reward", "samples_correct", "pass@k"]
 
@@ -58,7 +60,7 @@ class SampleTable(Callback):
         for prompt, result in list(zip(batch.prompts, batch.results, strict=True))[: self.num_prompts - shown]:
             self.rows.append(
                 {
-                    "step": trainer.global_step,
+                    "step": validated_step(trainer),
                     "set": names[dataloader_idx],
                     "prompt": prompt.text,
                     "answer": prompt.answer,
@@ -78,8 +80,8 @@ class SampleTable(Callback):
         wandb = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
         if wandb:
             data = [[row[column] for column in COLUMNS] for row in self.rows]
-            wandb[0].log_table(key=self.key, columns=COLUMNS, data=data, step=trainer.global_step)
+            wandb[0].log_table(key=self.key, columns=COLUMNS, data=data, step=validated_step(trainer))
             return
-        self.path = log_dir / self.dirname / f"step_{trainer.global_step}.jsonl"
+        self.path = log_dir / self.dirname / f"step_{validated_step(trainer)}.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text("".join(json.dumps(row) + "\n" for row in self.rows))

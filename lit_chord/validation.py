@@ -9,17 +9,33 @@ validation after optimizer step 100 would land at step 99 while its checkpoint a
 logs the sanity check at all. Here every validation is logged at ``global_step`` (the optimizer steps taken: 0
 before training) and the k-th training step at k, by logging the ``step`` key Lightning reads as the x-axis; the
 sanity check of a fresh run is written to the loggers at step 0, so the curves start with the "before" point.
+``validate --ckpt_path`` logs at the checkpoint's step (``validated_step``): Lightning restores only the weights for
+``validate``, not the loops, so ``global_step`` reads 0 there, and a trained policy's scores would read as the
+untrained one's.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, cast
 
+from lightning.pytorch import Trainer
+from lightning.pytorch.trainer.states import TrainerFn
+
 from lit_chord.batch import ValBatch
 from lit_chord.metrics import HeldOutMetrics
 
 if TYPE_CHECKING:
     from lit_chord.module import ChordModule
+
+
+def validated_step(trainer: Trainer) -> int:
+    """The optimizer step whose weights a validation scores: ``global_step``, or under ``validate --ckpt_path`` the
+    checkpoint's (which the module keeps from ``on_load_checkpoint`` as ``checkpoint_step``)."""
+    if trainer.state.fn == TrainerFn.VALIDATING and trainer.ckpt_path is not None:
+        step = getattr(trainer.lightning_module, "checkpoint_step", None)
+        if step is not None:
+            return step
+    return trainer.global_step
 
 
 def set_names(module: ChordModule) -> list[str]:
@@ -43,8 +59,10 @@ def log_held_out(module: ChordModule, batch: ValBatch, dataloader_idx: int) -> N
         for result, counted in zip(batch.results, batch.counted, strict=True):
             module.val_accuracy.update(result.greedy_correct, weight=float(counted))
         module.log("val/accuracy", module.val_accuracy, prog_bar=True, batch_size=size, add_dataloader_idx=False)
-        # the x-axis: optimizer steps taken (Lightning would log the index of the last training batch)
-        module.log("step", float(module.trainer.global_step), batch_size=size, add_dataloader_idx=False)
+        # The x-axis: optimizer steps taken (Lightning would log the index of the last training batch). The same on
+        # every rank; sync_dist only keeps Lightning from asking for it.
+        step = float(validated_step(module.trainer))
+        module.log("step", step, batch_size=size, add_dataloader_idx=False, sync_dist=True)
 
 
 def log_before_training(module: ChordModule) -> None:

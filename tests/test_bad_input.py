@@ -51,6 +51,7 @@ REJECTED = {
     "expert_unknown_role.jsonl": r"expert_unknown_role\.jsonl:1: message 2: unknown chat role 'bot'",
     "expert_missing_role.jsonl": r"expert_missing_role\.jsonl:1: message 1: 'role' missing",
     "expert_null_content.jsonl": r"expert_null_content\.jsonl:1: message 1: 'content' must be a string, got null",
+    "expert_missing_content.jsonl": r"expert_missing_content\.jsonl:1: message 1: 'content' missing$",
     "expert_empty_response.jsonl": r"expert_empty_response\.jsonl:1: empty assistant response",
     "expert_blank_response.jsonl": r"expert_blank_response\.jsonl:1: empty assistant response",
     "expert_neither_format.jsonl": (
@@ -142,6 +143,27 @@ def test_missing_and_unsupported_files_are_named(tiny_world, tmp_path):
     (tmp_path / "prompts.csv").write_text("problem,answer\n")
     with pytest.raises(DataError, match=r"prompts\.csv: unsupported file type '\.csv'"):
         make_dm(tiny_world, prompt_data=str(tmp_path / "prompts.csv"))
+
+
+@pytest.mark.parametrize(
+    ("path", "command"),
+    [
+        ("data/openr1/rl_train.jsonl", "python -m lit_chord.data openr1 --out data/openr1"),
+        ("data/toolace/heldout.jsonl", "python -m lit_chord.data toolace --out data/toolace"),
+        ("data/eval/aime24.jsonl", "python -m lit_chord.data bench aime24 --out data/eval"),
+        ("/big/disk/data/openr1/sft.jsonl", "python -m lit_chord.data openr1 --out /big/disk/data/openr1"),
+        ("data/mine/train.jsonl", None),
+        ("openr1/rl_train.jsonl", None),
+    ],
+)
+def test_a_missing_file_of_the_papers_data_names_the_command_that_prepares_it(path, command):
+    from lit_chord.records import located_records, preparation_hint
+
+    hint = preparation_hint(path)
+    assert (hint is None) if command is None else hint.startswith(f"prepare it with `{command}`")
+    with pytest.raises(DataError, match="file not found") as missing:
+        located_records(path)
+    assert missing.value.hint == hint
 
 
 def test_tricky_but_valid_json_loads(tiny_world, tmp_path):

@@ -4,6 +4,7 @@ import pytest
 
 from lit_chord.batch import Prompt
 from lit_chord.datamodule import ChordDataModule, DataError
+from lit_chord.errors import ConfigError
 from lit_chord.held_out import HeldOutShard
 
 
@@ -100,6 +101,75 @@ def test_an_exact_expert_count_gives_the_reference_toolace_step(tiny_world, tmp_
     assert len(dm.step_batch(0, rank=1, world_size=2).expert) == 48  # split across ranks like the ratio's count
     with pytest.raises(ValueError, match="experts_per_step"):
         make_dm(tiny_world, tmp_path, experts_per_step=-1)
+
+
+def two_ranks():
+    """A trainer that would run on 2 DDP ranks (nothing is launched before ``fit``)."""
+    from lightning.pytorch import Trainer
+
+    return Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_checkpointing=False)
+
+
+def test_a_ratio_count_that_does_not_split_over_ranks_is_rounded_up_at_setup(tiny_world, tmp_path, caplog):
+    # 4 prompts x 2 rollouts = 8 rollout rows; ratio 0.25 -> ceil(0.25 * 8 / 0.75) = ceil(2.67) = 3 expert, which 2
+    # ranks cannot share: 4 are drawn, 2 per rank.
+    dm = ChordDataModule(
+        tokenizer=str(tiny_world / "model"),
+        prompt_data=str(tiny_world / "prompts.jsonl"),
+        expert_data=str(tiny_world / "expert.jsonl"),
+        prompts_per_step=4,
+        num_generations=2,
+        expert_data_ratio=0.25,
+        system_prompt=None,
+        max_prompt_length=64,
+        max_response_length=32,
+    )
+    assert dm.experts_per_step == 3
+    dm.trainer = two_ranks()
+    with caplog.at_level("INFO"):
+        dm.setup("fit")
+    assert (
+        "data.expert_data_ratio=0.25 gives 3 expert samples per step; 4 are drawn, a multiple of the world size "
+        "(2), 2 per rank" in caplog.text
+    )
+    assert dm.experts_per_step == 4
+    assert [len(dm.step_batch(0, rank, 2).expert) for rank in range(2)] == [2, 2]
+
+
+@pytest.mark.parametrize(
+    ("counts", "message"),
+    [
+        ({"prompts_per_step": 3}, r"data.prompts_per_step=3 must be divisible by the world size \(2\)"),
+        ({"experts_per_step": 3}, r"data.experts_per_step=3 must be divisible by the world size \(2\)"),
+    ],
+)
+def test_an_explicit_count_that_does_not_split_over_ranks_is_refused_at_setup(tiny_world, tmp_path, counts, message):
+    paths = {"prompt_data": str(tiny_world / "prompts.jsonl"), "expert_data": str(tiny_world / "expert.jsonl")}
+    dm = ChordDataModule(tokenizer=str(tiny_world / "model"), **paths, **counts)
+    dm.trainer = two_ranks()
+    with pytest.raises(ConfigError, match=message) as refused:
+        dm.setup("fit")
+    assert refused.value.hint.startswith("use a multiple of 2, e.g. --data.")
+    assert dm.tokenizer is None  # refused before anything was loaded
+
+
+def test_records_repeated_within_a_step_are_warned_about(tiny_world, tmp_path):
+    records = [{"problem": f"Q{i}", "response": "R"} for i in range(2)]
+    # 4 prompts x 2 rollouts, 5 expert samples a step from 2 records: each ~2.5 times in every step.
+    with pytest.warns(
+        UserWarning,
+        match=r"data.expert_data: each step draws 5 expert samples from 2 record\(s\), so every "
+        r"record appears ~2.5 times in each step; add records or lower data.experts_per_step",
+    ):
+        make_dm(tiny_world, tmp_path, records, experts_per_step=5)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        '{"problem": "a", "answer": "1"}\n{"problem": "b", "answer": "2"}\n{"problem": "c", "answer": 3}\n'
+    )
+    with pytest.warns(
+        UserWarning, match=r"data.prompt_data: each step draws 4 prompts from 3 record\(s\), .* ~1.3 times"
+    ):
+        make_dm(tiny_world, tmp_path, prompt_data=str(prompts))
 
 
 def test_streams_are_a_function_of_the_step_and_split_across_ranks(tiny_world, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -15,6 +16,12 @@ import pytest
 import torch
 
 SCRIPT = Path(__file__).parent / "scripts" / "one_step.py"
+REPO = Path(__file__).parent.parent
+CONFIGS = REPO / "configs"
+# The configs that run on a CPU, each with the configs it is layered on (variants only hold what they change).
+CPU_CONFIGS = {"demo.yaml": ["demo.yaml"], "mini.yaml": ["mini.yaml"]} | {
+    p.name: ["demo.yaml", p.name] for p in CONFIGS.glob("demo_*.yaml")
+}
 
 
 def free_port() -> int:
@@ -187,6 +194,31 @@ def test_two_ranks_score_each_heldout_prompt_once(tiny_world, val_sets, tmp_path
     for key, value in single["metrics"].items():
         assert two["metrics"][key] == pytest.approx(value, abs=1e-6), key
     assert two["val_before"] == pytest.approx(single["metrics"]["val/accuracy"], abs=1e-6)  # the whole first set
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(CPU_CONFIGS))
+def test_every_cpu_config_takes_a_step_on_two_ranks(name, tmp_path):
+    """``python -m lit_chord fit --config <config> --trainer.devices 2 --trainer.strategy ddp`` as shipped, cut to one
+    step and 3 held-out prompts per set (2 ranks split them 2 + 1): the sanity check, the step and the final
+    validation pass. The demo's 65 expert samples (its ratio's) cannot be shared by 2 ranks: 66 are drawn."""
+    (tmp_path / "data").symlink_to(REPO / "data")  # the configs' relative paths; the runs land in tmp_path
+    configs = [arg for config in CPU_CONFIGS[name] for arg in ("--config", str(CONFIGS / config))]
+    short = [
+        *("--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_steps", "1"),
+        *("--trainer.num_sanity_val_steps", "1", "--trainer.limit_val_batches", "1", "--data.val_size", "3"),
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), PYTHONPATH=str(REPO))
+    command = [sys.executable, "-m", "lit_chord", "fit", *configs, *short]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    (metrics,) = tmp_path.glob("runs/*/version_0/metrics.csv")
+    with metrics.open() as f:
+        logged = {key for row in csv.DictReader(f) if row["step"] == "1" for key, value in row.items() if value}
+    assert {"train/loss", "val/accuracy"} <= logged
+    if name == "demo.yaml":
+        assert "gives 65 expert samples per step; 66 are drawn" in result.stderr
 
 
 @pytest.mark.vllm

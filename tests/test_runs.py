@@ -27,7 +27,8 @@ from lightning.pytorch import Callback
 from lit_chord.__main__ import main
 from lit_chord.cli import command_line
 from lit_chord.errors import UserError
-from lit_chord.runs import resume_command
+from lit_chord.records import DataError
+from lit_chord.runs import prepare_fit, resume_command
 
 REPO = Path(__file__).parent.parent
 TIMING = ("rollout/gen_seconds", "rollout/sync_seconds", "train/update_seconds", "train/tokens_per_second")
@@ -196,6 +197,44 @@ def test_ckpt_path_last_without_a_run_is_one_line(tiny_world, tmp_path, capsys):
     assert lines[-2] == f"error: --ckpt_path last: no run in {tmp_path}/runs has a checkpoint"
     assert lines[-1].startswith("hint: start a fresh run without --ckpt_path")
     assert not (tmp_path / "runs").exists()  # and it started nothing
+
+
+def test_a_run_that_fails_before_writing_anything_leaves_no_run_folder(tiny_world, tmp_path):
+    config = write_config(tmp_path / "config.yaml", tiny_world, tmp_path / "runs")
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_text('{"problem": "Reverse 12.", "answer": null}\n')
+    with pytest.raises(DataError, match="field 'answer' is null"):
+        fit(config, "--data.prompt_data", str(bad))
+    assert not list((tmp_path / "runs").iterdir())  # version_0 was made at the start, and removed
+    fit(config)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["version_0"]  # the next run takes its number
+
+
+def test_counts_two_ranks_cannot_share_are_refused_before_the_run_has_a_folder(tiny_world, tmp_path):
+    """In the one process that exists before ``fit`` starts the other ranks: one line, not one per rank."""
+    config = write_config(tmp_path / "config.yaml", tiny_world, tmp_path / "runs")
+    ddp = ["--trainer.devices", "2", "--trainer.strategy", "ddp", "--data.experts_per_step", "3"]
+    cli = main(["--config", str(config), *ddp], run=False)
+    with pytest.raises(UserError, match=r"data.experts_per_step=3 must be divisible by the world size \(2\)"):
+        prepare_fit(cli.trainer, cli.model, cli.datamodule, ckpt_path=None, resume_anyway=False, args=[])
+    assert not (tmp_path / "runs").exists()
+
+
+def test_validate_logs_at_the_checkpoints_step_quietly(runs, tmp_path):
+    """``validate --ckpt_path`` scores the weights of step 2: its row, the results table and the sample file say 2,
+    not 0 (Lightning restores no loop for ``validate``), and Lightning's "dirpath has changed" warning stays quiet."""
+    root, config = runs
+    checkpoint = root / "version_0/checkpoints/last.ckpt"
+    command = [sys.executable, "-m", "lit_chord", "validate", "--config", str(config), "--ckpt_path", str(checkpoint)]
+    process = start([*command, "--trainer.callbacks+=lit_chord.samples.SampleTable"], tmp_path / "validate.log")
+    text, returncode = finish(process)
+    assert returncode == 0, text[-3000:]
+    assert sorted(p.name for p in root.iterdir()) == ["version_0", "version_1", "version_2"]
+    rows = step_rows(root / "version_2/metrics.csv")
+    assert list(rows) == [2] and "val/accuracy" in rows[2]
+    assert re.search(r"│\s+step\s+│\s+2\.0\s+│", text)
+    assert [p.name for p in (root / "version_2/samples").iterdir()] == ["step_2.jsonl"]
+    assert "dirpath has changed" not in text
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))

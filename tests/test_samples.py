@@ -8,6 +8,7 @@ from unittest import mock
 
 import pytest
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
 
 from lit_chord.batch import Prompt, ValBatch, ValResult
 from lit_chord.samples import COLUMNS, SampleTable
@@ -29,10 +30,13 @@ def answered_batch(count: int, offset: int = 0) -> ValBatch:
     return ValBatch(prompts, results)
 
 
-def fake_trainer(tmp_path, loggers, step=7, names=("heldout", "extra")):
+def fake_trainer(tmp_path, loggers, step=7, names=("heldout", "extra"), fn=TrainerFn.FITTING, checkpoint_step=None):
     return SimpleNamespace(
         is_global_zero=True,
         global_step=step,
+        state=SimpleNamespace(fn=fn),
+        ckpt_path=None if checkpoint_step is None else "last.ckpt",
+        lightning_module=SimpleNamespace(checkpoint_step=checkpoint_step),
         loggers=loggers,
         log_dir=str(tmp_path),
         default_root_dir=str(tmp_path),
@@ -78,6 +82,15 @@ def test_a_new_validation_starts_a_new_table(tmp_path):
     run_validation(callback, fake_trainer(tmp_path, [], step=1))
     run_validation(callback, fake_trainer(tmp_path, [], step=2))
     assert len((tmp_path / "samples" / "step_2.jsonl").read_text().splitlines()) == 2  # one row per set
+
+
+def test_validating_a_checkpoint_files_its_rows_under_the_checkpoints_step(tmp_path):
+    """``validate --ckpt_path``: Lightning restores no loop, so ``global_step`` reads 0; the weights are step 30's."""
+    trainer = fake_trainer(tmp_path, [], step=0, fn=TrainerFn.VALIDATING, checkpoint_step=30)
+    run_validation(SampleTable(num_prompts=1), trainer)
+    path = tmp_path / "samples" / "step_30.jsonl"
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [30, 30]
+    assert not (tmp_path / "samples" / "step_0.jsonl").exists()
 
 
 def test_with_wandb_rows_go_to_a_table(tmp_path):

@@ -214,6 +214,18 @@ def test_a_pinned_schedule_length_that_is_not_the_runs_warns(tiny_world):
         trainer.fit(module, datamodule=tiny_datamodule(tiny_world))
 
 
+def test_a_mu_schedule_longer_than_the_run_warns(tiny_world):
+    module = ChordModule(
+        model=str(tiny_world / "model"), mu_warmup_steps=1, mu_decay_steps=3, mu_peak=0.9, mu_valley=0.1
+    )
+    trainer = cpu_trainer(max_steps=2, callbacks=[RolloutCallback(EchoEngine(), max_new_tokens=4)])
+    # The last step, 2: (2 - 1) / 3 of the decay, (0.9 - 0.1) * 0.5 * (1 + cos(π/3)) + 0.1 = 0.8 * 0.75 + 0.1 = 0.7
+    with pytest.warns(
+        UserWarning, match=r"the μ schedule spans 4 steps .* but trainer.max_steps is 2: μ ends at 0.70, "
+    ):
+        trainer.fit(module, datamodule=tiny_datamodule(tiny_world))
+
+
 def test_a_run_says_what_it_uses_and_warns_about_the_demo_held_out_set(tiny_world, tmp_path, caplog):
     from lit_chord.summary import DEMO_DATA, RunSummary
 
