@@ -390,13 +390,8 @@ class ChordModule(LightningModule):
         step = StepContext(mu, batch.temperature, batch.horizon, rows)
         if self.updates_per_step > 1:
             rows = self.with_old_logprobs(rows, batch.temperature)
+        self.check_mini_batches(int((~rows.is_expert).sum()) // batch.num_generations)
         mini_batches = split_mini_batches(rows, self.hp.ppo_mini_batches, batch.num_generations)
-        if self.hp.ppo_mini_batches > 1 and not all(m.is_expert.logical_not().any() for m in mini_batches):
-            groups = int((~rows.is_expert).sum()) // batch.num_generations
-            raise ConfigError(
-                f"model.ppo_mini_batches={self.hp.ppo_mini_batches} needs at least as many prompt groups per rank; "
-                f"this rank has {groups} (data.prompts_per_step / world size)"
-            )
         optimizer = cast(LightningOptimizer, self.optimizers())  # one optimizer
         totals: dict[str, Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
         lr = optimizer.param_groups[0]["lr"]  # the rate this step uses (the scheduler steps after it)
@@ -412,6 +407,15 @@ class ChordModule(LightningModule):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # the optimizer's kernels belong to this step's time
         self.log_step(totals, mu, grad_norm, lr, time.perf_counter() - start)
+
+    def check_mini_batches(self, groups_per_rank: int) -> None:
+        """Refuse more mini-batches than a rank has prompt groups: an update without rollouts would still move
+        AdamW's moments. The CLI checks it before the run (``runs.prepare_fit``), a plain ``Trainer`` at the step."""
+        if groups_per_rank < self.hp.ppo_mini_batches:
+            raise ConfigError(
+                f"model.ppo_mini_batches={self.hp.ppo_mini_batches} needs at least as many prompt groups per rank; "
+                f"this rank has {groups_per_rank} (data.prompts_per_step / world size)"
+            )
 
     def update(
         self, rows: TrainTensors, step: StepContext, optimizer: LightningOptimizer, totals: dict, last: bool

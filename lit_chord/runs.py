@@ -43,6 +43,7 @@ from typing_extensions import override
 from lit_chord.datamodule import ChordDataModule
 from lit_chord.errors import UserError
 from lit_chord.interrupt import InterruptCheckpoint, say, shown
+from lit_chord.module import ChordModule
 
 RESUME_FLAG = "--resume_anyway"
 VERSION = re.compile(r"version_(\d+)")
@@ -210,6 +211,8 @@ def prepare_fit(
     checkpoint; return the path ``fit`` loads."""
     if isinstance(datamodule, ChordDataModule):
         datamodule.split_over_ranks(trainer.world_size)
+        if isinstance(model, ChordModule):
+            model.check_mini_batches(datamodule.prompts_per_step // trainer.world_size)
     root, pinned = runs_root(trainer), pinned_version(trainer)
     requeued = ckpt_path is None and SLURMEnvironment.detect() and int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
     last = ckpt_path == "last" or requeued

@@ -355,3 +355,12 @@ def test_a_resumed_run_logs_step_for_step_what_an_uninterrupted_run_logs(stopped
     whole, resumed = (step_rows(r / "version_0/metrics.csv") for r in (stopped["work"] / "whole", root))
     assert sorted(resumed) == list(range(1, STEPS + 1))
     assert resumed == whole  # every row, training and validation, before and after the stop
+
+
+def test_more_mini_batches_than_prompt_groups_per_rank_are_refused_before_the_run_has_a_folder(tiny_world, tmp_path):
+    config = write_config(tmp_path / "config.yaml", tiny_world, tmp_path / "runs")
+    ddp = ["--trainer.devices", "2", "--trainer.strategy", "ddp", "--model.ppo_mini_batches", "2"]
+    cli = main(["--config", str(config), *ddp, "--data.prompts_per_step", "2"], run=False)
+    with pytest.raises(UserError, match=r"ppo_mini_batches=2 needs at least as many prompt groups per rank; this rank"):
+        prepare_fit(cli.trainer, cli.model, cli.datamodule, ckpt_path=None, resume_anyway=False, args=[])
+    assert not (tmp_path / "runs").exists()
