@@ -41,8 +41,12 @@ def run_summary(trainer: Trainer, module: ChordModule, data: ChordDataModule) ->
         adapters = f", LoRA r={lora.rank} α={lora.alpha:g} on {lora.target_modules}, base {lora.base_dtype}"
         if module.lora is not None and module.lora.modules_to_save:
             adapters += f", trained in full: {', '.join(module.lora.modules_to_save)}"
+    assert module.scorer is not None, "configure_model has not run"
+    params = list(module.scorer.parameters())  # DTensor shards count their whole tensor
+    total, trained = sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
     lines = [
         f"model:      {hp.model}{' (random init)' if hp.random_init else ''}{adapters}",
+        f"parameters: {total:,} ({trained:,} trained)",
         f"prompts:    {dhp.prompt_data}: {kept(data.prompts, 'prompt_data')}",
         f"expert:     {dhp.expert_data or 'none'}" + (f": {kept(data.expert, 'expert_data')}" if data.expert else ""),
         f"held-out:   {held_out}",
