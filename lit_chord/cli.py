@@ -35,16 +35,21 @@ from huggingface_hub import HfApi, is_offline_mode, try_to_load_from_cache
 from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
 from huggingface_hub.utils import validate_repo_id
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
+from lit_chord.cli_parser import ChordParser, config_files, program_name
 from lit_chord.datamodule import val_set_sources
 from lit_chord.errors import ConfigError, UserError
+from lit_chord.rollout_callback import RolloutCallback
 from lit_chord.runs import RESUME_FLAG, last_checkpoint, prepare_fit
 
 DEBUG_ENV = "LIT_CHORD_DEBUG"
 HUB_PROBE_TIMEOUT_S = 3.0  # one request, no retries: an answer takes well under a second when the hub is there
 DATA_SUFFIXES = (".json", ".jsonl", ".parquet")  # any other data source is a ``datasets`` hub name
+DESCRIPTION = "CHORD: SFT and GRPO in one training step (arXiv 2508.11408). `fit --config configs/demo.yaml` trains."
+ROLLOUT_GROUP = "rollout"  # the RolloutCallback's settings: ``rollout:`` in YAML, ``--rollout.*`` on the command line
 CKPT_KEYWORDS = ("last", "best", "hpc")  # ``ckpt_path`` values Lightning resolves itself
 # Where a ValueError raised while the config's classes are built means a bad value rather than a bug.
 CHECKING_PACKAGES = (Path(__file__).parent, Path(lightning.__file__).parent)
@@ -67,21 +72,19 @@ for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utiliti
     logging.getLogger(_name).addFilter(_not_the_litlogger_tip)
 
 
-class UsagelessParser(LightningArgumentParser):
-    """Prints no usage above a parse error (an unknown key, a wrong type): 100 lines of options would bury the line
-    that says what is wrong; ``--help`` still lists them."""
-
-    def print_usage(self, file: Any = None) -> None:
-        pass
-
-
 class ChordCLI(LightningCLI):
     """LightningCLI whose config errors are ``ConfigError``s, and whose subcommands check paths before loading."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("parser_class", UsagelessParser)
+        kwargs.setdefault("parser_class", ChordParser)
+        kwargs.setdefault("parser_kwargs", {"prog": program_name(), "description": DESCRIPTION})
         self.command_args: list[str] | None = kwargs.get("args")  # None: the command line (sys.argv)
         super().__init__(*args, **kwargs)
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """``fit`` and ``validate``: the module has no ``test_step`` or ``predict_step`` for the other two."""
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name in ("fit", "validate")}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -90,6 +93,13 @@ class ChordCLI(LightningCLI):
             default=False,
             help="Resume from a checkpoint whose hyper-parameters differ from this command's (refused otherwise).",
         )
+        # The one rollout callback, as a group of its own: ``--rollout.engine …`` and a ``rollout:`` overlay change
+        # it alone, where a second ``trainer.callbacks`` list would replace every other callback.
+        parser.add_lightning_class_args(RolloutCallback, ROLLOUT_GROUP)
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(str(self.subcommand), self.config)
+        refuse_listed_rollout_callback(config.get("trainer.callbacks"), config_files(self.parser.args))
 
     def instantiate_classes(self) -> None:
         try:
@@ -103,6 +113,16 @@ class ChordCLI(LightningCLI):
             # Lightning calls wandb.init(anonymous=None), and wandb warns that the setting is deprecated, every run.
             if isinstance(logger, WandbLogger) and logger._wandb_init.get("anonymous", False) is None:
                 del logger._wandb_init["anonymous"]
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The trainer, with the ``rollout`` group's callback first, where the configs used to list it: a callback
+        that reads the step's rollouts in ``on_train_batch_start`` finds them (Lightning appends a group's)."""
+        trainer = super().instantiate_trainer(**kwargs)
+        callbacks: list = trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning's callback connector
+        rollout = next(c for c in callbacks if isinstance(c, RolloutCallback))
+        callbacks.remove(rollout)
+        callbacks.insert(0, rollout)
+        return trainer
 
     def before_fit(self) -> None:
         """Check the paths, then give the run its folder and resolve ``--ckpt_path last`` (``lit_chord.runs``)."""
@@ -123,8 +143,8 @@ class ChordCLI(LightningCLI):
         if self._get(self.config_init, "ckpt_path") == "last":
             self.config_init[self.subcommand]["ckpt_path"] = str(last_checkpoint(self.trainer))
 
-    # The datamodule's setup reads every source for any stage, and each stage loads the model.
-    before_validate = before_test = before_predict = before_evaluating
+    # The datamodule's setup reads every source, and validation loads the model, as fit does.
+    before_validate = before_evaluating
 
     def check_before_run(self) -> None:
         """Fail in seconds on a missing path or a model nobody can provide, before ``fit`` loads anything."""
@@ -143,6 +163,22 @@ class ChordCLI(LightningCLI):
         }
         check_paths({key: spec for key, spec in pretrained.items() if spec[0]}, files)
         check_datasets({key: source for key, source in sources.items() if key not in files})
+
+
+def refuse_listed_rollout_callback(callbacks: list | None, files: list[str]) -> None:
+    """Raise a ``ConfigError`` if ``trainer.callbacks`` (as parsed) holds a ``RolloutCallback``: the ``rollout`` group
+    is the run's one, and Lightning refuses two (``files``: the ``--config`` files, to name the one that lists it)."""
+    for callback in callbacks or []:
+        class_path = str(callback.get("class_path", "")) if hasattr(callback, "get") else ""
+        module, _, name = class_path.rpartition(".")
+        cls = getattr(sys.modules.get(module), name, None)  # jsonargparse imported it to parse its init_args
+        if isinstance(cls, type) and issubclass(cls, RolloutCallback):
+            where = next((f for f in reversed(files) if name in Path(f).read_text()), None)
+            raise ConfigError(
+                f"{where + ': ' if where else ''}trainer.callbacks lists {name}, whose settings are the top-level "
+                f"`{ROLLOUT_GROUP}:` group now",
+                hint=f"move its init_args under `{ROLLOUT_GROUP}:` (YAML) or pass them as --{ROLLOUT_GROUP}.KEY VALUE",
+            )
 
 
 def _resolved_by_lightning(ckpt_path: str) -> bool:
