@@ -15,6 +15,8 @@ deprecation warnings that say nothing about it. Here:
 - Then it gives the run its own folder and resolves ``--ckpt_path last`` to the checkpoint of the run to continue,
   refusing one with other hyper-parameters unless ``--resume_anyway true`` (``lit_chord.runs``); Ctrl-C and SIGTERM
   save the step in progress once it completes.
+- The ``RolloutCallback`` is a config group of its own, ``rollout`` (``lit_chord.cli_parser``), first among the
+  callbacks; the subcommands are ``fit`` and ``validate`` (the module has no test or predict step).
 - ``command_line`` prints a ``UserError`` (and an ``OSError`` out of ``from_pretrained``) as one line, with exit
   code 2. Anything else is a bug and keeps its traceback; ``LIT_CHORD_DEBUG=1`` shows it for user errors too.
 """
@@ -39,7 +41,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
-from lit_chord.cli_parser import ChordParser, config_files, program_name
+from lit_chord.cli_parser import ROLLOUT_GROUP, ChordParser, config_files, program_name, refuse_listed_rollout_callback
 from lit_chord.datamodule import val_set_sources
 from lit_chord.errors import ConfigError, UserError
 from lit_chord.rollout_callback import RolloutCallback
@@ -49,7 +51,6 @@ DEBUG_ENV = "LIT_CHORD_DEBUG"
 HUB_PROBE_TIMEOUT_S = 3.0  # one request, no retries: an answer takes well under a second when the hub is there
 DATA_SUFFIXES = (".json", ".jsonl", ".parquet")  # any other data source is a ``datasets`` hub name
 DESCRIPTION = "CHORD: SFT and GRPO in one training step (arXiv 2508.11408). `fit --config configs/demo.yaml` trains."
-ROLLOUT_GROUP = "rollout"  # the RolloutCallback's settings: ``rollout:`` in YAML, ``--rollout.*`` on the command line
 CKPT_KEYWORDS = ("last", "best", "hpc")  # ``ckpt_path`` values Lightning resolves itself
 # Where a ValueError raised while the config's classes are built means a bad value rather than a bug.
 CHECKING_PACKAGES = (Path(__file__).parent, Path(lightning.__file__).parent)
@@ -99,7 +100,8 @@ class ChordCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(str(self.subcommand), self.config)
-        refuse_listed_rollout_callback(config.get("trainer.callbacks"), config_files(self.parser.args))
+        files = config_files(getattr(self.parser, "args", None) or [])  # none when parsed from a dict
+        refuse_listed_rollout_callback(config.get("trainer.callbacks"), files)
 
     def instantiate_classes(self) -> None:
         try:
@@ -163,22 +165,6 @@ class ChordCLI(LightningCLI):
         }
         check_paths({key: spec for key, spec in pretrained.items() if spec[0]}, files)
         check_datasets({key: source for key, source in sources.items() if key not in files})
-
-
-def refuse_listed_rollout_callback(callbacks: list | None, files: list[str]) -> None:
-    """Raise a ``ConfigError`` if ``trainer.callbacks`` (as parsed) holds a ``RolloutCallback``: the ``rollout`` group
-    is the run's one, and Lightning refuses two (``files``: the ``--config`` files, to name the one that lists it)."""
-    for callback in callbacks or []:
-        class_path = str(callback.get("class_path", "")) if hasattr(callback, "get") else ""
-        module, _, name = class_path.rpartition(".")
-        cls = getattr(sys.modules.get(module), name, None)  # jsonargparse imported it to parse its init_args
-        if isinstance(cls, type) and issubclass(cls, RolloutCallback):
-            where = next((f for f in reversed(files) if name in Path(f).read_text()), None)
-            raise ConfigError(
-                f"{where + ': ' if where else ''}trainer.callbacks lists {name}, whose settings are the top-level "
-                f"`{ROLLOUT_GROUP}:` group now",
-                hint=f"move its init_args under `{ROLLOUT_GROUP}:` (YAML) or pass them as --{ROLLOUT_GROUP}.KEY VALUE",
-            )
 
 
 def _resolved_by_lightning(ckpt_path: str) -> bool:

@@ -1,10 +1,15 @@
-"""The command line's argument parser: its name, no usage block, and a typo answered with the key it missed.
+"""The command line's argument parser: its name, no usage block, a typo answered with the key it missed, and the
+rollout group's one rollout callback.
 
 Why: jsonargparse answers ``--model.mu_peek 0.5`` with ``unrecognized arguments: --model.mu_peek 0.5`` under 100 lines
 of usage, and the same typo in a YAML file with ``Subcommand 'fit' does not accept option 'model.mu_peek'``, naming
 neither the file nor the key that was meant; ``--help`` calls the program ``__main__.py``. Here the error keeps its one
 line and says where the key came from (the command line or the config file that holds it) and the nearest valid key
 (``difflib`` over the parser's own keys), and the program is ``python -m lit_chord`` (or ``lit-chord``, the script).
+
+The ``RolloutCallback`` is a group of its own (``rollout:``, ``--rollout.engine ...``), so that a flag or a layered
+file changes it alone: a second ``trainer.callbacks`` list would replace every other callback. A config written
+before, with the callback among ``trainer.callbacks``, is refused in one line naming the file.
 """
 
 from __future__ import annotations
@@ -18,6 +23,10 @@ from typing import Any, NoReturn
 import yaml
 from lightning.pytorch.cli import LightningArgumentParser
 
+from lit_chord.errors import ConfigError
+from lit_chord.rollout_callback import RolloutCallback
+
+ROLLOUT_GROUP = "rollout"  # the RolloutCallback's settings: ``rollout:`` in YAML, ``--rollout.*`` on the command line
 UNRECOGNIZED = re.compile(r"unrecognized arguments: --([^\s=]+)")
 NOT_ACCEPTED = re.compile(r"(?:Subcommand|Group) '([^']+)' does not accept option '([^']+)'")
 
@@ -97,3 +106,30 @@ def holds(tree: Any, key: str) -> bool:
     for part in parents:
         tree = tree.get(part) if isinstance(tree, dict) else None
     return isinstance(tree, dict) and leaf in tree
+
+
+def refuse_listed_rollout_callback(callbacks: list | None, files: list[str]) -> None:
+    """Raise a ``ConfigError`` if ``trainer.callbacks`` (as parsed) holds a ``RolloutCallback``: the ``rollout`` group
+    is the run's one, and Lightning refuses two (``files``: the ``--config`` files, to name the one that lists it)."""
+    for callback in callbacks or []:
+        class_path = str(callback.get("class_path", "")) if hasattr(callback, "get") else ""
+        module, _, name = class_path.rpartition(".")
+        cls = getattr(sys.modules.get(module), name, None)  # jsonargparse imported it to parse its init_args
+        if isinstance(cls, type) and issubclass(cls, RolloutCallback):
+            where = file_listing(name, files)
+            raise ConfigError(
+                f"{where + ': ' if where else ''}trainer.callbacks lists {name}, whose settings are the top-level "
+                f"`{ROLLOUT_GROUP}:` group now",
+                hint=f"move its init_args under `{ROLLOUT_GROUP}:` (YAML) or pass them as --{ROLLOUT_GROUP}.KEY VALUE",
+            )
+
+
+def file_listing(callback: str, files: list[str]) -> str | None:
+    """The last of the config ``files`` whose ``trainer.callbacks`` has a ``class_path`` ending in ``callback``."""
+    for file in reversed(files):
+        tree = yaml.safe_load(Path(file).read_text())
+        callbacks = ((tree or {}).get("trainer") or {}).get("callbacks") if isinstance(tree, dict) else None
+        callbacks = [callbacks] if isinstance(callbacks, dict) else callbacks or []
+        if any(isinstance(c, dict) and str(c.get("class_path", "")).endswith(callback) for c in callbacks):
+            return file
+    return None
