@@ -15,6 +15,8 @@ deprecation warnings that say nothing about it. Here:
 - Then it gives the run its own folder and resolves ``--ckpt_path last`` to the checkpoint of the run to continue,
   refusing one with other hyper-parameters unless ``--resume_anyway true`` (``lit_chord.runs``); Ctrl-C and SIGTERM
   save the step in progress once it completes.
+- The ``RolloutCallback`` is a config group of its own, ``rollout`` (``lit_chord.cli_parser``), first among the
+  callbacks; the subcommands are ``fit`` and ``validate`` (the module has no test or predict step).
 - ``command_line`` prints a ``UserError`` (and an ``OSError`` out of ``from_pretrained``) as one line, with exit
   code 2. Anything else is a bug and keeps its traceback; ``LIT_CHORD_DEBUG=1`` shows it for user errors too.
 """
@@ -35,16 +37,20 @@ from huggingface_hub import HfApi, is_offline_mode, try_to_load_from_cache
 from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
 from huggingface_hub.utils import validate_repo_id
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
+from lit_chord.cli_parser import ROLLOUT_GROUP, ChordParser, config_files, program_name, refuse_listed_rollout_callback
 from lit_chord.datamodule import val_set_sources
 from lit_chord.errors import ConfigError, UserError
+from lit_chord.rollout_callback import RolloutCallback
 from lit_chord.runs import RESUME_FLAG, last_checkpoint, prepare_fit
 
 DEBUG_ENV = "LIT_CHORD_DEBUG"
 HUB_PROBE_TIMEOUT_S = 3.0  # one request, no retries: an answer takes well under a second when the hub is there
 DATA_SUFFIXES = (".json", ".jsonl", ".parquet")  # any other data source is a ``datasets`` hub name
+DESCRIPTION = "CHORD: SFT and GRPO in one training step (arXiv 2508.11408). `fit --config configs/demo.yaml` trains."
 CKPT_KEYWORDS = ("last", "best", "hpc")  # ``ckpt_path`` values Lightning resolves itself
 # Where a ValueError raised while the config's classes are built means a bad value rather than a bug.
 CHECKING_PACKAGES = (Path(__file__).parent, Path(lightning.__file__).parent)
@@ -67,21 +73,19 @@ for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utiliti
     logging.getLogger(_name).addFilter(_not_the_litlogger_tip)
 
 
-class UsagelessParser(LightningArgumentParser):
-    """Prints no usage above a parse error (an unknown key, a wrong type): 100 lines of options would bury the line
-    that says what is wrong; ``--help`` still lists them."""
-
-    def print_usage(self, file: Any = None) -> None:
-        pass
-
-
 class ChordCLI(LightningCLI):
     """LightningCLI whose config errors are ``ConfigError``s, and whose subcommands check paths before loading."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("parser_class", UsagelessParser)
+        kwargs.setdefault("parser_class", ChordParser)
+        kwargs.setdefault("parser_kwargs", {"prog": program_name(), "description": DESCRIPTION})
         self.command_args: list[str] | None = kwargs.get("args")  # None: the command line (sys.argv)
         super().__init__(*args, **kwargs)
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """``fit`` and ``validate``: the module has no ``test_step`` or ``predict_step`` for the other two."""
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name in ("fit", "validate")}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -90,6 +94,14 @@ class ChordCLI(LightningCLI):
             default=False,
             help="Resume from a checkpoint whose hyper-parameters differ from this command's (refused otherwise).",
         )
+        # The one rollout callback, as a group of its own: ``--rollout.engine …`` and a ``rollout:`` overlay change
+        # it alone, where a second ``trainer.callbacks`` list would replace every other callback.
+        parser.add_lightning_class_args(RolloutCallback, ROLLOUT_GROUP)
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(str(self.subcommand), self.config)
+        files = config_files(getattr(self.parser, "args", None) or [])  # none when parsed from a dict
+        refuse_listed_rollout_callback(config.get("trainer.callbacks"), files)
 
     def instantiate_classes(self) -> None:
         try:
@@ -103,6 +115,16 @@ class ChordCLI(LightningCLI):
             # Lightning calls wandb.init(anonymous=None), and wandb warns that the setting is deprecated, every run.
             if isinstance(logger, WandbLogger) and logger._wandb_init.get("anonymous", False) is None:
                 del logger._wandb_init["anonymous"]
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The trainer, with the ``rollout`` group's callback first, where the configs used to list it: a callback
+        that reads the step's rollouts in ``on_train_batch_start`` finds them (Lightning appends a group's)."""
+        trainer = super().instantiate_trainer(**kwargs)
+        callbacks: list = trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning's callback connector
+        rollout = next(c for c in callbacks if isinstance(c, RolloutCallback))
+        callbacks.remove(rollout)
+        callbacks.insert(0, rollout)
+        return trainer
 
     def before_fit(self) -> None:
         """Check the paths, then give the run its folder and resolve ``--ckpt_path last`` (``lit_chord.runs``)."""
@@ -123,8 +145,8 @@ class ChordCLI(LightningCLI):
         if self._get(self.config_init, "ckpt_path") == "last":
             self.config_init[self.subcommand]["ckpt_path"] = str(last_checkpoint(self.trainer))
 
-    # The datamodule's setup reads every source for any stage, and each stage loads the model.
-    before_validate = before_test = before_predict = before_evaluating
+    # The datamodule's setup reads every source, and validation loads the model, as fit does.
+    before_validate = before_evaluating
 
     def check_before_run(self) -> None:
         """Fail in seconds on a missing path or a model nobody can provide, before ``fit`` loads anything."""

@@ -12,8 +12,8 @@ into the same ``--out`` keeps every run that finished before with the same comma
 (its ``finished.json``), so an interrupted comparison picks up where it stopped; it replaces the others, and
 ``--fresh`` replaces them all (do that after changing the package's code).
 
-Seed ``s`` sets ``seed_everything``, ``model.init_seed = s`` and ``data.seed = 42 + s``, so seed 0 is the demo
-itself. Writes ``<out>/results.md`` (final and best held-out greedy accuracy, steps, wall time) and
+Seed ``s`` sets ``seed_everything``, ``model.init_seed = s``, ``data.seed = 42 + s`` and ``rollout.seed = 42 + s``, so
+seed 0 is the demo itself. Writes ``<out>/results.md`` (final and best held-out greedy accuracy, steps, wall time) and
 ``<out>/curves.png`` (``lit_chord.plot``). Arguments after ``--`` go to every run, e.g. ``-- --data.val_size 10``.
 """
 
@@ -93,30 +93,33 @@ def run_config(
             }
         ],
     }
-    callbacks = checkpoints_into(run_dir / "checkpoints", layers, seed)
+    callbacks = checkpoints_into(run_dir / "checkpoints", layers)
     if callbacks is not None:
         trainer["callbacks"] = callbacks
-    return {"seed_everything": seed, "trainer": trainer, "model": model, "data": {"seed": 42 + seed}}
+    rollout = {"seed": 42 + seed}  # seeds differ in their rollouts and validation samples too
+    return {
+        "seed_everything": seed,
+        "trainer": trainer,
+        "rollout": rollout,
+        "model": model,
+        "data": {"seed": 42 + seed},
+    }
 
 
-def checkpoints_into(dirpath: Path, layers: list[Path], seed: int = 0) -> list | None:
+def checkpoints_into(dirpath: Path, layers: list[Path]) -> list | None:
     """The layered configs' callbacks with every ``ModelCheckpoint`` saving into ``dirpath``, the variant's own folder
-    (a config may pin a ``dirpath``, which the runs of a comparison must not share), and the ``RolloutCallback``
-    sampling with seed ``42 + seed``, so that seeds differ in their rollouts and validation samples too."""
+    (a config may pin a ``dirpath``, which the runs of a comparison must not share). A list replaces the layers'
+    lists, so it repeats every callback."""
     callbacks = None
     for layer in layers:
         callbacks = ((yaml.safe_load(layer.read_text()) or {}).get("trainer") or {}).get("callbacks", callbacks)
     if callbacks is None:
         return None
-    changes: dict[str, dict[str, object]] = {
-        "ModelCheckpoint": {"dirpath": str(dirpath)},
-        "RolloutCallback": {"seed": 42 + seed},
-    }
     result = []
     for callback in callbacks:
         kind = str(callback.get("class_path", "")).rsplit(".", 1)[-1] if isinstance(callback, dict) else ""
-        if kind in changes:
-            callback = {**callback, "init_args": {**(callback.get("init_args") or {}), **changes[kind]}}
+        if kind == "ModelCheckpoint":
+            callback = {**callback, "init_args": {**(callback.get("init_args") or {}), "dirpath": str(dirpath)}}
         result.append(callback)
     return result
 
@@ -293,7 +296,7 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
     argv = list(sys.argv[1:] if argv is None else argv)
     overrides = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].strip("`"))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("--suite", choices=list(SUITES), default="demo", help="demo variants, or paper-mini")
     parser.add_argument("--variants", nargs="+", help="a subset (default: all of the suite's)")
     parser.add_argument("--steps", type=int, help="optimizer steps per variant, all phases (demo 600, paper-mini 450)")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from lit_chord.cli import check_datasets, command_line, config_error
 from lit_chord.errors import ConfigError, UserError
@@ -52,6 +53,10 @@ def fit_args(inputs: Path) -> dict[str, list[str]]:
     bad_prompts = inputs / "prompts.jsonl"
     bad_prompts.write_text('{"problem": "Reverse 12.", "answer": "21"}\n{"problem": "Reverse 34.", "answer": null}\n')
     demo = ["--config", str(CONFIGS / "demo.yaml")]
+    old_style = yaml.safe_load((CONFIGS / "demo.yaml").read_text())  # the rollout callback among the callbacks
+    rollout = {"class_path": "lit_chord.rollout_callback.RolloutCallback", "init_args": old_style.pop("rollout")}
+    old_style["trainer"]["callbacks"].insert(0, rollout)
+    (inputs / "old_style.yaml").write_text(yaml.safe_dump(old_style))
     quiet = [
         *("--trainer.max_steps", "2", "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0"),
         *("--trainer.default_root_dir", ".", "--trainer.logger", "lightning.pytorch.loggers.WandbLogger"),
@@ -64,6 +69,9 @@ def fit_args(inputs: Path) -> dict[str, list[str]]:
         "hub_offline": [*demo, *DEMO_PATHS, "--model.model", "org/not-cached", "--data.tokenizer", "org/not-cached"],
         "debug": [*demo, "--model.mu_peak", "2"],
         "quiet_run": [*demo, *DEMO_PATHS, *quiet],
+        "old_style": ["--config", str(inputs / "old_style.yaml")],
+        "typo_flag": [*demo, "--model.mu_peek", "0.5"],
+        "help": ["--help"],
     }
     if not torch.cuda.is_available():  # with a GPU this config would start a real run
         cases["gpu_config"] = ["--config", str(CONFIGS / "chord_qwen2.5_1.5b_1gpu.yaml")]
@@ -136,6 +144,23 @@ def test_gpu_config_without_a_gpu_says_what_to_use_instead(results):
     result = results["gpu_config"]
     assert "this config asks for accelerator gpu" in one_line_error(result)
     assert "hint: on this machine use `--trainer.accelerator cpu` or `configs/demo.yaml`" in result.stderr
+
+
+def test_a_config_with_the_rollout_callback_among_the_callbacks_is_one_line_naming_the_file(results):
+    line = one_line_error(results["old_style"])
+    assert line.startswith("error: ") and "old_style.yaml: trainer.callbacks lists RolloutCallback" in line
+    assert "hint: move its init_args under `rollout:` (YAML)" in results["old_style"].stderr
+
+
+def test_a_typo_in_a_flag_is_one_line_with_the_nearest_valid_key(results):
+    line = one_line_error(results["typo_flag"])
+    assert line == "error: model.mu_peek (in the command line) is not an option; did you mean model.mu_peak?"
+    assert "tip: For details of accepted options run: python -m lit_chord fit --help" in results["typo_flag"].stderr
+
+
+def test_help_calls_the_program_as_it_was_started(results):
+    assert results["help"].returncode == 0
+    assert results["help"].stdout.startswith("usage: python -m lit_chord [options] fit ")
 
 
 def test_debug_variable_shows_the_traceback_of_a_user_error(results):

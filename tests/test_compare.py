@@ -55,6 +55,7 @@ def test_variants_launch_layered_configs_and_the_table_reads_their_logs(tmp_path
     # 8 steps split 4 + 4; validate every min(100, 4) = 4 steps; seed 0 -> data.seed 42 (the demo's own).
     assert (sft_run["trainer"]["max_steps"], sft_run["trainer"]["val_check_interval"]) == (4, 4)
     assert sft_run["model"] == {"init_seed": 0} and sft_run["data"] == {"seed": 42}
+    assert sft_run["rollout"] == {"seed": 42}  # merged into the demo's rollout settings, which it leaves alone
     assert grpo_run["model"] == {"model": str(phases / "0_demo_sft_only" / "export"), "random_init": False}
     # demo.yaml pins ModelCheckpoint's dirpath; each run gets its own, every other callback is kept.
     callbacks = json.loads((tmp_path / "runs" / "chord_mu_s0" / "run.yaml").read_text())["trainer"]["callbacks"]
@@ -111,6 +112,13 @@ def test_table_aggregates_seeds_and_names_failures(tmp_path):
     row = compare.results_table(results).splitlines()[2]
     # finals 0.5 and 0.75: mean 0.625, range 0.5-0.75; bests the same; 2 steps; 120 s = 2.0 min.
     assert row == "| fixed_mix | 0, 1, 2 (failed: 2) | 0.625 (0.500–0.750) | 0.625 (0.500–0.750) | 0/2 | 2.0 |"
+
+
+def test_help_starts_with_the_command(capsys):
+    with pytest.raises(SystemExit):
+        compare.main(["--help"])
+    description = capsys.readouterr().out.split("\n\n")[1]
+    assert description.startswith("python -m lit_chord.compare: CHORD against its baselines on the demo")
 
 
 def test_validation_lands_on_the_last_step():

@@ -12,7 +12,7 @@ CONFIGS = Path(__file__).parent.parent / "configs"
 BASE = CONFIGS / "chord_qwen2.5_7b_openr1.yaml"
 DEMO = CONFIGS / "demo.yaml"
 # Variant files only hold the keys they change; each is layered on its base recipe.
-VARIANTS = {"chord_mu.yaml": BASE, "chord_phi.yaml": BASE, "strategy_ddp.yaml": BASE} | {
+VARIANTS = {"chord_mu.yaml": BASE, "chord_phi.yaml": BASE, "strategy_ddp.yaml": BASE, "engine_vllm.yaml": DEMO} | {
     p.name: DEMO for p in CONFIGS.glob("demo_*.yaml")
 }
 
@@ -118,11 +118,38 @@ def test_out_of_range_mu_is_rejected_naming_the_key(monkeypatch):
         instantiate("--config", str(CONFIGS / "demo.yaml"), "--model.mu_peak", "1.5")
 
 
-def test_unknown_key_is_rejected(monkeypatch, capsys):
+def test_unknown_key_is_rejected_with_the_nearest_valid_one(monkeypatch, capsys):
     monkeypatch.chdir(CONFIGS.parent)
     with pytest.raises(SystemExit):
         instantiate("--config", str(CONFIGS / "demo.yaml"), "--model.mu_peek", "0.3")
-    assert "mu_peek" in capsys.readouterr().err
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == "error: model.mu_peek (in the command line) is not an option; did you mean model.mu_peak?"
+
+
+def test_unknown_key_in_a_config_file_names_the_file_and_the_nearest_key(monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(CONFIGS.parent)
+    (tmp_path / "typo.yaml").write_text("rollout:\n  max_new_tokenz: 8\n")
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(DEMO), "--config", str(tmp_path / "typo.yaml")])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    expected = (
+        f"rollout.max_new_tokenz (in {tmp_path / 'typo.yaml'}) is not an option; did you mean rollout.max_new_tokens?"
+    )
+    assert error == f"error: {expected}"
+
+
+def test_help_names_the_program_and_only_the_subcommands_that_work(monkeypatch, capsys):
+    """``test`` and ``predict`` need a ``test_step``/``predict_step`` the module does not have: not offered."""
+    import lit_chord.__main__
+
+    monkeypatch.setattr("sys.argv", [lit_chord.__main__.__file__])  # as ``python -m lit_chord`` starts
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert capsys.readouterr().out.startswith("usage: python -m lit_chord [-c CONFIG] {fit,validate} ...")
+    with pytest.raises(SystemExit) as refused:
+        main(["test", "--config", str(DEMO)])
+    assert refused.value.code == 2
+    assert capsys.readouterr().err.strip().endswith("invalid choice: 'test' (choose from 'fit', 'validate')")
 
 
 def test_help_documents_the_chord_knobs(capsys):
@@ -149,3 +176,73 @@ def test_paper_recipes_use_the_papers_reward(path, monkeypatch):
     callbacks = instantiate("--config", str(CONFIGS / path)).trainer.callbacks
     (rollout,) = [c for c in callbacks if isinstance(c, RolloutCallback)]
     assert rollout.reward_fn is paper_math and rollout.reward_takes_truncated
+
+
+# ----- the rollout group: the engine and the sampling settings from the command line or an overlay --------------------
+def rollout_of(cli):
+    """The run's one rollout callback; it comes first among the callbacks, where the configs used to list it."""
+    from lit_chord.rollout_callback import RolloutCallback
+
+    rollouts = [c for c in cli.trainer.callbacks if isinstance(c, RolloutCallback)]
+    assert len(rollouts) == 1 and cli.trainer.callbacks[0] is rollouts[0]
+    return rollouts[0]
+
+
+def callback_names(cli) -> list[str]:
+    return [type(c).__name__ for c in cli.trainer.callbacks]
+
+
+def test_one_flag_switches_the_engine_and_another_sets_its_arguments(monkeypatch):
+    monkeypatch.chdir(CONFIGS.parent)
+    vllm = "lit_chord.engines.vllm_engine.VLLMEngine"
+    cli = instantiate("--config", str(DEMO), "--rollout.engine", vllm, "--rollout.engine.dtype", "float32")
+    rollout = rollout_of(cli)
+    assert type(rollout.engine).__name__ == "VLLMEngine" and rollout.engine.dtype == "float32"
+    assert (rollout.sampling.max_new_tokens, rollout.scale_advantages_by_std) == (16, False)  # the demo's
+    assert type(rollout_of(instantiate("--config", str(DEMO))).engine).__name__ == "TransformersEngine"
+
+
+@pytest.mark.parametrize("base", ["demo.yaml", "mini.yaml"])
+def test_the_vllm_overlay_changes_the_engine_alone(base, monkeypatch):
+    """Layered on a config, ``configs/engine_vllm.yaml`` keeps its callbacks and its rollout settings."""
+    monkeypatch.chdir(CONFIGS.parent)
+    alone = instantiate("--config", str(CONFIGS / base))
+    layered = instantiate("--config", str(CONFIGS / base), "--config", str(CONFIGS / "engine_vllm.yaml"))
+    assert callback_names(layered) == callback_names(alone)
+    # demo: RolloutCallback, RunSummary, PolicyExport, SampleTable, StepProgressBar, ..., ModelCheckpoint
+    assert {"RunSummary", "PolicyExport", "SampleTable", "StepProgressBar", "ModelCheckpoint"} <= set(
+        callback_names(layered)
+    )
+    before, after = rollout_of(alone), rollout_of(layered)
+    assert type(after.engine).__name__ == "VLLMEngine" and after.engine.dtype == "float32"
+    assert after.sampling == before.sampling
+    assert (after.reward_fn, after.scale_advantages_by_std, after.val_num_samples) == (
+        before.reward_fn,
+        before.scale_advantages_by_std,
+        before.val_num_samples,
+    )
+    if base == "demo.yaml":
+        assert (after.sampling.max_new_tokens, after.scale_advantages_by_std) == (16, False)
+
+
+def test_the_overlay_keeps_a_vllm_recipes_engine_settings(monkeypatch):
+    monkeypatch.chdir(CONFIGS.parent)
+    recipe = str(CONFIGS / "chord_qwen2.5_1.5b_1gpu.yaml")
+    engine = rollout_of(instantiate("--config", recipe, "--config", str(CONFIGS / "engine_vllm.yaml"))).engine
+    assert (engine.dtype, engine.gpu_memory_utilization, engine.max_model_len) == ("float32", 0.3, 5120)
+
+
+def test_a_config_listing_the_rollout_callback_among_the_callbacks_is_refused_naming_the_file(monkeypatch, tmp_path):
+    """The configs before the ``rollout`` group listed it under ``trainer.callbacks``: one clear error, not two
+    rollout callbacks (Lightning's traceback about two stateful callbacks of one type)."""
+    import yaml
+
+    from lit_chord.errors import ConfigError
+
+    monkeypatch.chdir(CONFIGS.parent)
+    old = yaml.safe_load(DEMO.read_text())
+    rollout = {"class_path": "lit_chord.rollout_callback.RolloutCallback", "init_args": old.pop("rollout")}
+    old["trainer"]["callbacks"].insert(0, rollout)
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(old))
+    with pytest.raises(ConfigError, match=r"old\.yaml: trainer\.callbacks lists RolloutCallback.*`rollout:`"):
+        instantiate("--config", str(tmp_path / "old.yaml"))

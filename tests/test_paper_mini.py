@@ -62,8 +62,7 @@ def test_runs_start_after_what_they_start_from(tmp_path):
         launched.append((run_dir.name, run["model"].get("model")))
         write_log(run_dir, {0: (0.1, 1.0), 2: (0.3, 0.9)}, [1.0, 1.0])
         (run_dir / "export_best").mkdir()
-        rollout = next(c for c in run["trainer"]["callbacks"] if c["class_path"].endswith("RolloutCallback"))
-        assert rollout["init_args"]["seed"] == 42 + run["seed_everything"]
+        assert run["rollout"] == {"seed": 42 + run["seed_everything"]}
         return 0
 
     variants = [v for v in paper_mini.SUITE if v.name in ("sft_best_grpo", "grpo", "sft")]

@@ -196,16 +196,13 @@ def write_config(path: Path, world: Path, root: Path, seed: int, stall_at: int |
             ],
             "callbacks": [
                 {
-                    "class_path": "lit_chord.rollout_callback.RolloutCallback",
-                    "init_args": {"max_new_tokens": 8, "reward_fn": "test_resume.digit_share"},
-                },
-                {
                     "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                     "init_args": {"save_last": True, "every_n_train_steps": 2},
                 },
                 {"class_path": "test_resume.StallAt", "init_args": {"step": stall_at, "marker": str(root / "stalled")}},
             ],
         },
+        "rollout": {"max_new_tokens": 8, "reward_fn": "test_resume.digit_share"},
         "model": {
             "model": str(world / "model"),
             "mu_warmup_steps": 2,

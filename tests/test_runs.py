@@ -69,10 +69,6 @@ def write_config(path: Path, world: Path, root: Path, max_steps: int = 2, pause:
                 {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(root), "name": ""}}
             ],
             "callbacks": [
-                {
-                    "class_path": "lit_chord.rollout_callback.RolloutCallback",
-                    "init_args": {"max_new_tokens": 8, "reward_fn": "test_resume.digit_share", "val_num_samples": 1},
-                },
                 {"class_path": "test_runs.PauseAt", "init_args": {"step": pause, "marker": str(root / "paused")}},
                 {
                     "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
@@ -80,6 +76,7 @@ def write_config(path: Path, world: Path, root: Path, max_steps: int = 2, pause:
                 },
             ],
         },
+        "rollout": {"max_new_tokens": 8, "reward_fn": "test_resume.digit_share", "val_num_samples": 1},
         "model": {
             "model": str(world / "model"),
             **{"mu_warmup_steps": 2, "mu_decay_steps": 2, "mu_peak": 0.8, "mu_valley": 0.2, "micro_batch_size": 4},
