@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, cast
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lit_chord.rollout_callback import RolloutCallback
+
 if TYPE_CHECKING:
     from lit_chord.datamodule import ChordDataModule
     from lit_chord.module import ChordModule
@@ -52,6 +54,12 @@ def run_summary(trainer: Trainer, module: ChordModule, data: ChordDataModule) ->
         f"held-out:   {held_out}",
         f"each step:  {data.prompts_per_step} prompts x {data.num_generations} rollouts + "
         f"{data.experts_per_step} expert; {mu}, SFT weighting {hp.sft_weighting}",
+        *(
+            f"rollouts:   {type(rollout.engine).__name__}, temperature {rollout.sampling.temperature:g}, at most "
+            f"{rollout.sampling.max_new_tokens} new tokens"
+            for rollout in trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning's callback connector
+            if isinstance(rollout, RolloutCallback)
+        ),
         f"steps:      {trainer.max_steps}",
         f"logs:       {trainer.log_dir or trainer.default_root_dir}",
         f"checkpoints: {', '.join(str(c) for c in checkpoints if c) or 'none'}",

@@ -241,6 +241,7 @@ def test_a_run_says_what_it_uses_and_warns_about_the_demo_held_out_set(tiny_worl
         f"prompts:    {tiny_world / 'prompts.jsonl'}: {len(data.prompts)} kept",
         "held-out:   heldout (2 prompts)",
         "each step:  2 prompts x 4 rollouts + 2 expert; μ 0.9 → 0.05 over 300 steps, SFT weighting phi",
+        "rollouts:   EchoEngine, temperature 1, at most 4 new tokens",
         "steps:      1",
     ]:
         assert expected in summary
