@@ -44,6 +44,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lit_chord.cli_parser import ROLLOUT_GROUP, ChordParser, config_files, program_name, refuse_listed_rollout_callback
 from lit_chord.datamodule import val_set_sources
 from lit_chord.errors import ConfigError, UserError
+from lit_chord.records import preparation_hint
 from lit_chord.rollout_callback import RolloutCallback
 from lit_chord.runs import RESUME_FLAG, last_checkpoint, prepare_fit
 
@@ -205,7 +206,8 @@ def check_paths(pretrained: dict[str, tuple[str, tuple[str, ...]]], files: dict[
         also = f"; also missing: {', '.join(other for other, _ in others)}" if others else ""
         raise ConfigError(
             f"{key}: {path!r} not found{where}{also}",
-            hint="run from the folder the config's paths are relative to, or pass absolute paths",
+            hint=preparation_hint(path)
+            or "run from the folder the config's paths are relative to, or pass absolute paths",
         )
     for key, (name, filenames) in pretrained.items():
         problem = pretrained_problem(name, filenames)

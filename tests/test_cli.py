@@ -205,6 +205,18 @@ def test_each_data_source_that_is_no_file_is_checked_under_its_field(monkeypatch
         check_datasets({"data.expert_data": "data/demo/expert"})  # three parts: no hub name
 
 
+def test_the_papers_missing_data_points_to_the_command_that_prepares_it(monkeypatch, tmp_path):
+    from lit_chord.cli import check_paths
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"^data.prompt_data: 'data/openr1/rl_train.jsonl' not found") as caught:
+        check_paths({}, {"data.prompt_data": "data/openr1/rl_train.jsonl"})
+    assert "python -m lit_chord.data openr1 --out data/openr1" in str(caught.value.hint)
+    with pytest.raises(ConfigError) as caught:
+        check_paths({}, {"data.prompt_data": "mine/prompts.jsonl"})
+    assert caught.value.hint is not None and caught.value.hint.startswith("run from the folder")
+
+
 def test_a_bug_keeps_its_traceback_and_a_user_error_is_one_line(capsys):
     def bug():
         raise RuntimeError("an index is off by one")
