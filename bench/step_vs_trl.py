@@ -69,8 +69,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from lit_chord.experiments.tiny_world import build_tiny_world  # noqa: E402
 from lit_chord.rewards import exact_match  # noqa: E402
-from lit_chord.tiny_world import build_tiny_world  # noqa: E402
 
 
 # ----- the shared world ---------------------------------------------------------------------------------------------

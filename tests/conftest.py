@@ -10,7 +10,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 
-from lit_chord.tiny_world import build_tiny_world  # noqa: E402
+from lit_chord.experiments.tiny_world import build_tiny_world  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):

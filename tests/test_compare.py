@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lit_chord import compare
-from lit_chord.plot import read_metrics
+from lit_chord.experiments import compare
+from lit_chord.experiments.plot import read_metrics
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 
@@ -117,8 +117,8 @@ def test_table_aggregates_seeds_and_names_failures(tmp_path):
 def test_help_starts_with_the_command(capsys):
     with pytest.raises(SystemExit):
         compare.main(["--help"])
-    description = capsys.readouterr().out.split("\n\n")[1]
-    assert description.startswith("python -m lit_chord.compare: CHORD against its baselines on the demo")
+    description = " ".join(capsys.readouterr().out.split("\n\n")[1].split())  # argparse wraps it
+    assert description.startswith("python -m lit_chord.experiments.compare: CHORD against its baselines on the demo")
 
 
 def test_validation_lands_on_the_last_step():

@@ -5,7 +5,14 @@ from __future__ import annotations
 import random
 import re
 
-from lit_chord.mini_tasks import GENERAL, expert_trace, general_records, target_digits, target_problem, target_splits
+from lit_chord.experiments.mini_tasks import (
+    GENERAL,
+    expert_trace,
+    general_records,
+    target_digits,
+    target_problem,
+    target_splits,
+)
 from lit_chord.rewards import math_boxed
 
 

@@ -8,8 +8,15 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lit_chord import mini_tasks
-from lit_chord.mini_world import TARGET, TARGET_PRETRAIN, encode, greedy_accuracy, pretraining_texts, write_data
+from lit_chord.experiments import mini_tasks
+from lit_chord.experiments.mini_world import (
+    TARGET,
+    TARGET_PRETRAIN,
+    encode,
+    greedy_accuracy,
+    pretraining_texts,
+    write_data,
+)
 
 MINI = Path(__file__).parent.parent / "data" / "mini"
 GENERAL = list(mini_tasks.GENERAL)

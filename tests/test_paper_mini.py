@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lit_chord import compare, paper_mini
+from lit_chord.experiments import compare, paper_mini
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 TASKS = paper_mini.GENERAL_TASKS

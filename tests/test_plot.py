@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lit_chord.plot import main, read_metrics, smooth
+from lit_chord.experiments.plot import main, read_metrics, smooth
 
 
 def fake_run(path, rewards):

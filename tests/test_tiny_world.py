@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lit_chord.tiny_world import build_tiny_world, expert_response, reversal_problem, split_strings
+from lit_chord.experiments.tiny_world import build_tiny_world, expert_response, reversal_problem, split_strings
 
 DEMO = Path(__file__).parent.parent / "data" / "demo"
 

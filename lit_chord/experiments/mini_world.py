@@ -2,13 +2,13 @@
 
 Why: the demo (``tiny_world``) starts from random weights, so nothing in it can forget anything and φ = p(1 − p)
 has nothing to work with. The paper's claims are about a policy that already knows things. This module builds one:
-a tiny Qwen2 taught by plain supervised learning the six general digit tasks of ``lit_chord.mini_tasks`` (its
+a tiny Qwen2 taught by plain supervised learning the six general digit tasks of ``mini_tasks`` (its
 "general ability", the paper's MMLU-Pro column) in its own terse style, and shown the target task (the sum of four
 digits) only briefly, so that it is weak there. The expert's traces for the target are long, worded otherwise and
 not always right, as R1's are to Qwen2.5-Instruct.
 
-``python -m lit_chord.mini_world data/mini`` rebuilds the shipped folder (seed 0, 1500 steps of batch 64: 4.0 min
-on 2 cores): the policy in ``model/`` (``from_pretrained`` loads it like any hub model) with
+``python -m lit_chord.experiments.mini_world data/mini`` rebuilds the shipped folder (seed 0, 1500 steps of batch
+64: 4.0 min on 2 cores): the policy in ``model/`` (``from_pretrained`` loads it like any hub model) with
 ``model/pretraining.json`` (the command, the seed and the accuracy it reached per task), and the data:
 ``expert.jsonl`` (demonstrations, chat ``messages``), ``prompts.jsonl`` (RL prompts, each with the expert's trace for
 LUFFY), ``heldout.jsonl`` (in-domain) and ``general_<task>.jsonl`` (held-out prompts of each general task).
@@ -23,9 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-from lit_chord import mini_tasks
+from lit_chord.experiments import mini_tasks
+from lit_chord.experiments.tiny_world import build_tokenizer, tiny_generation_config, tiny_qwen2_config, write_jsonl
 from lit_chord.rewards import boxed_string
-from lit_chord.tiny_world import build_tokenizer, tiny_generation_config, tiny_qwen2_config, write_jsonl
 
 HIDDEN, LAYERS = 128, 4
 SPLIT_SIZES = {"expert": 500, "rl": 2000, "heldout": 200}
@@ -175,7 +175,7 @@ def build(out_dir: str | Path, seed: int = 0, steps: int = 1500, batch_size: int
     model.save_pretrained(out / "model")
     tiny_generation_config(tokenizer).save_pretrained(out / "model")
     report = {
-        "command": f"python -m lit_chord.mini_world {out_dir} --seed {seed} --steps {steps}",
+        "command": f"python -m lit_chord.experiments.mini_world {out_dir} --seed {seed} --steps {steps}",
         "seed": seed,
         "parameters": sum(p.numel() for p in model.parameters()),
         "pretraining": {"steps": steps, "batch_size": batch_size, "lr": lr, "minutes": round(minutes, 1)},

@@ -1,4 +1,4 @@
-"""``python -m lit_chord.compare``: CHORD against its baselines on the demo, same budget and seeds; a table and a plot.
+"""``python -m lit_chord.experiments.compare``: CHORD against its baselines on the demo, same budget and seeds.
 
 Each variant is ``configs/demo.yaml`` with a variant file layered on it (files hold only what differs):
 ``chord_mu`` (demo.yaml itself), ``sft_only``, ``grpo_only``, ``fixed_mix``, ``chord_phi``, ``luffy`` (the expert's
@@ -14,7 +14,8 @@ into the same ``--out`` keeps every run that finished before with the same comma
 
 Seed ``s`` sets ``seed_everything``, ``model.init_seed = s``, ``data.seed = 42 + s`` and ``rollout.seed = 42 + s``, so
 seed 0 is the demo itself. Writes ``<out>/results.md`` (final and best held-out greedy accuracy, steps, wall time) and
-``<out>/curves.png`` (``lit_chord.plot``). Arguments after ``--`` go to every run, e.g. ``-- --data.val_size 10``.
+``<out>/curves.png`` (``lit_chord.experiments.plot``). Arguments after ``--`` go to every run, e.g.
+``-- --data.val_size 10``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from lit_chord.plot import plot_runs, read_metrics
+from lit_chord.experiments.plot import plot_runs, read_metrics
 
 # variant -> its phases, each the config files layered on the base; several phases split the step budget.
 VARIANTS: dict[str, list[tuple[str, ...]]] = {
@@ -271,7 +272,7 @@ def results_table(results: list[RunResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# --suite -> defaults of the arguments left out: the demo's variants, or the paper's in miniature (lit_chord.paper_mini)
+# --suite -> defaults of the arguments left out: the demo's variants, or the paper's in miniature (paper_mini.py)
 SUITES: dict[str, dict[str, Any]] = {
     "demo": {
         "steps": 600,
@@ -315,7 +316,7 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
     if args.jobs < 1:
         parser.error("--jobs must be >= 1")
     if args.suite == "paper-mini":
-        from lit_chord import paper_mini
+        from lit_chord.experiments import paper_mini
 
         unknown = sorted(set(args.variants or []) - {v.name for v in paper_mini.SUITE})
         if unknown:

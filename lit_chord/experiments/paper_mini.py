@@ -1,7 +1,8 @@
-"""``python -m lit_chord.compare --suite paper-mini``: the paper's comparison (its Table 1) in miniature, on a CPU.
+"""``python -m lit_chord.experiments.compare --suite paper-mini``: the paper's comparison (its Table 1) in miniature,
+on a CPU.
 
-Every variant starts from the same small pretrained policy (``lit_chord.mini_world``, ``configs/mini.yaml``) and gets
-the same budget of optimizer steps, the same batch, learning rate and seeds; only the objective differs:
+Every variant starts from the same small pretrained policy (``mini_world``, ``configs/mini.yaml``) and gets the
+same budget of optimizer steps, the same batch, learning rate and seeds; only the objective differs:
 
 - **original**: no training; the step-0 validation each run logs before its first update (all runs of a seed
   that start from the pretrained policy log the same one).
@@ -27,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lit_chord.plot import read_metrics
+from lit_chord.experiments.plot import read_metrics
 
 if TYPE_CHECKING:
-    from lit_chord.compare import RunResult
+    from lit_chord.experiments.compare import RunResult
 
 GENERAL_TASKS = ("copy", "reverse", "sort", "max", "count", "add")
 IN_DOMAIN = "heldout"
@@ -236,7 +237,7 @@ def run_suite(
     """Every variant and seed as a ``compare.run_variant``, ``jobs`` at a time; a variant that starts from another's
     best policy waits for that run (submitted earlier, so the wait cannot deadlock), and is reused only if that run
     was. Returns the runs that ran."""
-    from lit_chord import compare
+    from lit_chord.experiments import compare
 
     futures: dict[tuple[str, int], Future[RunResult | None]] = {}
 
@@ -265,7 +266,7 @@ def main(args, overrides: list[str]) -> list[RunResult]:
     """``compare --suite paper-mini``: run the suite, write ``results.md`` and ``curves.png`` into ``args.out``."""
     from functools import partial
 
-    from lit_chord import compare
+    from lit_chord.experiments import compare
 
     requested = set(args.variants or [v.name for v in SUITE])  # compare.main refused unknown names
     needed = requested | {v.starts_from for v in SUITE if v.name in requested and v.starts_from}

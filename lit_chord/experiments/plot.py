@@ -1,4 +1,4 @@
-"""Training curves from CSV logs: ``python -m lit_chord.plot RUN_DIR [RUN_DIR ...] [-o curves.png]``.
+"""Training curves from CSV logs: ``python -m lit_chord.experiments.plot RUN_DIR [RUN_DIR ...] [-o curves.png]``.
 
 Each run directory is a Lightning ``CSVLogger`` folder (holding ``metrics.csv``) or any folder above one; several
 runs are overlaid, labelled by their folder names. Missing metrics are skipped, so SFT-only or RL-only runs plot

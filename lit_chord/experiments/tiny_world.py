@@ -11,7 +11,7 @@ The tokenizer is a byte-level BPE trained in code with Qwen2's exact normalizer 
 give other ids after a save/load round trip. The model is a Qwen2 config with head_dim 32, the smallest head
 size vLLM's CPU attention accepts.
 
-Run ``python -m lit_chord.tiny_world data/demo`` to regenerate the shipped files.
+Run ``python -m lit_chord.experiments.tiny_world data/demo`` to regenerate the shipped files.
 """
 
 from __future__ import annotations
