@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lit_chord.experiments import compare
+from lit_chord.experiments import compare, runner
 from lit_chord.experiments.plot import read_metrics
 
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -40,7 +40,9 @@ def test_variants_launch_layered_configs_and_the_table_reads_their_logs(tmp_path
     launch = fake_launch(accuracies, commands)
     base = CONFIGS / "demo.yaml"
     results = [
-        compare.run_variant(name, 0, 8, tmp_path, base, 100, ["--data.val_size", "4"], run=launch)
+        runner.run_variant(
+            name, compare.VARIANTS[name], 0, 8, tmp_path, base, 100, ["--data.val_size", "4"], run=launch
+        )
         for name in ("chord_mu", "sft_then_grpo")
     ]
     chord, sft_phase, grpo_phase = commands
@@ -80,8 +82,17 @@ def test_a_rerun_keeps_the_phases_that_finished_with_the_same_inputs(tmp_path):
 
     def again(overrides=(), reuse=True):
         before = len(commands)
-        result = compare.run_variant(
-            "sft_then_grpo", 0, 8, tmp_path, CONFIGS / "demo.yaml", 4, list(overrides), launch, reuse=reuse
+        result = runner.run_variant(
+            "sft_then_grpo",
+            compare.VARIANTS["sft_then_grpo"],
+            0,
+            8,
+            tmp_path,
+            CONFIGS / "demo.yaml",
+            4,
+            list(overrides),
+            launch,
+            reuse=reuse,
         )
         run_yamls = [[c[i + 1] for i, a in enumerate(c) if a == "--config"][-1] for c in commands[before:]]
         return result, [Path(run_yaml).parent.name for run_yaml in run_yamls]
@@ -108,7 +119,7 @@ def test_table_aggregates_seeds_and_names_failures(tmp_path):
         run_dir.mkdir()
         if final is not None:
             (run_dir / "metrics.csv").write_text(f"step,train/mu,val/accuracy\n0,1.0,\n0,,0.25\n1,1.0,\n1,,{final}\n")
-        results.append(compare.RunResult("fixed_mix", seed, run_dir, 120.0, 0 if final is not None else 1))
+        results.append(runner.RunResult("fixed_mix", seed, run_dir, 120.0, 0 if final is not None else 1))
     row = compare.results_table(results).splitlines()[2]
     # finals 0.5 and 0.75: mean 0.625, range 0.5-0.75; bests the same; 2 steps; 120 s = 2.0 min.
     assert row == "| fixed_mix | 0, 1, 2 (failed: 2) | 0.625 (0.500–0.750) | 0.625 (0.500–0.750) | 0/2 | 2.0 |"
@@ -122,12 +133,12 @@ def test_help_starts_with_the_command(capsys):
 
 
 def test_validation_lands_on_the_last_step():
-    assert compare.val_interval(600, 100) == 100
-    assert compare.val_interval(20, 100) == 20
-    assert compare.val_interval(20, 3) == 2  # largest divisor of 20 that is <= 3
-    assert compare.split_budget(9, 2) == [4, 5]
+    assert runner.val_interval(600, 100) == 100
+    assert runner.val_interval(20, 100) == 20
+    assert runner.val_interval(20, 3) == 2  # largest divisor of 20 that is <= 3
+    assert runner.split_budget(9, 2) == [4, 5]
     with pytest.raises(ValueError, match="too small"):
-        compare.split_budget(1, 2)
+        runner.split_budget(1, 2)
 
 
 @pytest.mark.slow

@@ -25,13 +25,11 @@ import statistics
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from lit_chord.experiments.plot import read_metrics
-
-if TYPE_CHECKING:
-    from lit_chord.experiments.compare import RunResult
+from lit_chord.experiments.runner import RunResult, launch, run_variant, threads_per_run
 
 GENERAL_TASKS = ("copy", "reverse", "sort", "max", "count", "add")
 IN_DOMAIN = "heldout"
@@ -234,11 +232,9 @@ def run_suite(
     run,
     reuse: bool = True,
 ) -> dict[tuple[str, int], RunResult]:
-    """Every variant and seed as a ``compare.run_variant``, ``jobs`` at a time; a variant that starts from another's
+    """Every variant and seed as a ``runner.run_variant``, ``jobs`` at a time; a variant that starts from another's
     best policy waits for that run (submitted earlier, so the wait cannot deadlock), and is reused only if that run
     was. Returns the runs that ran."""
-    from lit_chord.experiments import compare
-
     futures: dict[tuple[str, int], Future[RunResult | None]] = {}
 
     def one(variant: MiniVariant, seed: int) -> RunResult | None:
@@ -249,8 +245,8 @@ def run_suite(
                 print(f"[paper-mini] {variant.name} seed {seed}: skipped, {variant.starts_from} failed", flush=True)
                 return None
             init_from, reuse_this = source.run_dir / "export_best", reuse and source.reused
-        return compare.run_variant(
-            variant.name, seed, steps, out, base, val_every, overrides, run, [variant.layers], init_from, reuse_this
+        return run_variant(
+            variant.name, [variant.layers], seed, steps, out, base, val_every, overrides, run, init_from, reuse_this
         )
 
     order = sorted(variants, key=lambda v: v.starts_from is not None)  # the runs others start from go first
@@ -264,15 +260,11 @@ def run_suite(
 
 def main(args, overrides: list[str]) -> list[RunResult]:
     """``compare --suite paper-mini``: run the suite, write ``results.md`` and ``curves.png`` into ``args.out``."""
-    from functools import partial
-
-    from lit_chord.experiments import compare
-
     requested = set(args.variants or [v.name for v in SUITE])  # compare.main refused unknown names
     needed = requested | {v.starts_from for v in SUITE if v.name in requested and v.starts_from}
     chosen = [v for v in SUITE if v.name in needed]
     start = time.perf_counter()
-    run = partial(compare.launch, threads=compare.threads_per_run(args.jobs))
+    run = partial(launch, threads=threads_per_run(args.jobs))
     results = run_suite(
         chosen, args.steps, args.seeds, args.out, args.base, args.val_every, overrides, args.jobs, run, not args.fresh
     )
