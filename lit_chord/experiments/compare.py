@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from lit_chord.experiments import paper_mini
-from lit_chord.experiments.plot import plot_runs, read_metrics
+from lit_chord.experiments.plot import plot_runs, read_metrics, require_matplotlib
 from lit_chord.experiments.runner import RunResult, launch, run_variant, threads_per_run
 
 # variant -> its phases, each the config files layered on the base; several phases split the step budget.
@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
         parser.error("--steps must be >= 1")
     if args.jobs < 1:
         parser.error("--jobs must be >= 1")
+    require_matplotlib(parser)  # before the runs, not after them at the plot
     if args.suite == "paper-mini":
         unknown = sorted(set(args.variants or []) - {v.name for v in paper_mini.SUITE})
         if unknown:

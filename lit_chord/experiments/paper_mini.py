@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from lit_chord.experiments.plot import read_metrics
+from lit_chord.experiments.plot import pyplot, read_metrics
 from lit_chord.experiments.runner import RunResult, launch, run_variant, threads_per_run
 
 GENERAL_TASKS = ("copy", "reverse", "sort", "max", "count", "add")
@@ -175,11 +175,7 @@ def band(runs: list[dict], key: str) -> tuple[list[int], list[float], list[float
 def plot_suite(run_dirs: dict[tuple[str, int], Path], out: Path) -> Path:
     """In-domain avg@4 and general ability against steps per variant (mean, band ± std over seeds), and the SFT
     runs' in-domain accuracy, general ability and response length (the paper's "shift, readapt, overfit")."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     logs: dict[str, list[dict]] = {}
     for (name, _), path in sorted(run_dirs.items()):
         if (path / "metrics.csv").exists():

@@ -2,7 +2,7 @@
 
 Each run directory is a Lightning ``CSVLogger`` folder (holding ``metrics.csv``) or any folder above one; several
 runs are overlaid, labelled by their folder names. Missing metrics are skipped, so SFT-only or RL-only runs plot
-too.
+too. Plotting needs matplotlib, the ``plot`` extra (``pip install 'lit-chord[plot]'``); reading logs does not.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import argparse
 import csv
 import math
 from pathlib import Path
+from types import ModuleType
 
 PANELS = [
     ("rollout/reward_mean", "reward"),
@@ -23,6 +24,21 @@ PANELS = [
     ("rollout/gen_seconds", "generation, s per step"),
     ("train/update_seconds", "update (fwd + bwd + optimizer), s per step"),
 ]  # train/clip_frac is left out: one update per rollout batch keeps it 0 (module docstring)
+
+
+INSTALL_HINT = "plotting needs matplotlib: pip install 'lit-chord[plot]' (or pip install matplotlib)"
+
+
+def pyplot() -> ModuleType:
+    """``matplotlib.pyplot`` on the file-only Agg backend; if matplotlib is missing, an error saying how to get it."""
+    try:
+        import matplotlib
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(INSTALL_HINT, name="matplotlib") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def read_metrics(run: Path) -> dict[str, list[tuple[int, float]]]:
@@ -50,11 +66,7 @@ def smooth(values: list[float], window: int) -> list[float]:
 
 
 def plot_runs(runs: list[Path], out: Path, window: int = 10) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     data = {run.name or str(run): read_metrics(run) for run in runs}
     panels = [(k, t) for k, t in PANELS if any(k in series for series in data.values())]
     cols = 3
@@ -86,7 +98,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-o", "--output", type=Path, default=Path("curves.png"), help="PNG to write")
     parser.add_argument("--smooth", type=int, default=10, help="moving-average window for per-step metrics")
     args = parser.parse_args(argv)
+    require_matplotlib(parser)
     print(plot_runs(args.runs, args.output, args.smooth))
+
+
+def require_matplotlib(parser: argparse.ArgumentParser) -> None:
+    """Exit with one line saying how to install matplotlib if it is missing (a command checks before its work)."""
+    try:
+        pyplot()
+    except ModuleNotFoundError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
 
 
 if __name__ == "__main__":
