@@ -1,5 +1,18 @@
 """lit_chord: CHORD (arXiv 2508.11408) — SFT on expert demonstrations as a dynamically weighted term inside
-on-policy GRPO — on PyTorch Lightning, with vLLM rollouts."""
+on-policy GRPO — on PyTorch Lightning, with vLLM rollouts.
+
+Rooms, each importing only the ones below it (checked by ``../shared/tools/import_cycles.py``; one cycle is left,
+``module`` ⇄ ``validation``):
+
+- ``experiments/``: the demo and miniature worlds, the comparison suites and their plots (``python -m
+  lit_chord.experiments.compare``). At the top: it imports the library, and nothing in the library imports it.
+- ``__main__``, ``cli``, ``cli_parser``, ``runs``, ``data/`` (``python -m lit_chord.data``): the command lines.
+- callbacks: ``rollout_callback`` (engines in ``engines/``, ``rewards``, ``protocol``), ``export``, ``samples``,
+  ``summary``, ``progress``, ``interrupt``.
+- ``module`` (the step: ``loss``, ``scorer``/``logprobs``, ``packing``, ``lora``, ``schedules``, ``metrics``,
+  ``flops``, ``validation``) and ``datamodule`` (``records``, ``chat``, ``held_out``).
+- ``batch`` and ``errors``: shared by all, importing nothing of ours.
+"""
 
 __version__ = "0.1.0"
 
