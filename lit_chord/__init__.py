@@ -1,8 +1,8 @@
 """lit_chord: CHORD (arXiv 2508.11408) — SFT on expert demonstrations as a dynamically weighted term inside
 on-policy GRPO — on PyTorch Lightning, with vLLM rollouts.
 
-Rooms, each importing only the ones below it (checked by ``../shared/tools/import_cycles.py``; one cycle is left,
-``module`` ⇄ ``validation``):
+Rooms, each importing only the ones below it (no import cycle, lazy imports included: checked by
+``../shared/tools/import_cycles.py``):
 
 - ``experiments/``: the demo and miniature worlds, the comparison suites and their plots (``python -m
   lit_chord.experiments.compare``). At the top: it imports the library, and nothing in the library imports it.
@@ -10,7 +10,7 @@ Rooms, each importing only the ones below it (checked by ``../shared/tools/impor
 - callbacks: ``rollout_callback`` (engines in ``engines/``, ``rewards``, ``protocol``), ``export``, ``samples``,
   ``summary``, ``progress``, ``interrupt``.
 - ``module`` (the step: ``loss``, ``scorer``/``logprobs``, ``packing``, ``lora``, ``schedules``, ``metrics``,
-  ``flops``, ``validation``) and ``datamodule`` (``records``, ``chat``, ``held_out``).
+  ``flops``, and ``validation``, whose ``HeldOutScores`` owns the held-out state) and ``datamodule`` (``records``, ``chat``, ``held_out``).
 - ``batch`` and ``errors``: shared by all, importing nothing of ours.
 """
 

@@ -125,6 +125,7 @@ class PolicyExport(Callback):
                     f"                 (before training it was {self.before:.3f} at step 0: the best is chosen among "
                     "the trained policies only)"
                 )
-        if pl_module.val_before is not None and after is not None:
-            lines.append(f"held-out accuracy: {pl_module.val_before:.3f} before -> {float(after):.3f} after")
+        before = cast("ChordModule", pl_module).held_out.before
+        if before is not None and after is not None:
+            lines.append(f"held-out accuracy: {before:.3f} before -> {float(after):.3f} after")
         print("\n".join(lines))

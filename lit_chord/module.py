@@ -33,7 +33,6 @@ from lightning.pytorch.core.optimizer import LightningOptimizer, do_nothing_clos
 from lightning.pytorch.utilities import AttributeDict, rank_zero_warn
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler
-from torchmetrics import MeanMetric
 
 from lit_chord.batch import StepBatch, TrainTensors, ValBatch, split_mini_batches
 from lit_chord.errors import ConfigError
@@ -44,7 +43,7 @@ from lit_chord.metrics import logprob_gap
 from lit_chord.packing import check_padding_free, pack_micro_batches, pack_padding_free
 from lit_chord.schedules import CosineDecay
 from lit_chord.scorer import PolicyScorer, shard_fsdp2
-from lit_chord.validation import log_before_training, log_held_out
+from lit_chord.validation import HeldOutScores
 
 if TYPE_CHECKING:
     from torch.distributed.fsdp import FSDPModule
@@ -218,9 +217,7 @@ class ChordModule(LightningModule):
         self.lora_settings = lora  # not hparams.lora: under LightningCLI that is the command line's dict form
         self.skipped_steps = 0
         self.consecutive_skips = 0
-        self.val_accuracy = MeanMetric()  # "val/accuracy": the first held-out set's greedy accuracy
-        self.val_metrics = nn.ModuleDict()  # str(dataloader_idx) -> HeldOutMetrics, made on first use
-        self.val_before: float | None = None  # held-out accuracy of the sanity check, i.e. before training
+        self.held_out = HeldOutScores()  # the validation's metrics and the accuracy before training
         self.checkpoint_step: int | None = None  # the loaded checkpoint's global_step: where `validate` logs
         self.peak_flops: float | None = None  # the device's peak FLOP/s at the trainer's precision, for train/mfu
         self.shape: ModelShape | None = None  # what the policy's FLOPs depend on, for train/mfu
@@ -684,10 +681,10 @@ class ChordModule(LightningModule):
     # ----- validation -------------------------------------------------------------------------------------------
     def validation_step(self, batch: ValBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
         """Held-out prompts arrive already answered by the rollout callback; ``lit_chord.validation`` logs them."""
-        log_held_out(self, batch, dataloader_idx)
+        self.held_out.log_batch(self, batch, dataloader_idx)
 
     def on_validation_epoch_end(self) -> None:
-        log_before_training(self)
+        self.held_out.log_before_training(self.trainer)
 
     # ----- checkpoint -------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -695,7 +692,7 @@ class ChordModule(LightningModule):
         checkpoint["chord"] = {
             "skipped_steps": self.skipped_steps,
             "consecutive_skips": self.consecutive_skips,
-            "val_before": self.val_before,  # the sanity check of a resumed run sees trained weights, not the start
+            "val_before": self.held_out.before,  # the sanity check of a resumed run sees trained weights, not the start
         }
         if self.lora is not None and self.device_mesh is None:  # FSDP2's distributed checkpoint loads every key
             frozen = self.lora.frozen_keys("scorer.lm.")  # the base: rebuilt from model.model on resume
@@ -705,7 +702,7 @@ class ChordModule(LightningModule):
         state = checkpoint.get("chord", {})
         self.skipped_steps = state.get("skipped_steps", 0)
         self.consecutive_skips = state.get("consecutive_skips", 0)
-        self.val_before = state.get("val_before")
+        self.held_out.before = state.get("val_before")
         self.checkpoint_step = int(checkpoint.get("global_step", 0))  # validation.validated_step
         if self.lora is not None and self.device_mesh is None:  # put the frozen base back: strict loading stays on
             frozen = self.lora.frozen_keys("scorer.lm.")

@@ -34,7 +34,7 @@ def test_the_report_says_the_policy_before_training_was_better_than_the_best_and
     assert export.best is not None and export.best["step"] == 30 and export.best["value"] == pytest.approx(0.029)
     assert export.before == pytest.approx(0.101)
     trainer = SimpleNamespace(callback_metrics={}, checkpoint_callback=None, is_global_zero=True)
-    module = SimpleNamespace(lora=None, val_before=None)
+    module = SimpleNamespace(lora=None, held_out=SimpleNamespace(before=None))
     export.path = tmp_path / "export"
     PolicyExport.report.__wrapped__(export, trainer, module, tmp_path)  # rank_zero_only's function itself
     out = capsys.readouterr().out

@@ -111,7 +111,7 @@ def test_the_final_weights_are_validated_and_every_log_row_sits_at_its_optimizer
     assert [int(r["step"]) for r in rows if r.get("val/accuracy")] == [0, 2, 3]
     assert [int(r["step"]) for r in rows if r.get("train/loss")] == [1, 2, 3]
     before = next(r for r in rows if r.get("val/accuracy") and int(r["step"]) == 0)
-    assert float(before["val/heldout/count"]) == 3.0 and float(before["val/accuracy"]) == module.val_before
+    assert float(before["val/heldout/count"]) == 3.0 and float(before["val/accuracy"]) == module.held_out.before
 
 
 class BarState(Callback):

@@ -112,7 +112,7 @@ def main(world: str, sets: str, out: str, devices: int, layout: str) -> None:
     Path(out, f"rank{trainer.global_rank}.json").write_text(json.dumps(rows.rows))
     if trainer.is_global_zero:
         metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
-        Path(out, "metrics.json").write_text(json.dumps({"metrics": metrics, "val_before": module.val_before}))
+        Path(out, "metrics.json").write_text(json.dumps({"metrics": metrics, "val_before": module.held_out.before}))
 
 
 if __name__ == "__main__":
