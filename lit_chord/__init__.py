@@ -10,7 +10,8 @@ Rooms, each importing only the ones below it (no import cycle, lazy imports incl
 - callbacks: ``rollout_callback`` (engines in ``engines/``, ``rewards``, ``protocol``), ``export``, ``samples``,
   ``summary``, ``progress``, ``interrupt``.
 - ``module`` (the step: ``loss``, ``scorer``/``logprobs``, ``packing``, ``lora``, ``schedules``, ``metrics``,
-  ``flops``, and ``validation``, whose ``HeldOutScores`` owns the held-out state) and ``datamodule`` (``records``, ``chat``, ``held_out``).
+  ``flops``, and ``validation``, whose ``HeldOutScores`` owns the held-out state) and ``datamodule`` (``records``,
+  ``chat``, ``held_out``).
 - ``batch`` and ``errors``: shared by all, importing nothing of ours.
 """
 
