@@ -408,7 +408,7 @@ class ChordModule(LightningModule):
     def check_mini_batches(self, groups_per_rank: int) -> None:
         """Refuse more mini-batches than a rank has prompt groups: an update without rollouts would still move
         AdamW's moments. The CLI checks it before the run (``runs.prepare_fit``), a plain ``Trainer`` at the step."""
-        if groups_per_rank < self.hp.ppo_mini_batches:
+        if self.hp.ppo_mini_batches > 1 and groups_per_rank < self.hp.ppo_mini_batches:  # 1: the whole step as it is
             raise ConfigError(
                 f"model.ppo_mini_batches={self.hp.ppo_mini_batches} needs at least as many prompt groups per rank; "
                 f"this rank has {groups_per_rank} (data.prompts_per_step / world size)"
