@@ -178,6 +178,7 @@ def test_a_run_prints_none_of_the_noise(results):
         assert text not in result.stdout + result.stderr, noise
 
 
+@pytest.mark.slow  # a CLI process of its own; the check itself runs in-process in the next test
 def test_a_datasets_hub_name_that_cannot_be_had_fails_fast_naming_the_field(tmp_path):
     """A made-up hub data set as ``data.prompt_data``, offline and in no cache: one line naming the field, before the
     model loads (it was ``datasets``' ConnectionError traceback, and online after half a minute of retries)."""

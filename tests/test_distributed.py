@@ -50,8 +50,9 @@ def single(tiny_world, tmp_path_factory):
     return run(tiny_world, tmp_path_factory.mktemp("single") / "out.pt", 1, "single")
 
 
+# The default tier keeps one 2-rank run per strategy (ddp, fsdp2); the other multi-rank runs are in the slow tier.
 # fsdp2+padding_free: packed rows of <= 60 real tokens under FSDP2 against one rank's row micro-batches of 3
-@pytest.mark.parametrize("layout", ["ddp", "fsdp2", "fsdp2+padding_free"])
+@pytest.mark.parametrize("layout", ["ddp", "fsdp2", pytest.param("fsdp2+padding_free", marks=pytest.mark.slow)])
 def test_two_ranks_take_the_same_step_as_one(tiny_world, tmp_path, single, layout):
     two = run(tiny_world, tmp_path / "out.pt", 2, layout)
     assert two["loss"] == pytest.approx(single["loss"], abs=1e-5)
@@ -70,6 +71,7 @@ def single_lora(tiny_world, tmp_path_factory):
     return run(tiny_world, tmp_path_factory.mktemp("single_lora") / "out.pt", 1, "single+lora")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["ddp+lora", "fsdp2+lora"])
 def test_two_ranks_take_the_same_lora_step_as_one(tiny_world, tmp_path, single_lora, layout):
     """LoRA adapters on a frozen base (sharded under FSDP2), the tied embeddings trained in full, and a KL penalty to
@@ -90,6 +92,7 @@ def test_two_ranks_take_the_same_lora_step_as_one(tiny_world, tmp_path, single_l
     assert moved == adapted | {"model.embed_tokens.weight"}  # the rest frozen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["ddp+updates", "fsdp2+updates"])
 def test_two_ranks_take_the_same_updates_as_one(tiny_world, tmp_path, layout):
     """Four updates of one rollout batch (two epochs of two mini-batches): each rank deals its prompt groups and
@@ -104,6 +107,7 @@ def test_two_ranks_take_the_same_updates_as_one(tiny_world, tmp_path, layout):
         torch.testing.assert_close(two["weights"][name], weight, atol=2e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.slow
 def test_ranks_come_from_slurm_variables(tiny_world, tmp_path, single):
     """Two processes started the way srun starts them (SLURM_* variables, no torchrun): Lightning's
     SLURMEnvironment must take ranks and the rendezvous from Slurm, and the step must equal one rank's."""
@@ -175,6 +179,7 @@ def batch_sizes(rows: list[dict], stage: str, name: str, rank: int) -> list[int]
     return [batches.count(b) for b in sorted(set(batches))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["ddp", "fsdp2"])
 def test_two_ranks_score_each_heldout_prompt_once(tiny_world, val_sets, tmp_path, single_validation, layout):
     """Uneven sets on 2 ranks: every prompt scored exactly once in the sanity check and in the validation, the
@@ -221,6 +226,7 @@ def test_every_cpu_config_takes_a_step_on_two_ranks(name, tmp_path):
         assert "gives 65 expert samples per step; 66 are drawn" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.vllm
 def test_each_rank_generates_with_its_own_vllm_engine(tiny_world, tmp_path):
     """DDP and FSDP2 on 2 ranks, a vLLM engine per rank (``external_launcher``): each rank samples its own prompts,
@@ -255,6 +261,7 @@ def slurm_is_up() -> bool:
     return result.returncode == 0 and "idle" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.slurm
 @pytest.mark.skipif(not slurm_is_up(), reason="no Slurm cluster here (scripts/local_slurm.sh starts one)")
 def test_srun_two_tasks_take_the_same_step_as_one(tiny_world, tmp_path, single):

@@ -322,6 +322,7 @@ def stopped(tiny_world, tmp_path_factory) -> dict:
     return results
 
 
+@pytest.mark.slow  # with the next test, the only users of ``stopped``: 8 CLI runs (~1 min alone on 2 cores)
 @pytest.mark.parametrize("name, exit_code", [("SIGINT", 130), ("SIGTERM", 143), ("SIGUSR1", 138)])
 def test_a_stop_saves_the_step_in_progress_and_prints_the_command_that_resumes(stopped, name, exit_code):
     text, returncode = stopped[name]
@@ -342,6 +343,7 @@ def test_a_stop_saves_the_step_in_progress_and_prints_the_command_that_resumes(s
     assert "Traceback" not in text and not list(root.rglob("hpc_ckpt_*"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["SIGINT", "SIGTERM", "SIGUSR1"])
 def test_a_resumed_run_logs_step_for_step_what_an_uninterrupted_run_logs(stopped, name):
     text, returncode = stopped[f"{name} resumed"]
