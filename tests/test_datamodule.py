@@ -1,6 +1,7 @@
 import json
 
 import pytest
+from helpers import tiny_datamodule
 
 from lit_chord.batch import Prompt
 from lit_chord.datamodule import ChordDataModule, DataError
@@ -113,17 +114,7 @@ def two_ranks():
 def test_a_ratio_count_that_does_not_split_over_ranks_is_rounded_up_at_setup(tiny_world, tmp_path, caplog):
     # 4 prompts x 2 rollouts = 8 rollout rows; ratio 0.25 -> ceil(0.25 * 8 / 0.75) = ceil(2.67) = 3 expert, which 2
     # ranks cannot share: 4 are drawn, 2 per rank.
-    dm = ChordDataModule(
-        tokenizer=str(tiny_world / "model"),
-        prompt_data=str(tiny_world / "prompts.jsonl"),
-        expert_data=str(tiny_world / "expert.jsonl"),
-        prompts_per_step=4,
-        num_generations=2,
-        expert_data_ratio=0.25,
-        system_prompt=None,
-        max_prompt_length=64,
-        max_response_length=32,
-    )
+    dm = tiny_datamodule(tiny_world, prompts_per_step=4, num_generations=2, expert_data_ratio=0.25)
     assert dm.experts_per_step == 3
     dm.trainer = two_ranks()
     with caplog.at_level("INFO"):
