@@ -127,9 +127,6 @@ class RolloutSums:
     expert_traces: float = 0.0  # LUFFY: expert traces inside the groups
     expert_trace_reward: float = 0.0  # Σ of their rewards
 
-    def __add__(self, other: RolloutSums) -> RolloutSums:
-        return RolloutSums(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
-
     def as_tensor(self) -> Tensor:
         return torch.tensor(astuple(self), dtype=torch.float64)
 
