@@ -419,10 +419,10 @@ class ChordDataModule(LightningDataModule):
         return drawn
 
     def step_batch(self, step: int, rank: int = 0, world_size: int = 1) -> StepBatch:
-        # setup's split_over_ranks makes both counts divisible by the trainer's world size
-        for name, count in [("prompts_per_step", self.prompts_per_step), ("expert samples", self.experts_per_step)]:
-            if count % world_size and (name == "prompts_per_step" or self.expert):
-                raise ValueError(f"{name} ({count}) must be divisible by the world size ({world_size})")
+        divisible = self.prompts_per_step % world_size == 0 and (
+            not self.expert or self.experts_per_step % world_size == 0
+        )
+        assert divisible, "split_over_ranks (setup) makes the step's counts divisible by the world size"
         return StepBatch(
             step=step,
             prompts=self._draw(self.prompts, self.prompts_per_step, step, 0, rank, world_size),
