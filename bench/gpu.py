@@ -233,6 +233,7 @@ def mfu(args, path: str) -> dict:
 
     from lit_chord.batch import StepBatch, TrainTensors
     from lit_chord.module import ChordModule
+    from lit_chord.objectives import Chord
 
     vocab = SHAPES[args.size]["vocab_size"]
     prompt_len, rows, length = args.prompt_len, args.rows, args.row_len
@@ -265,12 +266,10 @@ def mfu(args, path: str) -> dict:
     module = ChordModule(
         model=path,
         random_init=True,
-        mu_warmup_steps=0,
-        mu_decay_steps=0,
-        mu_valley=0.5,
         micro_batch_size=args.micro_batch_size,
         gradient_checkpointing=args.gradient_checkpointing,
         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-6, fused=torch.cuda.is_available()),
+        objective=Chord(mu_warmup_steps=0, mu_decay_steps=0, mu_valley=0.5),
     )
     record = Record()
     trainer = L.Trainer(

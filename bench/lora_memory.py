@@ -39,7 +39,7 @@ from workers import interleaved, rss_bytes, serve  # noqa: E402
 from lit_chord.batch import Sequence, TrainTensors, pad_sequences  # noqa: E402
 from lit_chord.lora import LoraSettings  # noqa: E402
 from lit_chord.loss import count_normalizers  # noqa: E402
-from lit_chord.module import ChordModule  # noqa: E402
+from lit_chord.module import ChordModule, StepContext  # noqa: E402
 
 VARIANTS = ("full", "lora")
 
@@ -88,7 +88,7 @@ def worker(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         for micro in parts:
-            module.micro_batch_loss(micro, 0.1, normalizers, 1.0, horizon=args.length).loss.backward()
+            module.micro_batch_loss(micro, StepContext(1, 1.0, args.length, micro), normalizers).loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(trained, float("inf"))
         optimizer.step()
         return {

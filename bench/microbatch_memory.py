@@ -45,7 +45,7 @@ from workers import interleaved, rss_bytes, serve  # noqa: E402
 
 from lit_chord.batch import Sequence, TrainTensors, pad_sequences  # noqa: E402
 from lit_chord.loss import count_normalizers  # noqa: E402
-from lit_chord.module import ChordModule  # noqa: E402
+from lit_chord.module import ChordModule, StepContext  # noqa: E402
 from lit_chord.packing import pack_micro_batches, pack_padding_free  # noqa: E402
 
 VARIANTS = ("rows", "budget", "padding-free")
@@ -107,7 +107,7 @@ def worker(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         for micro in parts:
-            module.micro_batch_loss(micro, 0.1, normalizers, 1.0, horizon=args.short_max).loss.backward()
+            module.micro_batch_loss(micro, StepContext(1, 1.0, args.short_max, micro), normalizers).loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(module.scorer.parameters(), float("inf"))
         optimizer.step()
         seconds = time.perf_counter() - start

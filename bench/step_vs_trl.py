@@ -235,6 +235,7 @@ def run_lit(
 
     from lit_chord.datamodule import ChordDataModule
     from lit_chord.module import ChordModule
+    from lit_chord.objectives import Chord
     from lit_chord.rollout_callback import RolloutCallback
 
     clock = StepClock(args, profiler)
@@ -288,16 +289,12 @@ def run_lit(
     mu = args.chord_mu if chord else 0.0
     module = ChordModule(
         model=str(world / "model"),
-        mu_warmup_steps=0,
-        mu_decay_steps=0,
-        mu_peak=mu,
-        mu_valley=mu,
-        sft_weighting="phi",
         micro_batch_size=args.micro_batch_size or rows + data.experts_per_step,  # default: one forward/backward
         max_tokens_per_micro_batch=args.max_tokens if mixed else None,
         padding_free=mixed and args.padding_free,
         max_grad_norm=1.0,
         optimizer=lambda params: torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0),
+        objective=Chord(mu_warmup_steps=0, mu_decay_steps=0, mu_peak=mu, mu_valley=mu, token_weighting="phi"),
     )
     rollout_done = RolloutDone()
     rollout = RolloutCallback(

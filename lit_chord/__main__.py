@@ -1,4 +1,4 @@
-"""Command line: ``python -m lit_chord fit --config configs/demo.yaml [--model.mu_peak 0.5 ...]``.
+"""Command line: ``python -m lit_chord fit --config configs/demo.yaml [--model.objective.mu_peak 0.5 ...]``.
 
 ``main()`` without ``args`` is the command line (``python -m lit_chord`` and the ``lit-chord`` script): it exits, with
 code 0, or with code 2 and one line on stderr for a user error (``cli.py``). With ``args`` (tests, notebooks) it

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import traceback
 import warnings
@@ -54,6 +55,11 @@ DATA_SUFFIXES = (".json", ".jsonl", ".parquet")  # any other data source is a ``
 DESCRIPTION = "CHORD: SFT and GRPO in one training step (arXiv 2508.11408). `fit --config configs/demo.yaml` trains."
 CKPT_KEYWORDS = ("last", "best", "hpc")  # ``ckpt_path`` values Lightning resolves itself
 # Where a ValueError raised while the config's classes are built means a bad value rather than a bug.
+# A class chosen by class_path whose own check refused a value (``model.objective.mu_peak must lie in [0, 1]``)
+# reaches us inside jsonargparse's "Does not validate against any of the Union subtypes", one line per type tried.
+OUR_CHECK_IN_A_UNION = re.compile(
+    r"^Does not validate against any of the Union subtypes.*?^\s+- (model\.\S+ .+?)$", re.M | re.S
+)
 CHECKING_PACKAGES = (Path(__file__).parent, Path(lightning.__file__).parent)
 
 # ----- quiet by default -------------------------------------------------------------------------------------------
@@ -186,6 +192,8 @@ def config_error(err: Exception, accelerator: object) -> ConfigError | None:
     raised_in = Path(frames[-1].filename) if frames else None
     if isinstance(err, ValueError) and raised_in and any(raised_in.is_relative_to(p) for p in CHECKING_PACKAGES):
         return ConfigError(message)
+    if isinstance(err, ValueError) and (ours := OUR_CHECK_IN_A_UNION.search(message)):
+        return ConfigError(ours.group(1))  # our check, which jsonargparse tried on each type of ``Objective | None``
     return None
 
 

@@ -15,6 +15,7 @@ before, with the callback among ``trainer.callbacks``, is refused in one line na
 from __future__ import annotations
 
 import difflib
+import inspect
 import re
 import sys
 from pathlib import Path
@@ -27,8 +28,35 @@ from lit_chord.errors import ConfigError
 from lit_chord.rollout_callback import RolloutCallback
 
 ROLLOUT_GROUP = "rollout"  # the RolloutCallback's settings: ``rollout:`` in YAML, ``--rollout.*`` on the command line
+# Keys that moved into the objective (``model.objective.init_args``) when algorithms became plugins
+# (``lit_chord.objectives``): an old config or flag is told where its key lives now.
+MOVED_TO_OBJECTIVE = {
+    **{
+        f"model.{key}": key
+        for key in (
+            "mu_warmup_steps",
+            "mu_decay_steps",
+            "mu_peak",
+            "mu_valley",
+            "clip_low",
+            "clip_high",
+            "clip_ratio_c",
+            "rl_loss_agg",
+            "sft_loss_agg",
+            "entropy_coef",
+            "kl_coef",
+            "kl_estimator",
+            "off_policy_gamma",
+        )
+    },
+    "model.sft_weighting": "token_weighting",
+}
+OBJECTIVE_CLASS = "model.objective: {class_path: lit_chord.objectives.luffy.Luffy}"
 UNRECOGNIZED = re.compile(r"unrecognized arguments: --([^\s=]+)")
 NOT_ACCEPTED = re.compile(r"(?:Subcommand|Group) '([^']+)' does not accept option '([^']+)'")
+NOT_AN_INIT_ARG = re.compile(
+    r"Parser key \"([^\"]+)\".*?Problem with given class_path '([^']+)':\s*Option '([^']+)' is not accepted", re.DOTALL
+)
 
 
 def program_name() -> str | None:
@@ -57,11 +85,36 @@ def explain_unknown_key(message: str, parser: LightningArgumentParser) -> str:
         scope, key = match.groups()
         key = key if scope in subcommand_parsers(parser) else f"{scope}.{key}"
         where = config_file_with(key, config_files(getattr(parser, "args", None) or [])) or "the command line"
+    elif match := NOT_AN_INIT_ARG.search(message):
+        group, class_path, option = match.groups()
+        return explain_unknown_init_arg(group, class_path, option, config_files(getattr(parser, "args", None) or []))
     else:
         return message
+    if key in MOVED_TO_OBJECTIVE:
+        return f"{key} (in {where}) moved to model.objective.init_args.{MOVED_TO_OBJECTIVE[key]} (lit_chord.objectives)"
+    if key == "data.expert_traces_in_groups":
+        return f"{key} (in {where}) is the LUFFY objective now: {OBJECTIVE_CLASS}"
     nearest = difflib.get_close_matches(key, parser_keys(parser), n=1)
     suggestion = f"; did you mean {nearest[0]}?" if nearest else ""
     return f"{key} (in {where}) is not an option{suggestion}"
+
+
+def explain_unknown_init_arg(group: str, class_path: str, option: str, files: list[str]) -> str:
+    """An unknown argument of a class chosen by ``class_path`` (``model.objective``): where it came from, the
+    class, and its nearest argument (the class's ``__init__`` parameters, its bases' through ``**kwargs``)."""
+    in_file = config_file_with(f"{group}.init_args.{option}", files) or config_file_with(f"{group}.{option}", files)
+    module, _, name = class_path.rpartition(".")
+    cls = getattr(sys.modules.get(module), name, None)
+    accepted = sorted(
+        parameter
+        for base in (cls.__mro__ if isinstance(cls, type) else ())
+        if "__init__" in vars(base)
+        for parameter, spec in inspect.signature(vars(base)["__init__"]).parameters.items()
+        if parameter != "self" and spec.kind not in (spec.VAR_KEYWORD, spec.VAR_POSITIONAL)
+    )
+    nearest = difflib.get_close_matches(option, accepted, n=1)
+    suggestion = f"; did you mean {group}.{nearest[0]}?" if nearest else ""
+    return f"{group}.{option} (in {in_file or 'the command line'}) is not an option of {name}{suggestion}"
 
 
 def subcommand_parsers(parser: LightningArgumentParser) -> dict[str, LightningArgumentParser]:

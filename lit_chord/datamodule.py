@@ -28,6 +28,7 @@ from lit_chord.batch import Prompt, Sequence, StepBatch, TrainTensors, pad_seque
 from lit_chord.chat import stop_token_ids
 from lit_chord.errors import ConfigError
 from lit_chord.held_out import HeldOutShard
+from lit_chord.objectives import Needs
 from lit_chord.records import DataError, chat_messages, json_type, located_records, text_field_problem
 
 if TYPE_CHECKING:
@@ -103,7 +104,6 @@ class ChordDataModule(LightningDataModule):
         answer_key: str = "answer",
         messages_key: str = "messages",
         response_key: str = "response",
-        expert_traces_in_groups: bool = False,
         expert_response_key: str = "expert_response",
         max_prompt_length: int = 1024,
         max_response_length: int = 8192,
@@ -119,7 +119,8 @@ class ChordDataModule(LightningDataModule):
                 ``answer_key`` fields; or ``messages_key`` (the prompt's own chat turns, ending on a user's or a
                 tool's turn, used as they are without ``system_prompt``: the ToolACE prompts) and ``answer_key``.
             expert_data: Expert demonstrations, same sources; records with ``messages_key`` (chat messages, the last
-                one from the assistant) or ``prompt_key`` + ``response_key``. None trains pure GRPO.
+                one from the assistant) or ``prompt_key`` + ``response_key``: the SFT stream of an objective that
+                trains on one (``Chord``, ``Sft``); not read for one that does not (``Grpo``, ``Luffy``).
             val_data: Held-out prompts (same format as ``prompt_data``) for validation: one source (the set
                 "heldout"), a list of sources (each named by its file stem) or a mapping name -> source. Each set is
                 a validation dataloader of its own and logs ``val/<name>/greedy_acc``, ``avg@<n>``, ``pass@<k>``;
@@ -137,11 +138,9 @@ class ChordDataModule(LightningDataModule):
             answer_key: Field with the reference answer.
             messages_key: Field with chat messages in expert records (and, optionally, in prompt records).
             response_key: Field with the response in prompt/response expert records.
-            expert_traces_in_groups: LUFFY's mixed groups: each RL prompt's expert response (its
-                ``expert_response_key`` field) is a member of the prompt's rollout group, in place of one of the
-                ``num_generations`` rollouts, and is trained with the shaped loss of ``lit_chord.loss.shaped_loss``
-                and the group's advantage. Independent of ``expert_data``, the SFT stream (LUFFY has none).
-            expert_response_key: Field with an RL prompt's expert response, read with ``expert_traces_in_groups``.
+            expert_response_key: Field with an RL prompt's expert response, read for an objective that puts it in the
+                prompt's rollout group (``lit_chord.objectives.luffy.Luffy``), in place of one of the
+                ``num_generations`` rollouts.
             max_prompt_length: Prompts longer than this (in tokens) are filtered out and counted.
             max_response_length: Expert responses (and LUFFY's expert traces) longer than this are filtered out and
                 counted (reference).
@@ -161,8 +160,6 @@ class ChordDataModule(LightningDataModule):
         ]:
             if value < 1:
                 raise ValueError(f"data.{name} must be >= 1, got {value}")
-        if expert_traces_in_groups and num_generations < 2:
-            raise ValueError("data.expert_traces_in_groups needs num_generations >= 2: the trace takes one member")
         self.val_sources = val_set_sources(val_data)
         if val_size is not None and val_size < 0:
             raise ValueError(f"data.val_size must be >= 0 or null, got {val_size}")
@@ -186,6 +183,7 @@ class ChordDataModule(LightningDataModule):
         self.filtered: dict[str, Counter[str]] = {}  # data field -> the limit a dropped record exceeds -> count
         self.tokenizer: PreTrainedTokenizerBase | None = None  # loaded by setup
         self.stop_token_ids: list[int] = []  # where a turn ends (chat.py), set by setup
+        self.needs = Needs(sft_stream=True)  # what the objective asks of the streams: setup reads the module's
 
     @property
     def hp(self) -> AttributeDict:
@@ -194,6 +192,8 @@ class ChordDataModule(LightningDataModule):
 
     # ----- setup -----------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        if self.tokenizer is None:
+            self.needs = self.objective_needs(stage)
         self.split_over_ranks(self.trainer.world_size if self.trainer is not None else 1)
         if self.tokenizer is not None:
             return
@@ -207,7 +207,7 @@ class ChordDataModule(LightningDataModule):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.stop_token_ids = stop_token_ids(self.tokenizer, hp.tokenizer)
         self.prompts = self._load_prompts(hp.prompt_data, "prompt_data")
-        if hp.expert_data and self.experts_per_step:
+        if self.draws_expert_rows:
             self.expert = self._load_expert(hp.expert_data)
         for name, source in self.val_sources.items():
             field_name = "val_data" if isinstance(hp.val_data, str) else f"val_data.{name}"
@@ -220,6 +220,28 @@ class ChordDataModule(LightningDataModule):
                     "filtered out"
                 )
         self.warn_repeats()
+
+    def objective_needs(self, stage: str) -> Needs:
+        """What the module's objective asks of the streams (``lit_chord.objectives``); without a trainer, ``needs``.
+        Checked here, before anything is loaded: an SFT stream to read, room in each group for a trace."""
+        objective = getattr(self.trainer.lightning_module if self.trainer else None, "objective", None)
+        needs, name = (
+            (objective.needs, f"model.objective {type(objective).__name__}")
+            if objective
+            else (self.needs, "the objective")
+        )
+        if objective and stage == "fit" and needs.sft_stream and not self.hp.expert_data:
+            raise ConfigError(f"{name} trains on an SFT stream, but data.expert_data is not set")
+        if needs.traces_in_groups and self.num_generations < 2:
+            raise ConfigError(f"{name} puts the expert's trace in each group: data.num_generations >= 2")
+        if self.hp.expert_data and not needs.sft_stream:
+            rank_zero_info(f"data.expert_data is not read: {name} trains without an SFT stream")
+        return needs
+
+    @property
+    def draws_expert_rows(self) -> bool:
+        """Whether each step draws rows of the SFT stream (the objective trains on one, and the config gives one)."""
+        return bool(self.needs.sft_stream and self.hp.expert_data and self.experts_per_step)
 
     def split_over_ranks(self, world_size: int) -> None:
         """Make the step's counts divisible by the world size, before anything is loaded: each rank draws an equal
@@ -234,7 +256,7 @@ class ChordDataModule(LightningDataModule):
                 hint=f"use a multiple of {world_size}, e.g. --data.prompts_per_step "
                 f"{round_up(self.prompts_per_step, world_size)}",
             )
-        if not hp.expert_data or self.experts_per_step % world_size == 0:
+        if not self.draws_expert_rows or self.experts_per_step % world_size == 0:
             return  # without an SFT stream the count is never drawn
         if hp.experts_per_step is not None:
             raise ConfigError(
@@ -291,7 +313,7 @@ class ChordDataModule(LightningDataModule):
                 continue
             prompts.append(Prompt(ids, str(record[hp.answer_key]), messages[-1]["content"], trace))
         if not prompts:
-            with_trace = hp.expert_traces_in_groups and field_name == "prompt_data"
+            with_trace = self.needs.traces_in_groups and field_name == "prompt_data"
             traces = f" with an expert trace within max_response_length={hp.max_response_length}" if with_trace else ""
             raise DataError(f"{source}: no prompt fits max_prompt_length={hp.max_prompt_length}{traces}")
         return prompts
@@ -329,14 +351,14 @@ class ChordDataModule(LightningDataModule):
         return messages
 
     def expert_trace(self, record: dict, messages: list[dict], where: str) -> list[int] | None:
-        """With ``expert_traces_in_groups`` (LUFFY), the tokens of the prompt's own expert response."""
+        """For an objective with traces in its groups (LUFFY), the tokens of the prompt's own expert response."""
         key = self.hp.expert_response_key
-        if not self.hp.expert_traces_in_groups:
+        if not self.needs.traces_in_groups:
             return None
         if not isinstance(record.get(key), str) or not record[key].strip():
             got = "missing" if key not in record else f"is {json_type(record[key])}"
             raise DataError(
-                f"{where}: field {key!r} {got}; data.expert_traces_in_groups needs every RL prompt's expert "
+                f"{where}: field {key!r} {got}; an objective with expert traces in its groups needs every RL prompt's "
                 "response as a non-empty string"
             )
         return self.response_ids([*messages, {"role": "assistant", "content": record[key]}], where)

@@ -13,7 +13,7 @@ class UserError(Exception):
     """A mistake in what the user gave us; the message names the file, field or path and what is wrong.
 
     Args:
-        message: One line: where (``file:line``, ``model.mu_peak``, a path) and what is wrong.
+        message: One line: where (``file:line``, ``model.objective.mu_peak``, a path) and what is wrong.
         hint: What to do about it, if there is something to say; the command line prints it on a second line.
     """
 

@@ -24,7 +24,7 @@ import warnings
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, cast
 
 import torch
 from lightning.pytorch import LightningModule
@@ -38,8 +38,9 @@ from lit_chord.batch import StepBatch, TrainTensors, ValBatch, split_mini_batche
 from lit_chord.errors import ConfigError
 from lit_chord.flops import ModelShape, forward_flops, model_shape, peak_flops, training_flops
 from lit_chord.lora import LoraPolicy, LoraSettings, rollout_tis_cap
-from lit_chord.loss import LossAgg, Normalizers, chord_loss, count_normalizers, mu_schedule
+from lit_chord.loss import Normalizers, count_normalizers
 from lit_chord.metrics import logprob_gap
+from lit_chord.objectives import Chord, LossInputs, LossOutput, Objective, as_config
 from lit_chord.packing import check_padding_free, pack_micro_batches, pack_padding_free
 from lit_chord.schedules import CosineDecay
 from lit_chord.scorer import PolicyScorer, shard_fsdp2
@@ -49,15 +50,16 @@ if TYPE_CHECKING:
     from torch.distributed.fsdp import FSDPModule
     from transformers import PreTrainedModel
 
-NON_ADDITIVE = ("mu", "ratio_max")
+NON_ADDITIVE = ("ratio_max",)
 
 
 @dataclasses.dataclass(frozen=True)
 class StepContext:
-    """What every update of one step shares: μ, the sampling temperature, the horizon of seq-mean-token-sum-norm,
-    and the step's rows (whose first row pads the passes of a rank with fewer)."""
+    """What every update of one step shares: its 1-based number (the objective's schedules follow it), the sampling
+    temperature, the horizon of seq-mean-token-sum-norm, and the step's rows (whose first row pads the passes of a
+    rank with fewer)."""
 
-    mu: float
+    number: int
     temperature: float
     horizon: int
     rows: TrainTensors
@@ -81,19 +83,7 @@ class ChordModule(LightningModule):
         model: str,
         random_init: bool = False,
         init_seed: int = 0,
-        mu_warmup_steps: int = 0,
-        mu_decay_steps: int = 0,
-        mu_peak: float = 0.1,
-        mu_valley: float = 0.1,
-        sft_weighting: Literal["none", "phi", "is"] = "phi",
-        clip_low: float = 0.2,
-        clip_high: float = 0.2,
-        clip_ratio_c: float = 3.0,
-        rl_loss_agg: LossAgg = "token-mean",
-        sft_loss_agg: LossAgg = "token-mean",
-        entropy_coef: float = 0.0,
-        kl_coef: float = 0.0,
-        kl_estimator: Literal["k1", "k2", "k3"] = "k2",
+        objective: Objective | None = None,
         micro_batch_size: int = 8,
         max_tokens_per_micro_batch: int | None = None,
         padding_free: bool = False,
@@ -103,36 +93,20 @@ class ChordModule(LightningModule):
         ppo_epochs: int = 1,
         ppo_mini_batches: int = 1,
         tis_cap: float = 0.0,
-        off_policy_gamma: float = 0.1,
         gradient_checkpointing: bool = False,
         lora: LoraSettings | None = None,
         optimizer: OptimizerCallable = adamw,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
-        """CHORD hyperparameters, the policy to load and the optimizer.
-
-        The defaults are the reference's (Trinity-RFT ``mix_chord``): CHORD-φ, a constant μ = 0.1 with φ on.
-        ``configs/chord_mu.yaml`` and ``configs/chord_phi.yaml`` hold the paper's two variants explicitly.
+        """The policy to load, the objective that trains it, how a step is cut into passes, and the optimizer.
 
         Args:
             model: Path or hub name of a causal LM, loaded with ``AutoModelForCausalLM.from_pretrained``.
             random_init: Build the model from its ``config.json`` with random weights instead (demo and tests).
             init_seed: Seed of the random initialization.
-            mu_warmup_steps: CHORD-μ: steps of linear warmup of μ from 0 to ``mu_peak``.
-            mu_decay_steps: CHORD-μ: steps of half-cosine decay of μ from ``mu_peak`` to ``mu_valley``.
-            mu_peak: Largest weight of the SFT term. μ ∈ [0, 1].
-            mu_valley: Weight of the SFT term after warmup + decay (and the constant μ when both are 0).
-            sft_weighting: Per-token weight of the expert loss: "phi" is CHORD-φ, p(1 − p) (reference
-                ``enable_phi_function: true``); "none" plain SFT (``false``, CHORD-μ); "is" the paper's IS ablation (p).
-            clip_low: PPO clip range below 1 for the importance ratio.
-            clip_high: PPO clip range above 1.
-            clip_ratio_c: Dual-clip bound for negative advantages.
-            rl_loss_agg: Aggregation of the RL term over rollout tokens.
-            sft_loss_agg: Aggregation of the SFT term over expert tokens.
-            entropy_coef: Entropy bonus on rollout tokens, added outside the (1 − μ) factor (reference: 0).
-            kl_coef: KL penalty to the initial policy on every response token, expert rows included, outside the
-                (1 − μ) factor (reference: 0; > 0 keeps a frozen copy of the policy).
-            kl_estimator: KL estimator: k1, k2 (the reference's default) or k3.
+            objective: The algorithm (``class_path``, ``lit_chord.objectives``): ``lit_chord.objectives.Chord``
+                (None: its defaults, the reference's CHORD-φ with μ = 0.1), ``Grpo``, ``Luffy``, ``Sft``, or one of
+                your own; it says what the step needs (an SFT stream, traces in groups, a reference policy).
             micro_batch_size: Rows per forward/backward, in arrival order; the step's result does not depend on it.
             max_tokens_per_micro_batch: Token budget per forward/backward instead of ``micro_batch_size`` (None:
                 rows). Rows sorted by length are packed into passes of at most this many padded tokens, rows ×
@@ -170,8 +144,6 @@ class ChordModule(LightningModule):
                 log-probabilities (the transformers engine samples from the policy itself) it has no effect, and
                 says so once. Under LoRA with an engine coarser than float32 (vLLM in bfloat16), 0 becomes 2 with a
                 warning: the merged push rounds small updates away there (``lit_chord.lora.rollout_tis_cap``).
-            off_policy_gamma: γ of LUFFY's shaping f(π) = π / (π + γ) on expert traces inside rollout groups
-                (``data.expert_traces_in_groups``; ``lit_chord.loss.shaped_loss``). LUFFY: 0.1.
             gradient_checkpointing: Recompute decoder activations in backward to save memory.
             lora: Train LoRA adapters on a frozen base instead of every weight (``lit_chord.lora``; None: off):
                 ``--model.lora.rank 8``. The KL reference is then the base with the adapters off, the engine and
@@ -181,18 +153,8 @@ class ChordModule(LightningModule):
             lr_scheduler: Optional LR scheduler factory, stepped once per optimizer step.
         """
         super().__init__()
-        for name, value in [("mu_peak", mu_peak), ("mu_valley", mu_valley)]:
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"model.{name} must lie in [0, 1], got {value}")
-        for name, value in [
-            ("mu_warmup_steps", mu_warmup_steps),
-            ("mu_decay_steps", mu_decay_steps),
-            ("entropy_coef", entropy_coef),
-            ("kl_coef", kl_coef),
-            ("max_grad_norm", max_grad_norm),
-        ]:
-            if value < 0:
-                raise ValueError(f"model.{name} must be >= 0, got {value}")
+        if max_grad_norm < 0:
+            raise ValueError(f"model.max_grad_norm must be >= 0, got {max_grad_norm}")
         for name, value in [
             ("micro_batch_size", micro_batch_size),
             ("ppo_epochs", ppo_epochs),
@@ -206,9 +168,9 @@ class ChordModule(LightningModule):
             raise ValueError("model.padding_free needs model.max_tokens_per_micro_batch (the real tokens per pass)")
         if tis_cap and tis_cap < 1.0:
             raise ValueError(f"model.tis_cap must be 0 (off) or >= 1, got {tis_cap}: a cap below 1 shrinks every token")
-        if off_policy_gamma <= 0:
-            raise ValueError(f"model.off_policy_gamma must be > 0, got {off_policy_gamma}: f(π) = π / (π + γ)")
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.objective = objective if objective is not None else Chord()
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "objective"])
+        self.hparams["objective"] = as_config(self.objective)  # by value: a resume compares it with the checkpoint's
         self.automatic_optimization = False  # micro-batching inside a step needs manual backward
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         self.scorer: PolicyScorer | None = None
@@ -256,7 +218,7 @@ class ChordModule(LightningModule):
             policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if lora is not None:  # freezes the base; the KL reference is the base with the adapters off
             self.lora = LoraPolicy(policy.to(lora.dtype), lora, hp.init_seed, random_init=hp.random_init)
-        elif hp.kl_coef > 0:
+        elif self.objective.needs.reference:
             import copy
 
             self.reference = PolicyScorer(copy.deepcopy(policy).requires_grad_(False).eval())
@@ -310,19 +272,8 @@ class ChordModule(LightningModule):
         if self.hp.padding_free:  # here, where the device is known: flex_attention trains padding-free on CUDA only
             check_padding_free(self.policy.config._attn_implementation, self.device)
         self.shape = model_shape(self.policy)
-        self.check_mu_schedule()
-
-    def check_mu_schedule(self) -> None:
-        """Warn when μ's schedule outlasts the run, as ``configure_optimizers`` does for the LR's: a 300-step decay
-        in a 20-step run keeps μ near its peak throughout, without a word."""
-        hp, max_steps = self.hp, self.trainer.max_steps
-        span = hp.mu_warmup_steps + hp.mu_decay_steps
-        if 0 < max_steps < span:
-            last = mu_schedule(max_steps, hp.mu_warmup_steps, hp.mu_decay_steps, hp.mu_peak, hp.mu_valley)
-            rank_zero_warn(
-                f"the μ schedule spans {span} steps (model.mu_warmup_steps + model.mu_decay_steps) but "
-                f"trainer.max_steps is {max_steps}: μ ends at {last:.2f}, not model.mu_valley={hp.mu_valley}"
-            )
+        for warning in self.objective.check_run(self.trainer.max_steps):  # as configure_optimizers does for the LR
+            rank_zero_warn(f"model.objective: {warning}")
 
     def configure_optimizers(self):
         assert self.scorer is not None, "configure_model has not run"
@@ -361,15 +312,8 @@ class ChordModule(LightningModule):
         return scorer(rows.input_ids, rows.attention_mask, temperature, chunk, with_entropy, padding_free)
 
     # ----- training ---------------------------------------------------------------------------------------------
-    def mu(self) -> float:
-        """μ for the optimizer step being taken: 1-based, from ``global_step``, never from micro-steps or epochs."""
-        hp = self.hp
-        return mu_schedule(
-            self.trainer.global_step + 1, hp.mu_warmup_steps, hp.mu_decay_steps, hp.mu_peak, hp.mu_valley
-        )
-
     def global_normalizers(self, rows: TrainTensors) -> Normalizers:
-        local = count_normalizers(rows.loss_mask[:, :-1], rows.is_expert)
+        local = count_normalizers(rows.loss_mask[:, :-1], rows.is_expert, rows.off_policy)
         total = self.trainer.strategy.reduce(local.as_tensor().to(self.device), reduce_op="sum")
         return Normalizers.from_tensor(total)
 
@@ -379,12 +323,12 @@ class ChordModule(LightningModule):
 
     def training_step(self, batch: StepBatch, batch_idx: int) -> None:
         start = time.perf_counter()
-        mu = self.mu()  # one μ for every update of the step: it counts steps (rollout batches), as the reference
+        number = self.trainer.global_step + 1  # 1-based; one for every update of the step: schedules count steps
         assert batch.train is not None, "the rollout callback fills batch.train before training_step"
         rows = batch.train.to(self.device)
         # seq-mean-token-sum-norm divides by a constant of the run, the same on every rank: the generation budget
         assert batch.horizon is not None, "the rollout callback sets batch.horizon (its max_new_tokens)"
-        step = StepContext(mu, batch.temperature, batch.horizon, rows)
+        step = StepContext(number, batch.temperature, batch.horizon, rows)
         if self.updates_per_step > 1:
             rows = self.with_old_logprobs(rows, batch.temperature)
         self.check_mini_batches(int((~rows.is_expert).sum()) // batch.num_generations)
@@ -403,7 +347,7 @@ class ChordModule(LightningModule):
                 totals[key] = totals[key] / self.updates_per_step
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # the optimizer's kernels belong to this step's time
-        self.log_step(totals, mu, grad_norm, lr, time.perf_counter() - start)
+        self.log_step(totals, self.objective.schedule(number), grad_norm, lr, time.perf_counter() - start)
 
     def check_mini_batches(self, groups_per_rank: int) -> None:
         """Refuse more mini-batches than a rank has prompt groups: an update without rollouts would still move
@@ -430,13 +374,13 @@ class ChordModule(LightningModule):
         score_batches, real_scores = self.micro_batches(scored, step.rows)
         with torch.no_grad():
             for index, micro in enumerate(score_batches):
-                out = self.micro_batch_loss(micro, step.mu, normalizers, step.temperature, step.horizon)
+                out = self.micro_batch_loss(micro, step, normalizers)
                 accumulate(totals, out.metrics, 1.0 if index < real_scores else 0.0)
         # At least one backward pass, even if every row was skipped, so that every parameter gets a (zero) gradient
         # and AdamW's moments and weight decay advance as they would had the rows been run.
         micro_batches, real = self.micro_batches(trained, step.rows, at_least=1)
         for index, micro in enumerate(micro_batches):
-            out = self.micro_batch_loss(micro, step.mu, normalizers, step.temperature, step.horizon)
+            out = self.micro_batch_loss(micro, step, normalizers)
             weight = 1.0 if index < real else 0.0  # padding passes only keep the ranks' collectives in step
             # Strategies average gradients over ranks; the normalizers already divide by the global count.
             self.manual_backward(out.loss * self.trainer.world_size * weight)
@@ -472,9 +416,7 @@ class ChordModule(LightningModule):
         rewards) has a policy-gradient term A·ratio that is exactly 0 with its gradient, so while no entropy bonus
         or KL penalty acts on it, it is only scored: its metrics (entropy, log-prob gap) stay in the step's means."""
         has_loss = rows.loss_mask.bool().any(-1)
-        zero_gradient = ~rows.is_expert & (rows.advantages == 0)
-        if self.hp.entropy_coef or self.hp.kl_coef:
-            zero_gradient = torch.zeros_like(zero_gradient)
+        zero_gradient = self.objective.without_gradient(rows.is_expert, rows.advantages, rows.off_policy)
         return rows.select(has_loss & ~zero_gradient), rows.select(has_loss & zero_gradient)
 
     def micro_batches(
@@ -510,43 +452,31 @@ class ChordModule(LightningModule):
             self.pass_counts[index] += count
         return passes, real
 
-    def micro_batch_loss(
-        self, micro: TrainTensors, mu: float, normalizers: Normalizers, temperature: float, horizon: int | None = None
-    ):
-        hp = self.hp
+    def micro_batch_loss(self, micro: TrainTensors, step: StepContext, normalizers: Normalizers) -> LossOutput:
         assert self.scorer is not None, "configure_model has not run"
-        logprobs, entropy = self.token_logprobs(self.scorer, micro, temperature, with_entropy=True)
+        logprobs, entropy = self.token_logprobs(self.scorer, micro, step.temperature, with_entropy=True)
         ref_logprobs = None
-        if hp.kl_coef > 0:
+        if self.objective.needs.reference:
             with torch.no_grad(), self.kl_reference() as reference:
-                ref_logprobs, _ = self.token_logprobs(reference, micro, temperature, with_entropy=False)
+                ref_logprobs, _ = self.token_logprobs(reference, micro, step.temperature, with_entropy=False)
         # One update per step: the policy scoring is the one that sampled, so the old log-probabilities are the
         # detached current ones (ratio 1). Several: taken before the first update (``with_old_logprobs``).
         old_logprobs = logprobs.detach() if micro.old_logprobs is None else micro.old_logprobs[:, : logprobs.shape[1]]
-        out = chord_loss(
-            logprobs,
-            old_logprobs,
-            micro.advantages,
-            micro.loss_mask[:, :-1],
-            micro.is_expert,
-            mu,
-            normalizers=normalizers,
-            clip_low=hp.clip_low,
-            clip_high=hp.clip_high,
-            clip_ratio_c=hp.clip_ratio_c,
-            sft_weighting=hp.sft_weighting,
-            rl_agg=hp.rl_loss_agg,
-            sft_agg=hp.sft_loss_agg,
-            horizon=horizon,
+        inputs = LossInputs(
+            logprobs=logprobs,
+            old_logprobs=old_logprobs,
             entropy=entropy,
-            entropy_coef=hp.entropy_coef,
-            ref_logprobs=ref_logprobs,
-            kl_coef=hp.kl_coef,
-            kl_estimator=hp.kl_estimator,
-            rollout_weights=self.tis_weights(old_logprobs, micro),
+            mask=micro.loss_mask[:, :-1],
+            is_expert=micro.is_expert,
+            advantages=micro.advantages,
+            normalizers=normalizers,
+            step=step.number,
+            horizon=step.horizon,
             off_policy=micro.off_policy,
-            off_policy_gamma=hp.off_policy_gamma,
+            ref_logprobs=ref_logprobs,
+            rollout_weights=self.tis_weights(old_logprobs, micro),
         )
+        out = self.objective.loss(inputs)
         out.metrics.update(logprob_gap(logprobs.detach(), micro, normalizers))
         return out
 
@@ -642,7 +572,9 @@ class ChordModule(LightningModule):
             scheduler.step()
         return grad_norm
 
-    def log_step(self, totals: dict[str, Tensor], mu: float, grad_norm: Tensor, lr: float, seconds: float) -> None:
+    def log_step(
+        self, totals: dict[str, Tensor], schedule: dict[str, float], grad_norm: Tensor, lr: float, seconds: float
+    ) -> None:
         additive = {k: v for k, v in totals.items() if k not in NON_ADDITIVE}
         (passes, processed, padding), self.pass_counts = self.pass_counts, [0, 0, 0]
         counts = torch.tensor([processed, padding], dtype=torch.float32, device=self.device)
@@ -656,7 +588,7 @@ class ChordModule(LightningModule):
         metrics["train/micro_batches"] = torch.tensor(float(passes))
         metrics |= {f"{'rollout' if k == 'logprob_gap' else 'train'}/{k}": v for k, v in summed.items()}
         metrics["train/ratio_max"] = self.trainer.strategy.reduce(totals["ratio_max"], reduce_op="max")
-        metrics["train/mu"] = torch.tensor(mu)
+        metrics |= {f"train/{name}": torch.tensor(value) for name, value in schedule.items()}  # CHORD: train/mu
         metrics["train/grad_norm"] = grad_norm.detach().float()
         metrics["train/skipped_steps"] = torch.tensor(float(self.skipped_steps))
         metrics["train/lr"] = torch.tensor(lr)
@@ -669,7 +601,8 @@ class ChordModule(LightningModule):
         metrics["step"] = torch.tensor(float(self.trainer.global_step))
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
         # rollout/* and the bar's "reward": the rollout callback logs them, over all ranks
-        self.log("mu", metrics["train/mu"], prog_bar=True, logger=False, batch_size=1)
+        if "mu" in schedule:
+            self.log("mu", metrics["train/mu"], prog_bar=True, logger=False, batch_size=1)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         """After the last step, ask to stop: Lightning then validates the final weights (``Trainer.should_stop``

@@ -171,8 +171,19 @@ class RolloutCallback(Callback):
     # ----- rollouts ---------------------------------------------------------------------------------------------
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: StepBatch, batch_idx: int):
         module = cast("ChordModule", pl_module)
-        sync_seconds = self.sync_weights(trainer, module)
         seed = self.seed + 1_000_003 * batch.step + 7919 * trainer.global_rank
+        if module.objective.needs.rollouts:  # an SFT objective trains on the expert stream alone
+            self.roll_out(trainer, module, batch, seed)
+        # The training step's own randomness (dropout, if the model has any) follows (seed, step, rank) too: Lightning
+        # does not checkpoint RNG states, so a resumed run would otherwise draw other masks than an uninterrupted one.
+        torch.manual_seed(seed + 1)
+        batch.temperature = self.sampling.temperature
+        batch.horizon = self.sampling.max_new_tokens
+        batch.train = trainer.datamodule.collate_rollouts(batch)  # type: ignore[attr-defined]
+
+    def roll_out(self, trainer: Trainer, module: ChordModule, batch: StepBatch, seed: int) -> None:
+        """Generate the step's groups, score them, give them their advantages (``batch.rollouts``) and log them."""
+        sync_seconds = self.sync_weights(trainer, module)
         start = time.perf_counter()
         sampling = dataclasses.replace(self.sampling, seed=seed)
         traces = [p.expert_ids for p in batch.prompts]
@@ -184,9 +195,6 @@ class RolloutCallback(Callback):
                 [*group, Completion(list(trace or []), True)] for group, trace in zip(groups, traces, strict=True)
             ]
         gen_seconds = time.perf_counter() - start
-        # The training step's own randomness (dropout, if the model has any) follows (seed, step, rank) too: Lightning
-        # does not checkpoint RNG states, so a resumed run would otherwise draw other masks than an uninterrupted one.
-        torch.manual_seed(seed + 1)
         scores = self.score(groups, [p.answer for p in batch.prompts])
         advantages = group_advantages(scores.rewards, batch.num_generations, scale_by_std=self.scale_advantages_by_std)
         completions = [c for group in groups for c in group]
@@ -203,9 +211,6 @@ class RolloutCallback(Callback):
             )
             for index, (p, c, a) in enumerate(zip(prompts, completions, advantages.tolist(), strict=True))
         ]
-        batch.temperature = self.sampling.temperature
-        batch.horizon = self.sampling.max_new_tokens
-        batch.train = trainer.datamodule.collate_rollouts(batch)  # type: ignore[attr-defined]
         if mixed:  # the rollout metrics describe the policy's samples; the traces' rewards get their own
             on_policy = torch.arange(len(completions)) % batch.num_generations < sampled
             own = [c for c, keep in zip(completions, on_policy.tolist(), strict=True) if keep]

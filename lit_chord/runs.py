@@ -146,11 +146,24 @@ def hparams_differences(checkpoint: dict, model: LightningModule, datamodule: Li
     ]
     changed = []
     for prefix, saved, now in pairs:
-        for key in sorted({*saved, *now} - {k for k in {*saved, *now} if k.startswith("_")}):
-            name, before, after = f"{prefix}.{key}", saved.get(key), now.get(key)
+        saved, now = flat(dict(saved), prefix), flat(dict(now), prefix)
+        for name in sorted({*saved, *now} - {k for k in {*saved, *now} if k.rpartition(".")[2].startswith("_")}):
+            before, after = saved.get(name), now.get(name)
             if name not in MAY_DIFFER and not same(before, after):
                 changed.append(f"{name}: {before!r} -> {after!r}")
     return changed
+
+
+def flat(tree: dict, prefix: str) -> dict[str, Any]:
+    """``tree``'s leaves under dotted keys (``model.objective.init_args.mu_peak``): a nested setting that changed is
+    named, not its whole group."""
+    leaves: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            leaves |= flat(value, f"{prefix}.{key}")
+        else:
+            leaves[f"{prefix}.{key}"] = value
+    return leaves
 
 
 def same(a: Any, b: Any) -> bool:

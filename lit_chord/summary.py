@@ -25,12 +25,6 @@ DEMO_DATA = Path(__file__).resolve().parent.parent / "data" / "demo"
 def run_summary(trainer: Trainer, module: ChordModule, data: ChordDataModule) -> str:
     """The summary's lines: model, data (kept and filtered), held-out sets, μ, steps and directories."""
     hp, dhp = module.hp, data.hp
-    warmup = f"0 → {hp.mu_peak} over {hp.mu_warmup_steps} steps, then " if hp.mu_warmup_steps else ""
-    mu = (
-        f"μ {hp.mu_valley} constant"
-        if hp.mu_warmup_steps == hp.mu_decay_steps == 0
-        else f"μ {warmup}{hp.mu_peak} → {hp.mu_valley} over {hp.mu_decay_steps} steps"
-    )
 
     def kept(rows: list, field: str) -> str:
         dropped = sum(data.filtered.get(field, {}).values())
@@ -52,8 +46,9 @@ def run_summary(trainer: Trainer, module: ChordModule, data: ChordDataModule) ->
         f"prompts:    {dhp.prompt_data}: {kept(data.prompts, 'prompt_data')}",
         f"expert:     {dhp.expert_data or 'none'}" + (f": {kept(data.expert, 'expert_data')}" if data.expert else ""),
         f"held-out:   {held_out}",
+        f"objective:  {module.objective.describe()}",
         f"each step:  {data.prompts_per_step} prompts x {data.num_generations} rollouts + "
-        f"{data.experts_per_step} expert; {mu}, SFT weighting {hp.sft_weighting}",
+        f"{data.experts_per_step if data.expert else 0} expert",
         *(
             f"rollouts:   {type(rollout.engine).__name__}, temperature {rollout.sampling.temperature:g}, at most "
             f"{rollout.sampling.max_new_tokens} new tokens"

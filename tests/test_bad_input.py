@@ -20,7 +20,7 @@ from lightning.pytorch import Callback
 from lit_chord.__main__ import main
 from lit_chord.datamodule import ChordDataModule, DataError
 from lit_chord.engines import Completion
-from lit_chord.loss import group_advantages, mu_schedule
+from lit_chord.loss import group_advantages
 from lit_chord.module import ChordModule
 from lit_chord.rollout_callback import RolloutCallback, Scores, rollout_sums
 
@@ -69,8 +69,8 @@ FILTERED = {
 CONFIGS = {
     "config_unknown_key.yaml": "mu_peek",
     "config_wrong_type.yaml": "data.prompts_per_step",
-    "config_mu_out_of_range.yaml": "model.mu_valley must lie in [0, 1]",
-    "config_negative_steps.yaml": "model.mu_decay_steps must be >= 0",
+    "config_mu_out_of_range.yaml": "model.objective.mu_valley must lie in [0, 1]",
+    "config_negative_steps.yaml": "model.objective.mu_decay_steps must be >= 0",
     "config_expert_ratio_one.yaml": "data.expert_data_ratio must lie in [0, 1)",
     "config_zero_prompt_length.yaml": "data.max_prompt_length must be >= 1",
     "config_negative_max_steps.yaml": "max_steps` must be a non-negative integer or -1",
@@ -285,8 +285,7 @@ def test_a_non_finite_gradient_skips_the_update_and_is_counted(tiny_world, good_
     assert recorder.unchanged == [False, True, False]  # the weights did not move at step 2
     assert [r["train/skipped_steps"] for r in recorder.logged] == [0.0, 1.0, 1.0]
     assert math.isnan(recorder.logged[1]["train/grad_norm"])
-    hp = module.hparams
-    expected_mu = [mu_schedule(s, hp.mu_warmup_steps, hp.mu_decay_steps, hp.mu_peak, hp.mu_valley) for s in (1, 2, 3)]
+    expected_mu = [module.objective.mu(s) for s in (1, 2, 3)]
     assert [r["train/mu"] for r in recorder.logged] == pytest.approx(expected_mu)
     # The LR each step used: 1e-2 halved once per step, the skipped one included (it follows global_step as μ does).
     assert [r["train/lr"] for r in recorder.logged] == pytest.approx([1e-2, 5e-3, 2.5e-3])

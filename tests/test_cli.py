@@ -22,6 +22,7 @@ import yaml
 from lit_chord.cli import check_datasets, command_line, config_error
 from lit_chord.errors import ConfigError, UserError
 from lit_chord.module import ChordModule
+from lit_chord.objectives import Chord
 from lit_chord.records import DataError
 
 REPO = Path(__file__).parent.parent
@@ -64,13 +65,14 @@ def fit_args(inputs: Path) -> dict[str, list[str]]:
     ]
     cases = {
         "bad_data": [*demo, *DEMO_PATHS, "--data.prompt_data", str(bad_prompts)],
-        "bad_value": [*demo, "--model.mu_peak", "2"],
+        "bad_value": [*demo, "--model.objective.mu_peak", "2"],
         "missing_path": demo,
         "hub_offline": [*demo, *DEMO_PATHS, "--model.model", "org/not-cached", "--data.tokenizer", "org/not-cached"],
-        "debug": [*demo, "--model.mu_peak", "2"],
+        "debug": [*demo, "--model.objective.mu_peak", "2"],
         "quiet_run": [*demo, *DEMO_PATHS, *quiet],
         "old_style": ["--config", str(inputs / "old_style.yaml")],
-        "typo_flag": [*demo, "--model.mu_peek", "0.5"],
+        "typo_flag": [*demo, "--model.objective.mu_peek", "0.5"],
+        "moved_flag": [*demo, "--model.mu_peak", "0.5"],
         "help": ["--help"],
     }
     if not torch.cuda.is_available():  # with a GPU this config would start a real run
@@ -122,7 +124,7 @@ def test_bad_data_is_one_line_naming_file_line_and_field(results):
 
 
 def test_bad_config_value_is_one_line_naming_the_key(results):
-    assert "model.mu_peak must lie in [0, 1], got 2.0" in one_line_error(results["bad_value"])
+    assert "model.objective.mu_peak must lie in [0, 1], got 2.0" in one_line_error(results["bad_value"])
 
 
 def test_missing_local_path_names_it_and_the_working_directory(results):
@@ -154,8 +156,17 @@ def test_a_config_with_the_rollout_callback_among_the_callbacks_is_one_line_nami
 
 def test_a_typo_in_a_flag_is_one_line_with_the_nearest_valid_key(results):
     line = one_line_error(results["typo_flag"])
-    assert line == "error: model.mu_peek (in the command line) is not an option; did you mean model.mu_peak?"
+    expected = (
+        "model.objective.mu_peek (in the command line) is not an option of Chord; did you mean model.objective.mu_peak?"
+    )
+    assert line == f"error: {expected}"
     assert "tip: For details of accepted options run: python -m lit_chord fit --help" in results["typo_flag"].stderr
+
+
+def test_a_flag_from_before_objectives_names_its_new_place(results):
+    line = one_line_error(results["moved_flag"])
+    moved = "model.mu_peak (in the command line) moved to model.objective.init_args.mu_peak (lit_chord.objectives)"
+    assert line == f"error: {moved}"
 
 
 def test_help_calls_the_program_as_it_was_started(results):
@@ -167,7 +178,7 @@ def test_debug_variable_shows_the_traceback_of_a_user_error(results):
     result = results["debug"]
     assert result.returncode != 0
     assert "Traceback" in result.stderr
-    assert "lit_chord.errors.ConfigError: model.mu_peak must lie in [0, 1]" in result.stderr
+    assert "lit_chord.errors.ConfigError: model.objective.mu_peak must lie in [0, 1]" in result.stderr
 
 
 def test_a_run_prints_none_of_the_noise(results):
@@ -235,7 +246,7 @@ def test_a_bug_keeps_its_traceback_and_a_user_error_is_one_line(capsys):
 
 def test_only_our_and_lightnings_value_errors_count_as_config_errors():
     with pytest.raises(ValueError) as ours:
-        ChordModule(model="m", mu_peak=2.0)
+        ChordModule(model="m", objective=Chord(mu_peak=2.0))
     assert isinstance(config_error(ours.value, accelerator="cpu"), ConfigError)
     with pytest.raises(ValueError) as elsewhere:
         int("not a number")  # raised outside lit_chord and Lightning: a bug, not a value from the config

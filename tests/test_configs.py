@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from lit_chord.__main__ import main
+from lit_chord.objectives import Chord, Grpo, Luffy, Sft
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 BASE = CONFIGS / "chord_qwen2.5_7b_openr1.yaml"
@@ -58,43 +59,39 @@ def test_every_recipe_measures_before_on_the_whole_held_out_set(path, monkeypatc
 
 def test_paper_variants_set_the_papers_values(monkeypatch):
     monkeypatch.chdir(CONFIGS.parent)
-    mu = instantiate("--config", str(BASE), "--config", str(CONFIGS / "chord_mu.yaml")).model.hparams
-    assert (mu.mu_warmup_steps, mu.mu_decay_steps, mu.mu_peak, mu.mu_valley, mu.sft_weighting) == (
+    mu = instantiate("--config", str(BASE), "--config", str(CONFIGS / "chord_mu.yaml")).model.objective
+    assert (mu.mu_warmup_steps, mu.mu_decay_steps, mu.mu_peak, mu.mu_valley, mu.token_weighting) == (
         0,
         200,
         0.9,
         0.05,
         "none",
     )
-    phi = instantiate("--config", str(BASE), "--config", str(CONFIGS / "chord_phi.yaml")).model.hparams
-    assert (phi.mu_warmup_steps, phi.mu_decay_steps, phi.mu_valley, phi.sft_weighting) == (0, 0, 0.1, "phi")
+    phi = instantiate("--config", str(BASE), "--config", str(CONFIGS / "chord_phi.yaml")).model.objective
+    assert (phi.mu_warmup_steps, phi.mu_decay_steps, phi.mu_valley, phi.token_weighting) == (0, 0, 0.1, "phi")
 
 
 @pytest.mark.parametrize(
-    "variant, mu_at_steps, weighting, experts_per_step",
+    "variant, objective, mu_at_steps, weighting",
     [
-        # mu_schedule(step, warmup, decay, peak, valley) at steps 1, 300, 600; demo.yaml alone: 0.9 -> 0.05 by 300.
-        ("demo.yaml", None, "none", 65),  # 65 = ceil(0.334 * 128 / 0.666)
-        ("demo_sft_only.yaml", [1.0, 1.0, 1.0], "none", 65),
-        ("demo_grpo_only.yaml", [0.0, 0.0, 0.0], "none", 0),
-        ("demo_fixed_mix.yaml", [0.5, 0.5, 0.5], "none", 65),
-        ("demo_chord_phi.yaml", [0.1, 0.1, 0.1], "phi", 65),
+        # μ at steps 1, 300, 600; demo.yaml alone: 0.9 -> 0.05 by 300.
+        ("demo.yaml", Chord, None, "none"),
+        ("demo_sft_only.yaml", Sft, None, "none"),
+        ("demo_grpo_only.yaml", Grpo, None, None),
+        ("demo_luffy.yaml", Luffy, None, None),
+        ("demo_fixed_mix.yaml", Chord, [0.5, 0.5, 0.5], "none"),
+        ("demo_chord_phi.yaml", Chord, [0.1, 0.1, 0.1], "phi"),
     ],
 )
-def test_demo_baselines_set_mu(variant, mu_at_steps, weighting, experts_per_step, monkeypatch):
-    from lit_chord.loss import mu_schedule
-
+def test_demo_baselines_choose_their_objective(variant, objective, mu_at_steps, weighting, monkeypatch):
     monkeypatch.chdir(CONFIGS.parent)
     layers = ["--config", str(DEMO)] + (["--config", str(CONFIGS / variant)] if variant != "demo.yaml" else [])
-    cli = instantiate(*layers)
-    hp = cli.model.hparams
-    schedule = [mu_schedule(s, hp.mu_warmup_steps, hp.mu_decay_steps, hp.mu_peak, hp.mu_valley) for s in (1, 300, 600)]
-    if mu_at_steps is None:
-        assert schedule == pytest.approx([0.9, 0.05, 0.05], abs=1e-4)
-    else:
-        assert schedule == mu_at_steps
-    assert hp.sft_weighting == weighting
-    assert cli.datamodule.experts_per_step == experts_per_step
+    chosen = instantiate(*layers).model.objective
+    assert type(chosen) is objective
+    if objective is Chord:
+        schedule = [chosen.mu(s) for s in (1, 300, 600)]
+        assert schedule == (mu_at_steps or pytest.approx([0.9, 0.05, 0.05], abs=1e-4))
+    assert getattr(chosen, "token_weighting", None) == weighting
 
 
 def test_val_data_accepts_named_sets(monkeypatch):
@@ -108,22 +105,25 @@ def test_val_data_accepts_named_sets(monkeypatch):
 
 def test_cli_override_reaches_the_module(monkeypatch):
     monkeypatch.chdir(CONFIGS.parent)
-    cli = instantiate("--config", str(CONFIGS / "demo.yaml"), "--model.mu_peak", "0.3")
-    assert cli.model.hparams.mu_peak == 0.3
+    cli = instantiate("--config", str(CONFIGS / "demo.yaml"), "--model.objective.mu_peak", "0.3")
+    assert cli.model.objective.mu_peak == 0.3
 
 
 def test_out_of_range_mu_is_rejected_naming_the_key(monkeypatch):
     monkeypatch.chdir(CONFIGS.parent)
-    with pytest.raises(ValueError, match="model.mu_peak"):
-        instantiate("--config", str(CONFIGS / "demo.yaml"), "--model.mu_peak", "1.5")
+    with pytest.raises(ValueError, match="model.objective.mu_peak"):
+        instantiate("--config", str(CONFIGS / "demo.yaml"), "--model.objective.mu_peak", "1.5")
 
 
 def test_unknown_key_is_rejected_with_the_nearest_valid_one(monkeypatch, capsys):
     monkeypatch.chdir(CONFIGS.parent)
     with pytest.raises(SystemExit):
-        instantiate("--config", str(CONFIGS / "demo.yaml"), "--model.mu_peek", "0.3")
+        instantiate("--config", str(CONFIGS / "demo.yaml"), "--model.objective.mu_peek", "0.3")
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error == "error: model.mu_peek (in the command line) is not an option; did you mean model.mu_peak?"
+    expected = (
+        "model.objective.mu_peek (in the command line) is not an option of Chord; did you mean model.objective.mu_peak?"
+    )
+    assert error == f"error: {expected}"
 
 
 def test_unknown_key_in_a_config_file_names_the_file_and_the_nearest_key(monkeypatch, capsys, tmp_path):
@@ -157,12 +157,15 @@ def test_help_documents_the_chord_knobs(capsys):
         main(["fit", "--help"])
     text = capsys.readouterr().out
     for knob in (
-        "--model.mu_peak",
-        "--model.mu_decay_steps",
-        "--model.sft_weighting",
+        "--model.objective OBJECTIVE",
         "--data.expert_data_ratio",
         "--data.prompts_per_step",
     ):
+        assert knob in text
+    with pytest.raises(SystemExit):
+        main(["fit", "--model.objective.help", "lit_chord.objectives.chord.Chord"])
+    text = capsys.readouterr().out
+    for knob in ("--model.objective.mu_peak", "--model.objective.token_weighting", "--model.objective.clip_low"):
         assert knob in text
     assert "Largest weight of the SFT term" in text
 

@@ -11,7 +11,9 @@ from lightning.pytorch import Callback
 
 from lit_chord.datamodule import DataError
 from lit_chord.engines import Completion
+from lit_chord.errors import ConfigError
 from lit_chord.module import ChordModule
+from lit_chord.objectives import Luffy
 from lit_chord.rewards import exact_match
 from lit_chord.rollout_callback import RolloutCallback
 
@@ -40,10 +42,11 @@ class Keep(Callback):
 def test_each_group_holds_its_prompts_expert_trace_with_the_mixed_groups_advantage(tiny_world, tmp_path):
     """Groups of 4: 3 rollouts scored 0 and the trace, scored 1 if the expert reversed right (else 0).
     r − mean over the group: a right trace gives A = (−1/4, −1/4, −1/4, 3/4), a wrong one all 0."""
-    data = tiny_datamodule(tiny_world, expert_data=None, expert_data_ratio=0.0, expert_traces_in_groups=True)
+    data = tiny_datamodule(tiny_world, expert_data=None, expert_data_ratio=0.0)
     engine, keep = WrongEngine(), Keep()
-    module = ChordModule(model=str(tiny_world / "model"), mu_peak=0.0, mu_valley=0.0)
+    module = ChordModule(model=str(tiny_world / "model"), objective=Luffy())
     callback = RolloutCallback(engine, reward_fn=exact_match, scale_advantages_by_std=False, max_new_tokens=8)
+    data.needs = module.objective.needs  # before the trainer connects them: the tokenizer is needed first
     data.setup("fit")
     engine.ids = data.tokenizer("\\boxed{0}")["input_ids"]
     cpu_trainer(max_steps=1, callbacks=[callback, keep]).fit(module, datamodule=data)
@@ -69,11 +72,14 @@ def test_a_prompt_without_its_trace_is_refused_with_its_line(tiny_world, tmp_pat
     path = tmp_path / "prompts.jsonl"
     path.write_text('{"problem": "Reverse 123.", "answer": "321", "expert_response": "x"}\n'
                     '{"problem": "Reverse 124.", "answer": "421"}\n')  # fmt: skip
-    data = tiny_datamodule(tiny_world, prompt_data=str(path), expert_traces_in_groups=True)
-    with pytest.raises(DataError, match=r"prompts.jsonl:2: field 'expert_response' missing; data.expert_traces_in_gr"):
+    data = tiny_datamodule(tiny_world, prompt_data=str(path))
+    data.needs = Luffy().needs
+    with pytest.raises(DataError, match=r"prompts.jsonl:2: field 'expert_response' missing; an objective with expert"):
         data.setup("fit")
-    with pytest.raises(ValueError, match="num_generations >= 2"):
-        tiny_datamodule(tiny_world, num_generations=1, expert_traces_in_groups=True)
+    one = tiny_datamodule(tiny_world, num_generations=1)
+    one.needs = Luffy().needs
+    with pytest.raises(ConfigError, match="puts the expert's trace in each group: data.num_generations >= 2"):
+        one.setup("fit")
 
 
 def test_a_prompt_dropped_for_its_trace_is_counted_and_reported_apart(tiny_world, tmp_path, caplog):
@@ -88,7 +94,8 @@ def test_a_prompt_dropped_for_its_trace_is_counted_and_reported_apart(tiny_world
     ]
     path = tmp_path / "prompts.jsonl"
     path.write_text("".join(json.dumps(record) + "\n" for record in records))
-    data = tiny_datamodule(tiny_world, prompt_data=str(path), expert_data=None, expert_traces_in_groups=True)
+    data = tiny_datamodule(tiny_world, prompt_data=str(path), expert_data=None)
+    data.needs = Luffy().needs
     with caplog.at_level("INFO"):
         data.setup("fit")
     assert [p.answer for p in data.prompts] == ["321"]

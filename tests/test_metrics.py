@@ -18,6 +18,7 @@ from lit_chord.engines import Completion
 from lit_chord.errors import ConfigError
 from lit_chord.metrics import HeldOutMetrics, RolloutSums, pass_at_k, step_rollout_metrics
 from lit_chord.module import ChordModule
+from lit_chord.objectives import Grpo
 from lit_chord.protocol import SetProtocol, protocols
 from lit_chord.rollout_callback import RolloutCallback, Scores, rollout_sums
 
@@ -168,7 +169,7 @@ def test_named_sets_log_their_own_metrics(tiny_world, tmp_path):
         max_prompt_length=64,
         val_size=3,
     )
-    module = ChordModule(model=str(tiny_world / "model"), mu_warmup_steps=0, mu_decay_steps=0, mu_valley=0.0)
+    module = ChordModule(model=str(tiny_world / "model"), objective=Grpo())
     recorder = ResultRecorder()
     trainer = cpu_trainer(
         limit_val_batches=1.0,

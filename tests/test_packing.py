@@ -16,7 +16,8 @@ from lightning.pytorch import Callback
 from lit_chord.batch import Sequence, pad_sequences
 from lit_chord.errors import ConfigError
 from lit_chord.loss import count_normalizers
-from lit_chord.module import ChordModule
+from lit_chord.module import ChordModule, StepContext
+from lit_chord.objectives import Chord
 from lit_chord.packing import PackedRows, check_padding_free, pack, pack_micro_batches, pack_tokens
 from lit_chord.rollout_callback import RolloutCallback
 
@@ -220,15 +221,13 @@ def test_padding_free_scores_loss_and_gradient_equal_the_padded_path(tiny_world,
             model=str(tiny_world / "model"),
             max_tokens_per_micro_batch=64,
             padding_free=padding_free,
-            sft_weighting="phi",
-            entropy_coef=0.01,
-            kl_coef=0.01,
+            objective=Chord(token_weighting="phi", entropy_coef=0.01, kl_coef=0.01),
         )
         module.configure_model()
         module.policy.set_attn_implementation(attention)
         assert module.policy.config._attn_implementation == attention
         logprobs, entropy = module.token_logprobs(module.scorer, rows, 0.9, with_entropy=True)
-        out = module.micro_batch_loss(rows, 0.5, normalizers, 0.9, horizon=16)
+        out = module.micro_batch_loss(rows, StepContext(1, 0.9, 16, rows), normalizers)
         out.loss.backward()
         gradient = torch.cat([p.grad.flatten() for p in module.policy.parameters()])
         results.append((logprobs.detach(), entropy.detach(), out, gradient))

@@ -11,6 +11,7 @@ from lightning.pytorch import Callback
 
 from lit_chord.batch import TrainTensors, split_mini_batches
 from lit_chord.module import ChordModule
+from lit_chord.objectives import Chord
 from lit_chord.rollout_callback import RolloutCallback
 
 LR, MU, GROUP = 0.5, 0.5, 4
@@ -95,13 +96,13 @@ def test_several_updates_match_a_naive_loop_and_the_clip_acts(tiny_world, epochs
     keep = Keep()
     module = ChordModule(
         model=str(tiny_world / "model"),
-        mu_valley=MU,
-        sft_weighting="none",
-        micro_batch_size=3,  # the module's micro-batches and packing against the naive full-batch forwards
+        micro_batch_size=3,
+        # the module's micro-batches and packing against the naive full-batch forwards
         max_grad_norm=0.0,
         ppo_epochs=epochs,
         ppo_mini_batches=mini_batches,
         optimizer=lambda params: torch.optim.SGD(params, lr=LR),
+        objective=Chord(mu_valley=MU, token_weighting="none"),
     )
     rollout = RolloutCallback(engine=EchoEngine(), reward_fn=length_reward, max_new_tokens=6)
     trainer = cpu_trainer(max_steps=1, callbacks=[rollout, keep])

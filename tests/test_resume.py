@@ -30,6 +30,7 @@ from lit_chord.datamodule import ChordDataModule
 from lit_chord.engines.transformers_engine import TransformersEngine
 from lit_chord.lora import LoraSettings
 from lit_chord.module import ChordModule
+from lit_chord.objectives import Chord
 from lit_chord.rollout_callback import RolloutCallback
 from lit_chord.runs import hparams_differences
 
@@ -115,13 +116,10 @@ def fit(
         lora=lora,
         ppo_epochs=ppo_epochs,
         ppo_mini_batches=ppo_epochs,  # 1 update, or 2 epochs of 2 mini-batches
-        mu_warmup_steps=2,
-        mu_decay_steps=2,
-        mu_peak=0.8,
-        mu_valley=0.2,
         micro_batch_size=4,
         optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2),
         lr_scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.7),
+        objective=Chord(mu_warmup_steps=2, mu_decay_steps=2, mu_peak=0.8, mu_valley=0.2),
     )
     engine, recorder = SpyEngine(), Recorder()
     checkpoint = ModelCheckpoint(dirpath=root, save_last=True, every_n_train_steps=2, save_top_k=-1)
@@ -205,10 +203,10 @@ def write_config(path: Path, world: Path, root: Path, seed: int, stall_at: int |
         "rollout": {"max_new_tokens": 8, "reward_fn": "test_resume.digit_share"},
         "model": {
             "model": str(world / "model"),
-            "mu_warmup_steps": 2,
-            "mu_decay_steps": 2,
-            "mu_peak": 0.8,
-            "mu_valley": 0.2,
+            "objective": {
+                "class_path": "lit_chord.objectives.chord.Chord",
+                "init_args": {"mu_warmup_steps": 2, "mu_decay_steps": 2, "mu_peak": 0.8, "mu_valley": 0.2},
+            },
             "micro_batch_size": 4,
             "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.01}},
             "lr_scheduler": {

@@ -79,7 +79,11 @@ def write_config(path: Path, world: Path, root: Path, max_steps: int = 2, pause:
         "rollout": {"max_new_tokens": 8, "reward_fn": "test_resume.digit_share", "val_num_samples": 1},
         "model": {
             "model": str(world / "model"),
-            **{"mu_warmup_steps": 2, "mu_decay_steps": 2, "mu_peak": 0.8, "mu_valley": 0.2, "micro_batch_size": 4},
+            "objective": {
+                "class_path": "lit_chord.objectives.chord.Chord",
+                "init_args": {"mu_warmup_steps": 2, "mu_decay_steps": 2, "mu_peak": 0.8, "mu_valley": 0.2},
+            },
+            "micro_batch_size": 4,
             "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.01}},
         },
         "data": {
@@ -150,17 +154,22 @@ def test_ckpt_path_last_continues_the_most_recent_run_in_its_folder(runs, capsys
 
 def test_other_hyperparameters_are_refused_with_the_differences_unless_overridden(runs, capsys):
     root, config = runs
-    changed = ["--model.mu_peak", "0.5", "--data.prompts_per_step", "3", "--model.micro_batch_size", "2"]
+    changed = ["--model.objective.mu_peak", "0.5", "--data.prompts_per_step", "3", "--model.micro_batch_size", "2"]
     with pytest.raises(UserError) as refused:
         fit(config, "--ckpt_path", "last", "--trainer.max_steps", "3", *changed)
     message = str(refused.value)
     assert f"{root}/version_1/checkpoints/last.ckpt was trained with other hyper-parameters" in message
-    assert message.endswith("model.mu_peak: 0.8 -> 0.5; data.prompts_per_step: 2 -> 3")  # micro-batching may differ
+    assert message.endswith(
+        "model.objective.init_args.mu_peak: 0.8 -> 0.5; data.prompts_per_step: 2 -> 3"
+    )  # micro-batching may differ
     assert "--resume_anyway true" in refused.value.hint
 
     cli = fit(config, "--ckpt_path", "last", "--trainer.max_steps", "3", *changed, "--resume_anyway", "true")
-    assert cli.trainer.global_step == 3 and cli.model.hparams.mu_peak == 0.5
-    assert "--resume_anyway: resuming with changed hyper-parameters: model.mu_peak" in capsys.readouterr().err
+    assert cli.trainer.global_step == 3 and cli.model.objective.mu_peak == 0.5
+    assert (
+        "--resume_anyway: resuming with changed hyper-parameters: model.objective.init_args.mu_peak"
+        in capsys.readouterr().err
+    )
 
 
 def test_a_finished_run_is_not_resumed_silently(runs):

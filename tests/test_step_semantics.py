@@ -5,7 +5,6 @@ validation of the final weights."""
 from __future__ import annotations
 
 import csv
-import inspect
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.precision import MixedPrecision
 
 from lit_chord.module import ChordModule
+from lit_chord.objectives import Chord
 from lit_chord.rollout_callback import RolloutCallback
 
 
@@ -40,19 +40,22 @@ def one_step(world, plugins=(), callbacks=(), max_new_tokens=8, **module_kwargs)
     return module, keep
 
 
-def test_module_defaults_are_the_references_chord_phi():
+def test_the_default_objective_is_the_references_chord_phi():
     # Trinity-RFT mix_chord defaults: mu_warmup_steps 0, mu_decay_steps 0, mu_peak 0.1, mu_valley 0.1, φ on; KL k2.
-    defaults = {k: p.default for k, p in inspect.signature(ChordModule.__init__).parameters.items()}
-    chord_phi = {"mu_warmup_steps": 0, "mu_decay_steps": 0, "mu_peak": 0.1, "mu_valley": 0.1, "sft_weighting": "phi"}
-    assert {k: defaults[k] for k in chord_phi} == chord_phi
-    assert defaults["kl_estimator"] == "k2"
+    settings = vars(ChordModule(model="x").objective)
+    chord_phi = {"mu_warmup_steps": 0, "mu_decay_steps": 0, "mu_peak": 0.1, "mu_valley": 0.1, "token_weighting": "phi"}
+    assert {k: settings[k] for k in chord_phi} == chord_phi
+    assert settings["kl_estimator"] == "k2" and settings["clip_low"] == settings["clip_high"] == 0.2
 
 
 def test_seq_mean_token_sum_norm_divides_by_the_generation_budget(tiny_world):
     """μ = 0 and ratio 1, so each rollout token's loss is −A: loss_rl = Σ_rows (−A·n_row) / (rows · max_new_tokens).
     The horizon was the step's padded width − 1, which changes from step to step and from rank to rank."""
     module, keep = one_step(
-        tiny_world, max_new_tokens=12, mu_valley=0.0, rl_loss_agg="seq-mean-token-sum-norm", micro_batch_size=3
+        tiny_world,
+        max_new_tokens=12,
+        objective=Chord(mu_valley=0.0, rl_loss_agg="seq-mean-token-sum-norm"),
+        micro_batch_size=3,
     )
     rows = keep.rows
     tokens = rows.loss_mask.sum(-1)
@@ -216,7 +219,8 @@ def test_a_pinned_schedule_length_that_is_not_the_runs_warns(tiny_world):
 
 def test_a_mu_schedule_longer_than_the_run_warns(tiny_world):
     module = ChordModule(
-        model=str(tiny_world / "model"), mu_warmup_steps=1, mu_decay_steps=3, mu_peak=0.9, mu_valley=0.1
+        model=str(tiny_world / "model"),
+        objective=Chord(mu_warmup_steps=1, mu_decay_steps=3, mu_peak=0.9, mu_valley=0.1),
     )
     trainer = cpu_trainer(max_steps=2, callbacks=[RolloutCallback(EchoEngine(), max_new_tokens=4)])
     # The last step, 2: (2 - 1) / 3 of the decay, (0.9 - 0.1) * 0.5 * (1 + cos(π/3)) + 0.1 = 0.8 * 0.75 + 0.1 = 0.7
@@ -230,7 +234,9 @@ def test_a_run_says_what_it_uses_and_warns_about_the_demo_held_out_set(tiny_worl
     from lit_chord.summary import DEMO_DATA, RunSummary
 
     data = tiny_datamodule(tiny_world, val_data=str(DEMO_DATA / "heldout.jsonl"), val_size=2)
-    module = ChordModule(model=str(tiny_world / "model"), mu_peak=0.9, mu_valley=0.05, mu_decay_steps=300)
+    module = ChordModule(
+        model=str(tiny_world / "model"), objective=Chord(mu_peak=0.9, mu_valley=0.05, mu_decay_steps=300)
+    )
     trainer = cpu_trainer(max_steps=1, callbacks=[RolloutCallback(EchoEngine(), max_new_tokens=4), RunSummary()])
     with pytest.warns(UserWarning, match="still the demo's held-out set"), caplog.at_level("INFO"):
         trainer.fit(module, datamodule=data)
@@ -240,7 +246,8 @@ def test_a_run_says_what_it_uses_and_warns_about_the_demo_held_out_set(tiny_worl
         "parameters: {0:,} ({0:,} trained)".format(sum(p.numel() for p in module.policy.parameters())),
         f"prompts:    {tiny_world / 'prompts.jsonl'}: {len(data.prompts)} kept",
         "held-out:   heldout (2 prompts)",
-        "each step:  2 prompts x 4 rollouts + 2 expert; μ 0.9 → 0.05 over 300 steps, SFT weighting phi",
+        "objective:  CHORD, μ 0.9 → 0.05 over 300 steps, token weighting phi",
+        "each step:  2 prompts x 4 rollouts + 2 expert",
         "rollouts:   EchoEngine, temperature 1, at most 4 new tokens",
         "steps:      1",
     ]:

@@ -11,7 +11,8 @@ from lightning.pytorch import Callback
 from lightning.pytorch.loggers import CSVLogger
 
 from lit_chord.loss import count_normalizers
-from lit_chord.module import ChordModule
+from lit_chord.module import ChordModule, StepContext
+from lit_chord.objectives import Chord
 from lit_chord.rollout_callback import RolloutCallback
 
 # How a step was cut into passes, not what it computed: these differ between micro-batchings of the same step.
@@ -37,13 +38,10 @@ def datamodule(world, **kwargs):
 def fit(world, tmp_path, steps=3, module_kwargs=None, data_kwargs=None, callbacks=()):
     module = ChordModule(
         model=str(world / "model"),
-        mu_warmup_steps=2,
-        mu_decay_steps=2,
-        mu_peak=0.8,
-        mu_valley=0.2,
         micro_batch_size=3,
         optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2),
         **(module_kwargs or {}),
+        objective=Chord(mu_warmup_steps=2, mu_decay_steps=2, mu_peak=0.8, mu_valley=0.2),
     )
     recorder = Recorder()
     trainer = cpu_trainer(
@@ -106,9 +104,9 @@ def test_expert_rows_never_enter_the_rl_term(tiny_world, tmp_path):
     module, recorder = fit(tiny_world, tmp_path, steps=1)
     rows = recorder.batches[0].train
     norms = count_normalizers(rows.loss_mask[:, :-1], rows.is_expert)
-    base = module.micro_batch_loss(rows, 0.5, norms, 1.0)
+    base = module.micro_batch_loss(rows, StepContext(1, 1.0, 16, rows), norms)
     rows.advantages[rows.is_expert] = 1e3  # nonsense advantages on expert rows must change nothing
-    poked = module.micro_batch_loss(rows, 0.5, norms, 1.0)
+    poked = module.micro_batch_loss(rows, StepContext(1, 1.0, 16, rows), norms)
     assert torch.equal(base.loss, poked.loss)
 
 
@@ -120,7 +118,7 @@ def test_micro_batch_size_does_not_change_the_gradient(tiny_world, tmp_path):
     for micro in (1, 4, len(rows)):
         module.zero_grad()
         for part in rows.micro_batches(micro):
-            module.micro_batch_loss(part, 0.5, norms, 1.0).loss.backward()
+            module.micro_batch_loss(part, StepContext(1, 1.0, 16, part), norms).loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in module.policy.parameters()]))
     assert torch.allclose(grads[0], grads[1], atol=1e-6) and torch.allclose(grads[0], grads[2], atol=1e-6)
 
@@ -203,19 +201,19 @@ def test_skipped_and_score_only_rows_change_neither_the_gradient_nor_the_metrics
         return torch.cat([p.grad.flatten() for p in module.policy.parameters()])
 
     module.zero_grad()
-    whole = module.micro_batch_loss(rows, 0.5, norms, 1.0)  # every row, with backward
+    whole = module.micro_batch_loss(rows, StepContext(1, 1.0, 16, rows), norms)  # every row, with backward
     whole.loss.backward()
     expected = grads()
     module.zero_grad()
-    parts = [module.micro_batch_loss(trained, 0.5, norms, 1.0)]
+    parts = [module.micro_batch_loss(trained, StepContext(1, 1.0, 16, trained), norms)]
     parts[0].loss.backward()
     with torch.no_grad():
-        parts.append(module.micro_batch_loss(scored, 0.5, norms, 1.0))
+        parts.append(module.micro_batch_loss(scored, StepContext(1, 1.0, 16, scored), norms))
     torch.testing.assert_close(grads(), expected, atol=1e-6, rtol=1e-5)
     for key, value in whole.metrics.items():  # token-mean shares add up; ratio_max is a max, mu a constant
         combined = {"ratio_max": max, "mu": lambda values: values[0]}.get(key, sum)([p.metrics[key] for p in parts])
         torch.testing.assert_close(combined, value, atol=1e-6, rtol=1e-5, msg=key)
-    module.hparams.entropy_coef = 0.01  # an entropy bonus gives zero-advantage rows a gradient: all of them train
+    module.objective.entropy_coef = 0.01  # an entropy bonus gives zero-advantage rows a gradient: all of them train
     assert [len(part) for part in module.split_rows(rows)] == [2 + 7, 0]
 
 

@@ -12,6 +12,7 @@ from lightning.pytorch import Callback
 
 from lit_chord.engines import Completion
 from lit_chord.module import ChordModule
+from lit_chord.objectives import Chord
 from lit_chord.rollout_callback import RolloutCallback
 
 # One group of 8: two responses cut off at the budget, two right, four wrong (each kind its own length in tokens).
@@ -62,7 +63,9 @@ def one_step(world, mask: bool) -> Keep:
     reward = paper_like_reward(AutoTokenizer.from_pretrained(world / "model").decode([7]))
     keep = Keep()
     rollout = RolloutCallback(ScriptedEngine(), reward_fn=reward, max_new_tokens=5, mask_truncated_completions=mask)
-    module = ChordModule(model=str(world / "model"), mu_valley=0.0)  # RL only: loss_rl is the whole loss
+    module = ChordModule(
+        model=str(world / "model"), objective=Chord(mu_valley=0.0)
+    )  # RL only: loss_rl is the whole loss
     trainer = cpu_trainer(max_steps=1, callbacks=[rollout, keep])
     trainer.fit(module, datamodule=tiny_datamodule(world, prompts_per_step=1, num_generations=8))
     return keep

@@ -354,6 +354,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lit_chord.datamodule import ChordDataModule
 from lit_chord.engines.vllm_engine import VLLMEngine
 from lit_chord.module import ChordModule
+from lit_chord.objectives import Chord
 from lit_chord.rewards import boxed_string
 from lit_chord.rollout_callback import RolloutCallback
 
@@ -363,8 +364,8 @@ data = ChordDataModule(
     val_data={"heldout": str(mini / "heldout.jsonl")}, prompts_per_step=32, num_generations=8,
     expert_data_ratio=0.2, system_prompt=None, max_prompt_length=64, max_response_length=64,
 )
-module = ChordModule(model=str(mini / "model"), mu_warmup_steps=0, mu_decay_steps=50, sft_weighting="none",
-                     max_tokens_per_micro_batch=4096)
+module = ChordModule(model=str(mini / "model"), max_tokens_per_micro_batch=4096,
+                     objective=Chord(mu_warmup_steps=0, mu_decay_steps=50, token_weighting="none"))
 engine = VLLMEngine(dtype="float32", enforce_eager=True)
 rollouts = RolloutCallback(engine=engine, max_new_tokens=64, reward_fn=boxed_string, val_num_samples=8)
 trainer = L.Trainer(accelerator="cpu", max_steps=1, val_check_interval=1, check_val_every_n_epoch=None,
@@ -430,6 +431,7 @@ def test_fit_two_steps_with_vllm_rollouts(engine, tiny_world, tmp_path):
     from test_train_e2e import Recorder, datamodule
 
     from lit_chord.module import ChordModule
+    from lit_chord.objectives import Chord
     from lit_chord.rollout_callback import RolloutCallback
 
     calls, pushed = [], []
@@ -456,10 +458,9 @@ def test_fit_two_steps_with_vllm_rollouts(engine, tiny_world, tmp_path):
     spy, recorder = Spy(), Recorder()
     module = ChordModule(
         model=str(tiny_world / "model"),
-        mu_warmup_steps=1,
-        mu_decay_steps=1,
         micro_batch_size=4,
         optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2),
+        objective=Chord(mu_warmup_steps=1, mu_decay_steps=1),
     )
     trainer = cpu_trainer(
         max_steps=2,

@@ -68,7 +68,7 @@ def demo_records(seed: int = 0, expert_size: int = 2000, expert_accuracy: float 
             },
         ]
         expert.append({"messages": messages})
-    # Each RL prompt also carries the expert's own trace (LUFFY's groups, data.expert_traces_in_groups), drawn from a
+    # Each RL prompt also carries the expert's own trace (the groups of LUFFY and SRFT), drawn from a
     # generator of its own so that the other records do not change.
     traces = random.Random(seed + 1)
     prompts = [

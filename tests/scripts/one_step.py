@@ -26,6 +26,7 @@ from helpers import EchoEngine, cpu_trainer  # noqa: E402
 from lit_chord.datamodule import ChordDataModule  # noqa: E402
 from lit_chord.lora import LoraSettings  # noqa: E402
 from lit_chord.module import ChordModule  # noqa: E402
+from lit_chord.objectives import Chord  # noqa: E402
 from lit_chord.rollout_callback import RolloutCallback  # noqa: E402
 
 
@@ -49,7 +50,7 @@ def main(world: str, out: str, devices: int, layout: str) -> None:
     layout, _, variant = layout.partition("+")
     cut = {"max_tokens_per_micro_batch": 60, "padding_free": True} if variant == "padding_free" else {}
     if variant == "lora":
-        cut = {"lora": LoraSettings(rank=4, alpha=8.0, modules_to_save=["embed_tokens"]), "kl_coef": 0.1}
+        cut = {"lora": LoraSettings(rank=4, alpha=8.0, modules_to_save=["embed_tokens"])}
     if variant == "updates":
         cut = {"ppo_epochs": 2, "ppo_mini_batches": 2}
     strategy = {
@@ -60,13 +61,11 @@ def main(world: str, out: str, devices: int, layout: str) -> None:
     }[layout]
     module = ChordModule(
         model=f"{world}/model",
-        mu_peak=0.5,
-        mu_valley=0.5,
-        mu_decay_steps=0,
         micro_batch_size=3,
         max_grad_norm=0.0,
         optimizer=lambda params: torch.optim.SGD(params, lr=1.0),
         **cut,
+        objective=Chord(mu_peak=0.5, mu_valley=0.5, mu_decay_steps=0, kl_coef=0.1 if variant == "lora" else 0.0),
     )
     data = ChordDataModule(
         tokenizer=f"{world}/model",

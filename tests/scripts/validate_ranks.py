@@ -28,6 +28,7 @@ from helpers import cpu_trainer  # noqa: E402
 from lit_chord.datamodule import ChordDataModule  # noqa: E402
 from lit_chord.engines import Completion, SamplingConfig  # noqa: E402
 from lit_chord.module import ChordModule  # noqa: E402
+from lit_chord.objectives import Grpo  # noqa: E402
 from lit_chord.rollout_callback import RolloutCallback  # noqa: E402
 from lit_chord.samples import SampleTable  # noqa: E402
 
@@ -80,7 +81,7 @@ def main(world: str, sets: str, out: str, devices: int, layout: str) -> None:
         "ddp": DDPStrategy(process_group_backend="gloo"),
         "fsdp2": ModelParallelStrategy(data_parallel_size=devices, tensor_parallel_size=1),
     }[layout]
-    module = ChordModule(model=f"{world}/model", mu_warmup_steps=0, mu_decay_steps=0, mu_valley=0.0)
+    module = ChordModule(model=f"{world}/model", objective=Grpo())
     data = ChordDataModule(
         tokenizer=f"{world}/model",
         prompt_data=f"{world}/prompts.jsonl",

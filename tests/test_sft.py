@@ -1,0 +1,67 @@
+"""Tests for the SFT objective (``lit_chord.objectives.sft``): CHORD at μ = 1, without rollouts."""
+
+import torch
+from helpers import EchoEngine, cpu_trainer, tiny_datamodule
+from lightning.pytorch import Callback
+
+from lit_chord.loss import count_normalizers
+from lit_chord.module import ChordModule
+from lit_chord.objectives import Chord, LossInputs, Needs, Sft
+from lit_chord.rollout_callback import RolloutCallback
+
+
+class CountingEngine(EchoEngine):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def generate(self, prompt_ids, n, sampling):
+        self.calls += 1
+        return super().generate(prompt_ids, n, sampling)
+
+
+class Keep(Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.rows = batch.train
+        self.logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+def test_sft_is_chord_at_mu_one():
+    torch.manual_seed(0)
+    logprobs = torch.log_softmax(torch.randn(4, 5, 6), -1)[..., 0].requires_grad_()
+    mask, is_expert = torch.ones(4, 5), torch.tensor([True, False, True, False])
+    x = LossInputs(
+        logprobs=logprobs,
+        old_logprobs=logprobs.detach(),
+        entropy=torch.zeros(4, 5),
+        mask=mask,
+        is_expert=is_expert,
+        advantages=torch.randn(4),
+        normalizers=count_normalizers(mask, is_expert),
+        step=1,
+        horizon=5,
+    )
+    sft, chord = Sft().loss(x), Chord(mu_peak=1.0, mu_valley=1.0, token_weighting="none").loss(x)
+    torch.testing.assert_close(sft.loss, chord.loss, rtol=0, atol=1e-7)
+    expected = -(logprobs[is_expert]).mean()  # token-mean of −log p over the expert rows' 10 tokens
+    torch.testing.assert_close(sft.loss, expected, rtol=0, atol=1e-7)
+    assert Sft().needs == Needs(sft_stream=True, rollouts=False)
+
+
+def test_an_sft_step_generates_nothing_and_trains_as_chord_at_mu_one(tiny_world):
+    """The engine is never called; the step's rows are the expert rows alone; the weights after two steps are those
+    of CHORD at μ = 1, whose rollouts weigh 0."""
+    weights, engines = {}, {}
+    for name, objective in [("sft", Sft()), ("chord", Chord(mu_peak=1.0, mu_valley=1.0, token_weighting="none"))]:
+        torch.manual_seed(0)
+        module = ChordModule(
+            model=str(tiny_world / "model"), objective=objective, optimizer=lambda p: torch.optim.SGD(p, lr=0.5)
+        )
+        engines[name], keep = CountingEngine(), Keep()
+        rollout = RolloutCallback(engines[name], max_new_tokens=4)
+        cpu_trainer(max_steps=2, callbacks=[rollout, keep]).fit(module, datamodule=tiny_datamodule(tiny_world))
+        weights[name] = torch.cat([p.detach().flatten() for p in module.policy.parameters()])
+        if name == "sft":
+            assert keep.rows.is_expert.all() and len(keep.rows) == 2
+            assert "train/mu" not in keep.logged and not any(k.startswith("rollout/") for k in keep.logged)
+    assert engines["sft"].calls == 0 and engines["chord"].calls == 2
+    torch.testing.assert_close(weights["sft"], weights["chord"], rtol=0, atol=1e-6)
