@@ -40,6 +40,7 @@ VARIANTS: dict[str, list[tuple[str, ...]]] = {
     "fixed_mix": [("demo_fixed_mix.yaml",)],
     "chord_phi": [("demo_chord_phi.yaml",)],
     "luffy": [("demo_luffy.yaml",)],
+    "srft": [("demo_srft.yaml",)],
     "sft_then_grpo": [("demo_sft_only.yaml",), ("demo_grpo_only.yaml",)],
 }
 ACCURACY = "val/accuracy"
