@@ -34,23 +34,21 @@ from pathlib import Path
 from typing import Any
 
 import lightning
-from huggingface_hub import HfApi, is_offline_mode, try_to_load_from_cache
-from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
-from huggingface_hub.utils import validate_repo_id
+from huggingface_hub.errors import HFValidationError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 
 from lit_chord.cli_parser import ROLLOUT_GROUP, ChordParser, config_files, program_name, refuse_listed_rollout_callback
-from lit_chord.datamodule import val_set_sources
 from lit_chord.errors import ConfigError, UserError
+from lit_chord.held_out import val_set_sources
+from lit_chord.hub import dataset_problem, is_repo_id, pretrained_problem
 from lit_chord.records import preparation_hint
 from lit_chord.rollout_callback import RolloutCallback
 from lit_chord.runs import RESUME_FLAG, last_checkpoint, prepare_fit
 
 DEBUG_ENV = "LIT_CHORD_DEBUG"
-HUB_PROBE_TIMEOUT_S = 3.0  # one request, no retries: an answer takes well under a second when the hub is there
 DATA_SUFFIXES = (".json", ".jsonl", ".parquet")  # any other data source is a ``datasets`` hub name
 DESCRIPTION = "CHORD: SFT and GRPO in one training step (arXiv 2508.11408). `fit --config configs/demo.yaml` trains."
 CKPT_KEYWORDS = ("last", "best", "hpc")  # ``ckpt_path`` values Lightning resolves itself
@@ -242,75 +240,6 @@ def check_datasets(sources: dict[str, str]) -> None:
         problem = dataset_problem(name)
         if problem is not None:
             raise ConfigError(f"{key}: {problem}", hint="pass a local .jsonl, .json or .parquet file instead")
-
-
-def dataset_problem(name: str) -> str | None:
-    """Why ``datasets.load_dataset(name)`` would fail now, or None if it can work: neither cache has it, and the hub
-    cannot provide it (offline mode, no answer, no such data set)."""
-    import datasets.config
-
-    if dataset_cached(name):
-        return None
-    problem = "offline mode is on (HF_HUB_OFFLINE)" if datasets.config.HF_HUB_OFFLINE else hub_problem(name, "dataset")
-    if problem is None:
-        return None
-    where = f"relative to {Path.cwd()}"
-    return f"{name!r} is not a local file or folder ({where}), not in the Hugging Face cache, and {problem}"
-
-
-def dataset_cached(name: str) -> bool:
-    """Whether a version of the hub data set ``name`` is cached: its files in the hub cache, or the tables ``datasets``
-    prepared from them in its own cache (which ``load_dataset`` falls back to offline)."""
-    import datasets.config
-    from datasets.naming import camelcase_to_snakecase
-    from huggingface_hub import constants
-    from huggingface_hub.file_download import repo_folder_name
-
-    snapshots = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=name, repo_type="dataset") / "snapshots"
-    namespace, _, dataset = name.rpartition("/")
-    prepared = "___".join([*filter(None, [namespace]), camelcase_to_snakecase(dataset)])
-    return any(snapshots.glob("*/*")) or (Path(datasets.config.HF_DATASETS_CACHE) / prepared).is_dir()
-
-
-def pretrained_problem(name: str, filenames: tuple[str, ...]) -> str | None:
-    """Why ``from_pretrained(name)`` would fail, or None if it can work: a folder without the files, or a hub name
-    that neither the local cache nor the hub can provide now."""
-    if Path(name).is_dir():
-        if any((Path(name) / filename).is_file() for filename in filenames):
-            return None
-        return f"folder {name!r} has no {' or '.join(filenames)}; it is not a model saved with save_pretrained"
-    if any(isinstance(try_to_load_from_cache(name, filename), str) for filename in filenames):
-        return None
-    problem = hub_problem(name)
-    if problem is None:
-        return None
-    return (
-        f"{name!r} is not a local folder (relative to {Path.cwd()}) and not in the Hugging Face cache, "
-        f"and {problem}: download it first or pass a local path"
-    )
-
-
-def is_repo_id(name: str) -> bool:
-    """Whether ``name`` could be a hub repository ("org/name"); "data/demo/model" or "./model" cannot."""
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
-
-
-def hub_problem(name: str, repo_type: str = "model") -> str | None:
-    """Why the hub cannot provide the model (or ``repo_type`` "dataset") ``name`` now, or None if it can: one short
-    request, no retries."""
-    if is_offline_mode():
-        return "offline mode is on (HF_HUB_OFFLINE)"
-    try:
-        HfApi().repo_info(name, repo_type=repo_type, timeout=HUB_PROBE_TIMEOUT_S)
-    except RepositoryNotFoundError:
-        return f"the hub has no such {repo_type} (or it is private or gated: log in with `hf auth login`)"
-    except Exception as err:  # no route, no DNS, a timeout, a 5xx: the download would fail the same way
-        return f"the hub is unreachable ({type(err).__name__}: {_first_line(err)})"
-    return None
 
 
 # ----- the boundary -----------------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 import torch
@@ -25,45 +24,14 @@ from lightning.pytorch.utilities import AttributeDict, rank_zero_info, rank_zero
 from torch.utils.data import DataLoader, IterableDataset
 
 from lit_chord.batch import Prompt, Sequence, StepBatch, TrainTensors, pad_sequences
-from lit_chord.chat import stop_token_ids
+from lit_chord.chat import PAPER_SYSTEM_PROMPT, ChatFormat, stop_token_ids
 from lit_chord.errors import ConfigError
-from lit_chord.held_out import HeldOutShard
+from lit_chord.held_out import HeldOutShard, val_set_sources
 from lit_chord.objectives import Needs
-from lit_chord.records import DataError, chat_messages, json_type, located_records, text_field_problem
+from lit_chord.records import DataError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
-
-PAPER_SYSTEM_PROMPT = (
-    "You are a helpful assistant that solves MATH problems. You should first think about the reasoning process in "
-    "mind and then provides the user with the answer. You should present your reasoning process using the format: "
-    "<think>\n ...your reasoning process here... </think>\n first. You should always include your final answer in "
-    "\\boxed{} as closed-form results."
-)
-
-
-def val_set_sources(val_data: str | list[str] | dict[str, str] | None) -> dict[str, str]:
-    """Name each held-out source: a single one is "heldout", a list's by file stem, a mapping's by its keys."""
-    if not val_data:
-        return {}
-    if isinstance(val_data, str):
-        return {"heldout": val_data}
-    if isinstance(val_data, dict):
-        named = dict(val_data)
-    else:
-        named = {}
-        for source in val_data:
-            name = Path(source.partition(":")[0]).stem  # "data/math500.jsonl" -> "math500", "org/ds:test" -> "ds"
-            if name in named:
-                raise ValueError(
-                    f"data.val_data: {named[name]!r} and {source!r} would both be named {name!r}; "
-                    "name the sets with a mapping instead, e.g. {name_a: path_a, name_b: path_b}"
-                )
-            named[name] = source
-    for name in named:
-        if not name or "/" in name:
-            raise ValueError(f"data.val_data: set name {name!r} must be non-empty and without '/'")
-    return named
 
 
 def round_up(count: int, multiple: int) -> int:
@@ -183,6 +151,7 @@ class ChordDataModule(LightningDataModule):
         self.filtered: dict[str, Counter[str]] = {}  # data field -> the limit a dropped record exceeds -> count
         self.tokenizer: PreTrainedTokenizerBase | None = None  # loaded by setup
         self.stop_token_ids: list[int] = []  # where a turn ends (chat.py), set by setup
+        self.chat: ChatFormat | None = None  # records -> chat turns -> ids, set by setup
         self.needs = Needs(sft_stream=True)  # what the objective asks of the streams: setup reads the module's
 
     @property
@@ -206,12 +175,16 @@ class ChordDataModule(LightningDataModule):
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.stop_token_ids = stop_token_ids(self.tokenizer, hp.tokenizer)
-        self.prompts = self._load_prompts(hp.prompt_data, "prompt_data")
+        keys = ["prompt_key", "answer_key", "messages_key", "response_key", "expert_response_key"]
+        keys += ["max_prompt_length", "max_response_length"]
+        self.chat = chat = ChatFormat(self.tokenizer, self.stop_token_ids, hp.system_prompt, **{k: hp[k] for k in keys})
+        self.prompts = chat.read_prompts(hp.prompt_data, "prompt_data", with_traces=self.needs.traces_in_groups)
         if self.draws_expert_rows:
-            self.expert = self._load_expert(hp.expert_data)
+            self.expert = chat.read_expert(hp.expert_data)
         for name, source in self.val_sources.items():
             field_name = "val_data" if isinstance(hp.val_data, str) else f"val_data.{name}"
-            self.val_sets[name] = self._load_prompts(source, field_name)[: hp.val_size]
+            self.val_sets[name] = chat.read_prompts(source, field_name)[: hp.val_size]
+        self.filtered = chat.filtered
         for name, counts in self.filtered.items():
             for limit, count in counts.items():
                 what = "prompt" if limit == "max_prompt_length" else DROPPED_RESPONSE.get(name, "response")
@@ -287,144 +260,6 @@ class ChordDataModule(LightningDataModule):
                     f"data.{field}: each step draws {per_step} {unit} from {records} record(s), so every record "
                     f"appears ~{per_step / records:.1f} times in each step; add records or lower data.{knob}"
                 )
-
-    def _chat_text(self, messages: list[dict], generation_prompt: bool) -> str:
-        assert self.tokenizer is not None, "setup has not run"
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
-        return cast(str, text)  # a string with tokenize=False
-
-    def _chat_ids(self, messages: list[dict], generation_prompt: bool) -> list[int]:
-        assert self.tokenizer is not None, "setup has not run"
-        text = self._chat_text(messages, generation_prompt)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def _system(self) -> list[dict]:
-        return [{"role": "system", "content": self.hp.system_prompt}] if self.hp.system_prompt else []
-
-    def _load_prompts(self, source: str, field_name: str) -> list[Prompt]:
-        hp = self.hp
-        prompts = []
-        for where, record in located_records(source):
-            messages = self.prompt_messages(record, where, field_name)
-            ids = self._chat_ids(messages, generation_prompt=True)
-            trace = self.expert_trace(record, messages, where) if field_name == "prompt_data" else None
-            if limit := self.exceeded(len(ids), len(trace or [])):
-                self.filtered.setdefault(field_name, Counter())[limit] += 1
-                continue
-            prompts.append(Prompt(ids, str(record[hp.answer_key]), messages[-1]["content"], trace))
-        if not prompts:
-            with_trace = self.needs.traces_in_groups and field_name == "prompt_data"
-            traces = f" with an expert trace within max_response_length={hp.max_response_length}" if with_trace else ""
-            raise DataError(f"{source}: no prompt fits max_prompt_length={hp.max_prompt_length}{traces}")
-        return prompts
-
-    def exceeded(self, prompt_length: int, response_length: int) -> str | None:
-        """The length limit a record exceeds (the prompt's first), or None if it fits: dropped records are counted
-        by limit, so that the start-up line says which limit to raise."""
-        if prompt_length > self.hp.max_prompt_length:
-            return "max_prompt_length"
-        if response_length > self.hp.max_response_length:
-            return "max_response_length"
-        return None
-
-    def prompt_messages(self, record: dict, where: str, field_name: str) -> list[dict]:
-        """An RL or held-out record's prompt as chat turns: its own ``messages_key`` turns (a tool-use prompt: the
-        system text with the tools, then the conversation, ending on a user's or a tool's turn), or the system
-        prompt and ``prompt_key`` as the user's turn."""
-        hp = self.hp
-        own_turns = record.get(hp.messages_key) is not None
-        for key in (hp.answer_key,) if own_turns else (hp.prompt_key, hp.answer_key):
-            if problem := text_field_problem(record, key):
-                needs = f"{hp.answer_key!r} and {hp.prompt_key!r} or {hp.messages_key!r}"
-                raise DataError(
-                    f"{where}: field {key!r} {problem}; expected a string or number (data.{field_name} records need "
-                    f"{needs})"
-                )
-        if not own_turns:
-            return [*self._system(), {"role": "user", "content": str(record[hp.prompt_key])}]
-        messages = chat_messages(record[hp.messages_key], hp.messages_key, where)
-        if messages[-1]["role"] not in ("user", "tool"):
-            raise DataError(
-                f"{where}: a prompt's {hp.messages_key!r} must end on a user's or a tool's turn, not the "
-                f"{messages[-1]['role']!r}'s"
-            )
-        return messages
-
-    def expert_trace(self, record: dict, messages: list[dict], where: str) -> list[int] | None:
-        """For an objective with traces in its groups (LUFFY), the tokens of the prompt's own expert response."""
-        key = self.hp.expert_response_key
-        if not self.needs.traces_in_groups:
-            return None
-        if not isinstance(record.get(key), str) or not record[key].strip():
-            got = "missing" if key not in record else f"is {json_type(record[key])}"
-            raise DataError(
-                f"{where}: field {key!r} {got}; an objective with expert traces in its groups needs every RL prompt's "
-                "response as a non-empty string"
-            )
-        return self.response_ids([*messages, {"role": "assistant", "content": record[key]}], where)
-
-    def expert_messages(self, record: dict, where: str) -> list[dict]:
-        """Normalize an expert record to chat messages whose last turn is the assistant's response."""
-        hp = self.hp
-        if record.get(hp.messages_key) is not None:
-            messages = chat_messages(record[hp.messages_key], hp.messages_key, where)
-            if messages[-1]["role"] != "assistant":
-                raise DataError(
-                    f"{where}: no assistant turn at the end: the last message (role {messages[-1]['role']!r}) "
-                    "must be the assistant's response"
-                )
-        elif hp.prompt_key in record or hp.response_key in record:
-            for key in (hp.prompt_key, hp.response_key):
-                if not isinstance(record.get(key), str):
-                    got = "missing" if key not in record else f"is {json_type(record[key])}"
-                    raise DataError(f"{where}: field {key!r} {got}; expected a string")
-            messages = [
-                *self._system(),
-                {"role": "user", "content": record[hp.prompt_key]},
-                {"role": "assistant", "content": record[hp.response_key]},
-            ]
-        else:
-            raise DataError(
-                f"{where}: expected field {hp.messages_key!r} (chat messages) or string fields {hp.prompt_key!r} "
-                f"and {hp.response_key!r}; found {', '.join(map(repr, record)) or 'no fields'}"
-            )
-        if not messages[-1]["content"].strip():
-            raise DataError(f"{where}: empty assistant response")
-        return messages
-
-    def _load_expert(self, source: str) -> list[Sequence]:
-        hp = self.hp
-        expert = []
-        for where, record in located_records(source):
-            messages = self.expert_messages(record, where)
-            prompt_ids = self._chat_ids(messages[:-1], generation_prompt=True)
-            response_ids = self.response_ids(messages, where)
-            if limit := self.exceeded(len(prompt_ids), len(response_ids)):
-                self.filtered.setdefault("expert_data", Counter())[limit] += 1
-                continue
-            expert.append(Sequence(prompt_ids, response_ids, is_expert=True))
-        if not expert:
-            raise DataError(
-                f"{source}: no expert sample fits max_prompt_length={hp.max_prompt_length} and "
-                f"max_response_length={hp.max_response_length}"
-            )
-        return expert
-
-    def response_ids(self, messages: list[dict], where: str) -> list[int]:
-        """The tokens of the conversation's last (assistant) turn as the chat template renders them after the
-        generation prompt, up to and including the first end-of-turn token (what a rollout that ends there holds)."""
-        assert self.tokenizer is not None, "setup has not run"
-        prompt_text = self._chat_text(messages[:-1], generation_prompt=True)
-        full_text = self._chat_text(messages, generation_prompt=False)
-        if not full_text.startswith(prompt_text):
-            raise DataError(
-                f"{where}: the chat template does not render the prompt as a "
-                "prefix of the conversation; cannot locate the assistant tokens"
-            )
-        ids = self.tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
-        stops = set(self.stop_token_ids)
-        end = next((index for index, token in enumerate(ids) if token in stops), len(ids) - 1)
-        return ids[: end + 1]  # drop what the template adds after the end of turn (chat.py)
 
     # ----- streams ----------------------------------------------------------------------------------------------
     def _draw(self, items: list, count: int, step: int, stream: int, rank: int, world_size: int) -> list:

@@ -1,10 +1,12 @@
-"""``HeldOutShard``: each rank's share of a held-out set, so that every prompt is scored once across ranks."""
+"""The held-out sets: their names (``val_set_sources``), and each rank's share of one (``HeldOutShard``), so that
+every prompt is scored once across ranks."""
 
 from __future__ import annotations
 
 import math
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 from torch.utils.data import IterableDataset
 
@@ -43,3 +45,27 @@ class HeldOutShard(IterableDataset):
         for first in range(0, self.rows, self.batch_size):
             rows = slice(first, first + self.batch_size)
             yield ValBatch([self.prompts[i] for i in indices[rows]], indices=indices[rows], counted=counted[rows])
+
+
+def val_set_sources(val_data: str | list[str] | dict[str, str] | None) -> dict[str, str]:
+    """Name each held-out source: a single one is "heldout", a list's by file stem, a mapping's by its keys."""
+    if not val_data:
+        return {}
+    if isinstance(val_data, str):
+        return {"heldout": val_data}
+    if isinstance(val_data, dict):
+        named = dict(val_data)
+    else:
+        named = {}
+        for source in val_data:
+            name = Path(source.partition(":")[0]).stem  # "data/math500.jsonl" -> "math500", "org/ds:test" -> "ds"
+            if name in named:
+                raise ValueError(
+                    f"data.val_data: {named[name]!r} and {source!r} would both be named {name!r}; "
+                    "name the sets with a mapping instead, e.g. {name_a: path_a, name_b: path_b}"
+                )
+            named[name] = source
+    for name in named:
+        if not name or "/" in name:
+            raise ValueError(f"data.val_data: set name {name!r} must be non-empty and without '/'")
+    return named

@@ -24,12 +24,13 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
+from lit_chord.chat import PAPER_SYSTEM_PROMPT
 from lit_chord.data.__main__ import main
 from lit_chord.data.benchmarks import prepare_benchmark
 from lit_chord.data.openr1 import has_chinese, parses_as_int, prepare_openr1
 from lit_chord.data.sources import load_source, write_jsonl
 from lit_chord.data.toolace import prepare_toolace
-from lit_chord.datamodule import PAPER_SYSTEM_PROMPT, ChordDataModule
+from lit_chord.datamodule import ChordDataModule
 from lit_chord.errors import UserError
 
 PREP = Path(__file__).parent / "data" / "prep"

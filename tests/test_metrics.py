@@ -13,9 +13,10 @@ from lightning.pytorch import Callback
 from lightning.pytorch.loggers import CSVLogger
 
 from lit_chord.batch import ValResult
-from lit_chord.datamodule import ChordDataModule, val_set_sources
+from lit_chord.datamodule import ChordDataModule
 from lit_chord.engines import Completion
 from lit_chord.errors import ConfigError
+from lit_chord.held_out import val_set_sources
 from lit_chord.metrics import HeldOutMetrics, RolloutSums, pass_at_k, step_rollout_metrics
 from lit_chord.module import ChordModule
 from lit_chord.objectives import Grpo

@@ -11,12 +11,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from lit_chord.cli import command_line, is_repo_id, pretrained_problem
+from lit_chord.cli import command_line
 from lit_chord.data.benchmarks import BENCHMARKS, prepare_benchmark
 from lit_chord.data.openr1 import SOURCE, prepare_openr1
 from lit_chord.data.sources import first_line
 from lit_chord.data.toolace import RL_SOURCE, SFT_SOURCE, prepare_toolace
 from lit_chord.errors import UserError
+from lit_chord.hub import is_repo_id, pretrained_problem
 
 LOCAL = "a hub name, or a local .parquet/.jsonl/.json file in its columns"
 DESCRIPTION = "Prepare the paper's data sets into the files lit_chord trains and evaluates on."

@@ -24,8 +24,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+from lit_chord.chat import PAPER_SYSTEM_PROMPT
 from lit_chord.data.sources import Report, load_source, require_columns, write_jsonl
-from lit_chord.datamodule import PAPER_SYSTEM_PROMPT
 from lit_chord.errors import UserError
 
 SOURCE = "open-r1/OpenR1-Math-220k"

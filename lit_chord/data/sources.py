@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 from huggingface_hub import HfApi, is_offline_mode, try_to_load_from_cache
 from huggingface_hub.errors import RepositoryNotFoundError
 
-from lit_chord.cli import HUB_PROBE_TIMEOUT_S, is_repo_id
 from lit_chord.errors import UserError
+from lit_chord.hub import HUB_PROBE_TIMEOUT_S, is_repo_id
 
 if TYPE_CHECKING:
     from datasets import Dataset
