@@ -25,7 +25,7 @@ def fake_launch(accuracies_by_variant, commands):
         steps, run_dir = run["trainer"]["max_steps"], Path(run["trainer"]["default_root_dir"])
         variant_dir = run_dir if run_dir.parent.name == "runs" else run_dir.parent  # runs/<v> or phases/<v>/<phase>
         accuracies = accuracies_by_variant[variant_dir.name]
-        lines = ["step,train/mu,val/accuracy"] + [f"{s},1.0," for s in range(steps)]
+        lines = ["step,train/loss,val/accuracy"] + [f"{s},1.0," for s in range(steps)]
         lines += [f"{steps // 2 - 1},,{accuracies.pop(0)}", f"{steps - 1},,{accuracies.pop(0)}"]
         (run_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
         (run_dir / "export").mkdir()
@@ -69,7 +69,7 @@ def test_variants_launch_layered_configs_and_the_table_reads_their_logs(tmp_path
     joined = read_metrics(results[1].run_dir / "metrics.csv")
     # phase 2's steps are shifted by phase 1's budget (4): validations at 1, 3 | 5, 7.
     assert joined["val/accuracy"] == [(1, 0.5), (3, 0.25), (5, 0.25), (7, 0.5)]
-    assert len(joined["train/mu"]) == 8
+    assert len(joined["train/loss"]) == 8
 
     table = compare.results_table(results).splitlines()
     assert table[2] == "| chord_mu | 0 | 0.750 | 0.750 | 8 | 0.0 |"
@@ -118,7 +118,7 @@ def test_table_aggregates_seeds_and_names_failures(tmp_path):
         run_dir = tmp_path / f"s{seed}"
         run_dir.mkdir()
         if final is not None:
-            (run_dir / "metrics.csv").write_text(f"step,train/mu,val/accuracy\n0,1.0,\n0,,0.25\n1,1.0,\n1,,{final}\n")
+            (run_dir / "metrics.csv").write_text(f"step,train/loss,val/accuracy\n0,1.0,\n0,,0.25\n1,1.0,\n1,,{final}\n")
         results.append(runner.RunResult("fixed_mix", seed, run_dir, 120.0, 0 if final is not None else 1))
     row = compare.results_table(results).splitlines()[2]
     # finals 0.5 and 0.75: mean 0.625, range 0.5-0.75; bests the same; 2 steps; 120 s = 2.0 min.

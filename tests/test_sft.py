@@ -1,5 +1,6 @@
 """Tests for the SFT objective (``lit_chord.objectives.sft``): CHORD at μ = 1, without rollouts."""
 
+import pytest
 import torch
 from helpers import EchoEngine, cpu_trainer, tiny_datamodule
 from lightning.pytorch import Callback
@@ -50,8 +51,13 @@ def test_sft_is_chord_at_mu_one():
 def test_an_sft_step_generates_nothing_and_trains_as_chord_at_mu_one(tiny_world):
     """The engine is never called; the step's rows are the expert rows alone; the weights after two steps are those
     of CHORD at μ = 1, whose rollouts weigh 0."""
-    weights, engines = {}, {}
-    for name, objective in [("sft", Sft()), ("chord", Chord(mu_peak=1.0, mu_valley=1.0, token_weighting="none"))]:
+    weights, engines, logged = {}, {}, {}
+    variants = [
+        ("sft", Sft()),
+        ("sampling", Sft(rollout_metrics=True)),
+        ("chord", Chord(mu_peak=1.0, mu_valley=1.0, token_weighting="none")),
+    ]
+    for name, objective in variants:
         torch.manual_seed(0)
         module = ChordModule(
             model=str(tiny_world / "model"), objective=objective, optimizer=lambda p: torch.optim.SGD(p, lr=0.5)
@@ -60,8 +66,14 @@ def test_an_sft_step_generates_nothing_and_trains_as_chord_at_mu_one(tiny_world)
         rollout = RolloutCallback(engines[name], max_new_tokens=4)
         cpu_trainer(max_steps=2, callbacks=[rollout, keep]).fit(module, datamodule=tiny_datamodule(tiny_world))
         weights[name] = torch.cat([p.detach().flatten() for p in module.policy.parameters()])
+        logged[name] = keep.logged
         if name == "sft":
             assert keep.rows.is_expert.all() and len(keep.rows) == 2
-            assert "train/mu" not in keep.logged and not any(k.startswith("rollout/") for k in keep.logged)
-    assert engines["sft"].calls == 0 and engines["chord"].calls == 2
+    assert "train/mu" not in logged["sft"] and not any(k.startswith("rollout/") for k in logged["sft"])
+    assert "train/entropy" not in logged["sft"]
+    # rollout_metrics: the same rollouts and entropy as CHORD's, and still no gradient from them
+    for key in ("rollout/reward_mean", "rollout/response_len", "train/entropy"):
+        assert logged["sampling"][key] == pytest.approx(logged["chord"][key], abs=1e-6)
+    assert (engines["sft"].calls, engines["sampling"].calls, engines["chord"].calls) == (0, 2, 2)
     torch.testing.assert_close(weights["sft"], weights["chord"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(weights["sampling"], weights["chord"], rtol=0, atol=1e-6)

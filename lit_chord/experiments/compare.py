@@ -47,7 +47,7 @@ ACCURACY = "val/accuracy"
 
 
 def summary(result: RunResult) -> dict:
-    """Final and best held-out accuracy, and optimizer steps taken (rows that logged ``train/mu``, which every step
+    """Final and best held-out accuracy, and optimizer steps taken (rows that logged ``train/loss``, which every step
     logs, even one whose rollouts were all truncated)."""
     path = result.run_dir / "metrics.csv"
     series = read_metrics(path) if path.exists() else {}
@@ -55,7 +55,7 @@ def summary(result: RunResult) -> dict:
     return {
         "final": accuracy[-1] if accuracy else None,
         "best": max(accuracy) if accuracy else None,
-        "steps": len(series.get("train/mu", [])),
+        "steps": len(series.get("train/loss", [])),
     }
 
 
