@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, cast
 
 import torch
-from lightning.pytorch import LightningDataModule
+from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.utilities import AttributeDict, rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -153,6 +153,12 @@ class ChordDataModule(LightningDataModule):
         self.stop_token_ids: list[int] = []  # where a turn ends (chat.py), set by setup
         self.chat: ChatFormat | None = None  # records -> chat turns -> ids, set by setup
         self.needs = Needs(sft_stream=True)  # what the objective asks of the streams: setup reads the module's
+
+    @staticmethod
+    def of(trainer: Trainer) -> ChordDataModule:
+        """The trainer's datamodule, typed: where callbacks reach it. Lightning sets ``trainer.datamodule`` while a
+        run starts, so a type checker cannot see it on ``Trainer``."""
+        return cast(ChordDataModule, trainer.datamodule)  # type: ignore[attr-defined]  # set by Lightning at run time
 
     @property
     def hp(self) -> AttributeDict:

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, cast
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
+from lit_chord.datamodule import ChordDataModule
+
 if TYPE_CHECKING:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -98,7 +100,9 @@ class PolicyExport(Callback):
                     module.policy.save_pretrained(base_path, state_dict=base)
             finally:
                 hf_logging.enable_progress_bar()
-            trainer.datamodule.tokenizer.save_pretrained(path)  # type: ignore[attr-defined]
+            tokenizer = ChordDataModule.of(trainer).tokenizer
+            assert tokenizer is not None, "the datamodule's setup has not run"
+            tokenizer.save_pretrained(path)
             if lora is not None:
                 lora.save_adapter(path / "adapter", adapter, base=str(base_path.resolve()) if base_path else None)
 

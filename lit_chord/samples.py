@@ -18,7 +18,7 @@ from lightning.pytorch.loggers import WandbLogger
 from typing_extensions import override
 
 from lit_chord.batch import ValBatch
-from lit_chord.validation import validated_step
+from lit_chord.validation import set_names, validated_step
 
 COLUMNS = ["step", "set", "prompt", "answer", "completion", "reward", "samples_correct", "pass@k"]
 
@@ -55,7 +55,7 @@ class SampleTable(Callback):
     ) -> None:
         if not trainer.is_global_zero:
             return
-        names = getattr(trainer.datamodule, "val_set_names", None) or ["heldout"]  # type: ignore[attr-defined]
+        names = set_names(trainer)
         shown = sum(row["set"] == names[dataloader_idx] for row in self.rows)
         for prompt, result in list(zip(batch.prompts, batch.results, strict=True))[: self.num_prompts - shown]:
             self.rows.append(

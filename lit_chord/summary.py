@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, cast
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lit_chord.datamodule import ChordDataModule
 from lit_chord.rollout_callback import RolloutCallback
 
 if TYPE_CHECKING:
-    from lit_chord.datamodule import ChordDataModule
     from lit_chord.module import ChordModule
 
 DEMO_DATA = Path(__file__).resolve().parent.parent / "data" / "demo"
@@ -76,7 +76,7 @@ class RunSummary(Callback):
     prompts."""
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        data = cast("ChordDataModule", trainer.datamodule)  # type: ignore[attr-defined]
+        data = ChordDataModule.of(trainer)
         summary = run_summary(trainer, cast("ChordModule", pl_module), data)  # every rank: log_dir is a collective
         rank_zero_info(summary)
         if demo_held_out_with_other_prompts(data):
