@@ -1,9 +1,12 @@
 """The data that flows through one optimizer step.
 
 ``StepBatch`` is what the datamodule yields per step: the prompts to roll out (already tokenized with the chat
-template) and the expert demonstrations. The rollout callback fills in ``rollouts``; the datamodule's collate
-turns expert rows and rollout rows into one right-padded ``TrainTensors`` that the module slices into
-micro-batches.
+template) and the expert demonstrations. The rollout callback fills in ``rollouts`` and ``sampling`` (how they were
+drawn); the datamodule's collate turns expert rows and rollout rows into one right-padded ``TrainTensors`` that the
+module slices into micro-batches.
+
+``SamplingConfig`` lives here, not with the engines that read it (``lit_chord.engines`` re-exports it): the step
+needs it too, and this room imports nothing of ours above it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,16 @@ import torch
 from torch import Tensor
 
 from lit_chord.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How to sample completions. ``seed`` makes a generation call reproducible."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 1024
+    seed: int | None = None
 
 
 @dataclass
@@ -157,8 +170,9 @@ class StepBatch:
     num_generations: int
     rollouts: list[Sequence] = field(default_factory=list)
     train: TrainTensors | None = None  # set by the rollout callback through the datamodule's collate
-    temperature: float = 1.0  # sampling temperature; the trainer scales logits by the same value
-    horizon: int | None = None  # the rollouts' max_new_tokens: the constant of seq-mean-token-sum-norm
+    # Set by the rollout callback: how the rollouts were drawn. The step scales its logits by the same temperature,
+    # and max_new_tokens is the horizon of seq-mean-token-sum-norm (a constant of the run, the same on every rank).
+    sampling: SamplingConfig | None = None
     metrics: dict[str, float] = field(default_factory=dict)  # rollout/*, all ranks, as the callback logged them
 
 

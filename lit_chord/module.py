@@ -77,7 +77,7 @@ class ChordModule(LightningModule):
         Args:
             model: Path or hub name of a causal LM, loaded with ``AutoModelForCausalLM.from_pretrained``.
             random_init: Build the model from its ``config.json`` with random weights instead (demo and tests).
-            init_seed: Seed of the random initialization.
+            init_seed: Seed of the random initialization, and with the step and the rank of each step's dropout.
             objective: The algorithm (``class_path``, ``lit_chord.objectives``): ``Chord`` (None: the reference's
                 CHORD-φ, μ = 0.1), ``Grpo``, ``Luffy``, ``Sft`` or your own, saying what the step needs.
             micro_batch_size: Rows per forward/backward, in arrival order; the step's result does not depend on it.
@@ -183,12 +183,13 @@ class ChordModule(LightningModule):
     @override
     def training_step(self, batch: StepBatch, batch_idx: int) -> None:
         start, trainer, hp = time.perf_counter(), self.trainer, self.hp
+        # Dropout follows (init_seed, step, rank), so a resumed run draws the masks an uninterrupted one would
+        torch.manual_seed(hp.init_seed + 1_000_003 * trainer.global_step + 7919 * trainer.global_rank + 1)
         number = trainer.global_step + 1  # 1-based; one for every update of the step: schedules count steps
-        assert batch.train is not None, "the rollout callback fills batch.train before training_step"
-        rows, temperature = batch.train.to(self.device), batch.temperature
+        assert batch.train is not None and batch.sampling is not None, "the rollout callback fills batch.train"
+        rows, temperature = batch.train.to(self.device), batch.sampling.temperature
         # seq-mean-token-sum-norm divides by a constant of the run, the same on every rank: the generation budget
-        assert batch.horizon is not None, "the rollout callback sets batch.horizon (its max_new_tokens)"
-        step = StepContext(number, temperature, batch.horizon, rows)
+        step = StepContext(number, temperature, batch.sampling.max_new_tokens, rows)
         updates = hp.ppo_epochs * hp.ppo_mini_batches
         if updates > 1:
             rows = self.with_old_logprobs(rows, temperature)
