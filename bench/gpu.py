@@ -231,7 +231,7 @@ def mfu(args, path: str) -> dict:
     from lightning.pytorch import Callback, LightningDataModule
     from torch.utils.data import DataLoader
 
-    from lit_chord.batch import StepBatch, TrainTensors
+    from lit_chord.batch import SamplingConfig, StepBatch, TrainTensors
     from lit_chord.module import ChordModule
     from lit_chord.objectives import Chord
 
@@ -250,7 +250,8 @@ def mfu(args, path: str) -> dict:
             is_expert=torch.arange(rows) < experts,
             advantages=torch.where(torch.arange(rows) % 2 == 0, 1.0, -1.0) * (torch.arange(rows) >= experts),
         )
-        return StepBatch(step=step, prompts=[], expert=[], num_generations=1, train=train, horizon=length - prompt_len)
+        sampling = SamplingConfig(max_new_tokens=length - prompt_len)
+        return StepBatch(step=step, prompts=[], expert=[], num_generations=1, train=train, sampling=sampling)
 
     class Rows(LightningDataModule):
         def train_dataloader(self) -> DataLoader:

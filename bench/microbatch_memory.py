@@ -83,7 +83,7 @@ def build(args: argparse.Namespace, folder: Path) -> ChordModule:
 
 
 def micro_batches(args: argparse.Namespace, rows: TrainTensors) -> list[TrainTensors]:
-    """What ``ChordModule.micro_batches`` cuts on one rank, without a trainer."""
+    """What ``packing.MicroBatcher.cut`` cuts on one rank, without a trainer."""
     if args.variant == "rows":
         return rows.micro_batches(args.micro_batch_size)
     if args.variant == "padding-free":

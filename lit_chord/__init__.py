@@ -9,9 +9,9 @@ Rooms, each importing only the ones below it (no import cycle, lazy imports incl
 - ``__main__``, ``cli``, ``cli_parser``, ``runs``, ``data/`` (``python -m lit_chord.data``): the command lines.
 - callbacks: ``rollout_callback`` (engines in ``engines/``, ``rewards``, ``protocol``), ``export``, ``samples``,
   ``summary``, ``progress``, ``interrupt``.
-- ``module`` (the step: ``scorer``/``logprobs``, ``packing``, ``lora``, ``schedules``, ``metrics``, ``flops``, and
-  ``validation``, whose ``HeldOutScores`` owns the held-out state) and ``datamodule`` (``records``, ``chat``,
-  ``held_out``).
+- ``module`` (the step; its other jobs in ``policy`` (``scorer``/``logprobs``, ``lora``), ``optimization``
+  (``schedules``), ``packing``, ``metrics`` (``flops``) and ``validation``, whose ``HeldOutScores`` owns the held-out
+  state) and ``datamodule`` (``records``, ``chat``, ``held_out``).
 - ``objectives/``: one file per algorithm (``grpo``, ``chord``, ``luffy``, ``sft``, ...), chosen by ``class_path``
   as ``model.objective``; each declares what the step needs (``Needs``) and composes its loss of ``loss``'s pure
   pieces. A new algorithm goes here; a new rollout engine in ``engines/``.

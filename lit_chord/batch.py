@@ -1,9 +1,12 @@
 """The data that flows through one optimizer step.
 
 ``StepBatch`` is what the datamodule yields per step: the prompts to roll out (already tokenized with the chat
-template) and the expert demonstrations. The rollout callback fills in ``rollouts``; the datamodule's collate
-turns expert rows and rollout rows into one right-padded ``TrainTensors`` that the module slices into
-micro-batches.
+template) and the expert demonstrations. The rollout callback fills in ``rollouts`` and ``sampling`` (how they were
+drawn); the datamodule's collate turns expert rows and rollout rows into one right-padded ``TrainTensors`` that the
+module slices into micro-batches.
+
+``SamplingConfig`` lives here, not with the engines that read it (``lit_chord.engines`` re-exports it): the step
+needs it too, and this room imports nothing of ours above it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,18 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from lit_chord.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How to sample completions. ``seed`` makes a generation call reproducible."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 1024
+    seed: int | None = None
 
 
 @dataclass
@@ -89,14 +104,26 @@ class TrainTensors:
         return TrainTensors(**tensors)
 
 
+def check_mini_batches(count: int, groups_per_rank: int) -> None:
+    """Refuse more mini-batches than a rank has prompt groups: an update without rollouts would still move AdamW's
+    moments. ``count``: ``model.ppo_mini_batches`` (1: the whole step as it is, always fine)."""
+    if count > 1 and groups_per_rank < count:
+        raise ConfigError(
+            f"model.ppo_mini_batches={count} needs at least as many prompt groups per rank; "
+            f"this rank has {groups_per_rank} (data.prompts_per_step / world size)"
+        )
+
+
 def split_mini_batches(rows: TrainTensors, count: int, group_size: int) -> list[TrainTensors]:
     """The step's rows in ``count`` mini-batches, one optimizer update each (PPO's mini-batches).
 
     Prompt groups stay whole (their advantages were computed together) and are dealt out in turn: the k-th group of
     rollout rows goes to mini-batch k mod ``count``, and so does the k-th expert row. Because ranks hold contiguous
     shares of the step's draw, a rank whose share of groups (and of expert rows) is a multiple of ``count`` puts
-    into mini-batch j exactly the rows one rank would: 2 ranks take the same updates as 1.
+    into mini-batch j exactly the rows one rank would: 2 ranks take the same updates as 1. Fewer prompt groups than
+    ``count`` are refused (``check_mini_batches``).
     """
+    check_mini_batches(count, int((~rows.is_expert).sum()) // group_size)
     is_expert = rows.is_expert
     position = torch.zeros(len(rows), dtype=torch.long, device=is_expert.device)
     position[~is_expert] = torch.arange(int((~is_expert).sum()), device=is_expert.device) // group_size
@@ -143,9 +170,22 @@ class StepBatch:
     num_generations: int
     rollouts: list[Sequence] = field(default_factory=list)
     train: TrainTensors | None = None  # set by the rollout callback through the datamodule's collate
-    temperature: float = 1.0  # sampling temperature; the trainer scales logits by the same value
-    horizon: int | None = None  # the rollouts' max_new_tokens: the constant of seq-mean-token-sum-norm
+    # Set by the rollout callback: how the rollouts were drawn. The step scales its logits by the same temperature,
+    # and max_new_tokens is the horizon of seq-mean-token-sum-norm (a constant of the run, the same on every rank).
+    sampling: SamplingConfig | None = None
     metrics: dict[str, float] = field(default_factory=dict)  # rollout/*, all ranks, as the callback logged them
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What every update of one step shares: its 1-based number (the objective's schedules follow it), the sampling
+    temperature, the horizon of seq-mean-token-sum-norm, and the step's rows (whose first row pads the passes of a
+    rank with fewer)."""
+
+    number: int
+    temperature: float
+    horizon: int
+    rows: TrainTensors
 
 
 @dataclass

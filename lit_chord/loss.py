@@ -9,6 +9,7 @@ Each piece is a function of tensors, tested on its own (``tests/test_loss.py``);
     ℓ_off = −A·f(π_θ),  f(π) = π / (π + γ), unclipped, on expert traces inside a group      LUFFY, `shaped_loss`
     ℓ_sft = −w(p)·log p,  w detached: 1, φ(p) = p(1 − p), p, or 1 − p                 CHORD-φ and kin, `sft_loss`
     KL    = k1, k2 or k3 estimate of KL(π_θ ‖ π_ref) per token                                         `kl_penalty`
+    w_tis = min(π_old(y_t) / π_engine(y_t), cap), the sampler/trainer mismatch       truncated IS, `importance_weights`
 
 ``aggregate`` turns per-token values into a term with the step's global counts (``Normalizers``, summed over
 micro-batches and ranks by the caller), so that micro-batch losses add up to the full-batch loss whatever the
@@ -153,6 +154,14 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: KlEstimator = 
     if estimator == "k3":
         return torch.exp(-log_ratio) + log_ratio - 1.0  # exp(ref − logp) − (ref − logp) − 1
     raise ValueError(f"unknown KL estimator {estimator!r}")
+
+
+def importance_weights(old_logprobs: Tensor, engine_logprobs: Tensor, cap: float) -> Tensor:
+    """Truncated importance sampling weights ``(B, T)``: min(exp(old − engine), cap) per token, 1 where the engine
+    reported no log-probability (NaN). ``old_logprobs`` are the trainer's, of the policy that sampled (detached
+    here); ``engine_logprobs`` the rollout engine's of the same tokens, same shape: two copies of one policy."""
+    ratio = torch.exp(old_logprobs.detach().float() - torch.nan_to_num(engine_logprobs, nan=0.0))
+    return torch.where(engine_logprobs.isnan(), torch.ones_like(ratio), ratio.clamp(max=cap))
 
 
 @dataclass(frozen=True)

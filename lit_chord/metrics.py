@@ -12,6 +12,10 @@ and epochs reset by Lightning); its keys are ``val/<set>/greedy_acc``, ``val/<se
 ``accuracy``); the format is ``format_ok``, logged for rewards that judge it. ``logprob_gap`` measures how far
 the rollout engine's numerics drift from the trainer's on the sampled tokens.
 
+``train/*`` are the step's updates over all ranks (``train_metrics``): each micro-batch's metrics are token-mean
+shares of the step (``accumulate`` adds them up), the ranks' totals add up in one reduction, and throughput, model
+FLOPs utilization and the padding fraction follow from the summed tokens, FLOPs and pass counts.
+
 ``rollout/*`` are the step's rollouts over all ranks: each rank sums its own (``RolloutSums``), the ranks' sums add
 up, and the means follow from the totals; a mean of per-rank means would misstate the std and count a rank's
 ``zero_std_groups`` instead of the step's.
@@ -19,7 +23,7 @@ up, and the means follow from the totals; a mean of per-rank means would misstat
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import astuple, dataclass, fields
 
 import torch
@@ -27,7 +31,11 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, SumMetric
 
 from lit_chord.batch import TrainTensors, ValResult
+from lit_chord.flops import ModelShape, forward_flops, model_shape, peak_flops, training_flops
 from lit_chord.loss import Normalizers
+from lit_chord.packing import PassCounts
+
+NON_ADDITIVE = ("ratio_max",)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -104,6 +112,77 @@ def logprob_gap(logprobs: Tensor, rows: TrainTensors, normalizers: Normalizers) 
     scored = rows.loss_mask[:, : logprobs.shape[1]].bool() & ~rows.is_expert[:, None] & ~engine.isnan()
     gap = torch.where(scored, (logprobs.float() - engine).abs(), torch.zeros((), device=logprobs.device))
     return {"logprob_gap": gap.sum() / max(normalizers.rl_tokens, 1.0)}
+
+
+def accumulate(totals: dict[str, Tensor], metrics: dict[str, Tensor], weight: float) -> None:
+    """Add a micro-batch's metrics (token-mean shares of the step) into the step's totals; ``ratio_max`` is a max."""
+    for key, value in metrics.items():
+        value = value * weight
+        totals[key] = torch.maximum(totals[key], value) if key == "ratio_max" else totals[key] + value
+
+
+class Throughput:
+    """What ``train/tokens_per_second`` and ``train/mfu`` count: the tokens and FLOPs of each update
+    (``lit_chord.flops``), and the devices' peak FLOP/s to divide by (None where Lightning does not know it)."""
+
+    def __init__(self) -> None:
+        self.shape: ModelShape | None = None  # what the policy's FLOPs depend on
+        self.peak_flops: float | None = None  # one device's peak FLOP/s at the trainer's precision
+        self.world_size = 1  # the devices
+
+    def start(self, policy: nn.Module, device: torch.device, precision: str, world_size: int) -> None:
+        self.shape, self.peak_flops = model_shape(policy), peak_flops(device, precision)
+        self.world_size = world_size
+
+    def add(self, totals: dict[str, Tensor], trained: TrainTensors, scored: TrainTensors) -> None:
+        """Count one update's work into ``totals``: ``trained`` rows went forward and backward, ``scored`` forward."""
+        assert self.shape is not None, "on_fit_start has not run"
+        lengths = [trained.attention_mask.sum(-1), scored.attention_mask.sum(-1)]
+        totals["tokens"] += (lengths[0].sum() + lengths[1].sum()).to(torch.float32)
+        flops = training_flops(self.shape, lengths[0]) + forward_flops(self.shape, lengths[1])
+        totals["flops"] += torch.tensor(flops, device=totals["tokens"].device)
+
+
+def mean_over_updates(totals: dict[str, Tensor], updates: int) -> None:
+    """A step's totals over its ``updates`` as their mean; ``ratio_max`` stays their max, tokens and FLOPs add up."""
+    for key in totals:
+        if key not in ("ratio_max", "tokens", "flops"):
+            totals[key] = totals[key] / updates
+
+
+def train_metrics(
+    totals: dict[str, Tensor],
+    counts: PassCounts,
+    reduce: Callable[[Tensor, str], Tensor],
+    seconds: float,
+    throughput: Throughput,
+) -> dict[str, Tensor]:
+    """The step's ``train/*`` over all ranks that follow from this rank's ``totals`` (``accumulate``d, with
+    ``tokens`` and ``flops``; a ``defaultdict``, so ``ratio_max`` reads 0 where no pass reported it) and its pass
+    ``counts``: the metrics' sums (``ratio_max``: the max), the padding fraction, throughput and MFU.
+
+    ``reduce(tensor, op)`` combines a tensor over ranks (``op``: "sum" or "max"); every rank calls it with the same
+    keys (padding passes report the same metrics, times 0). ``seconds``: the update's time; ``throughput``: the
+    devices' peak FLOP/s (unknown: no ``train/mfu``).
+    """
+    additive = {k: v for k, v in totals.items() if k not in NON_ADDITIVE}
+    tokens = torch.tensor([counts.processed, counts.padding], dtype=torch.float32, device=totals["tokens"].device)
+    additive |= {"processed_tokens": tokens[0], "padding_tokens": tokens[1]}
+    keys = sorted(additive)  # the same on every rank: padding passes report the same metrics (times 0)
+    reduced = reduce(torch.stack([additive[k] for k in keys]), "sum")
+    summed = dict(zip(keys, reduced, strict=True))
+    flops = summed.pop("flops")
+    # Pad tokens over tokens processed, all ranks; passes per step are the same on every rank (packing.MicroBatcher).
+    metrics = {"train/padding_frac": summed.pop("padding_tokens") / summed.pop("processed_tokens")}
+    metrics["train/micro_batches"] = torch.tensor(float(counts.passes))
+    metrics |= {f"{'rollout' if k == 'logprob_gap' else 'train'}/{k}": v for k, v in summed.items()}
+    metrics["train/ratio_max"] = reduce(totals["ratio_max"], "max")
+    # Throughput of the update (forward, backward, optimizer; generation is rollout/gen_seconds), all ranks.
+    metrics["train/update_seconds"] = torch.tensor(seconds)
+    metrics["train/tokens_per_second"] = metrics["train/tokens"] / seconds
+    if throughput.peak_flops:  # model FLOPs utilization (lit_chord.flops), where Lightning knows the device's peak
+        metrics["train/mfu"] = flops / (seconds * throughput.peak_flops * throughput.world_size)
+    return metrics
 
 
 @dataclass

@@ -30,10 +30,17 @@ on the packed row (``PackedRows``), and the log-probabilities go back into the `
 and its masks are the padded path's. Cost: attention over the packed row costs Σ length² with flash-attention's
 varlen kernels, but sdpa and eager compute the whole (N, N) masked product, so on a CPU padding-free passes of many
 short rows are slower than padded ones (bench/README.md).
+
+``MicroBatcher`` cuts a step's rows into passes (by rows, or by the budget above) and pads every rank to the same
+number of passes: DDP and FSDP2 reduce gradients in backward, FSDP2 gathers parameters in every forward, so a rank
+with fewer passes than another would hang. The padding passes repeat one row with weight 0. It also counts the
+passes and the tokens they process (``PassCounts``, for ``train/micro_batches`` and ``train/padding_frac``).
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -114,6 +121,72 @@ def pack_padding_free(rows: TrainTensors, max_tokens: int) -> list[TrainTensors]
     lengths = [int(n) for n in rows.attention_mask.sum(-1).tolist()]
     device = rows.input_ids.device
     return [rows.take(torch.tensor(group, device=device)) for group in pack_tokens(lengths, max_tokens)]
+
+
+@dataclass
+class PassCounts:
+    """A step's passes (forward, or forward and backward), the tokens they processed, and of those the padding."""
+
+    passes: int = 0
+    processed: int = 0
+    padding: int = 0
+
+
+class MicroBatcher:
+    """A step's rows in passes of ``micro_batch_size`` rows, or of at most ``max_tokens`` tokens (padded, or real
+    ones if ``padding_free``), every rank padded to the same number of passes; counts them in ``counts``."""
+
+    def __init__(self, micro_batch_size: int, max_tokens: int | None, padding_free: bool) -> None:
+        if micro_batch_size < 1:
+            raise ValueError(f"model.micro_batch_size must be >= 1, got {micro_batch_size}")
+        if max_tokens is not None and max_tokens < 1:
+            raise ValueError(f"model.max_tokens_per_micro_batch must be >= 1 or null, got {max_tokens}")
+        if padding_free and max_tokens is None:
+            raise ValueError("model.padding_free needs model.max_tokens_per_micro_batch (the real tokens per pass)")
+        self.micro_batch_size, self.max_tokens, self.padding_free = micro_batch_size, max_tokens, padding_free
+        self.counts = PassCounts()  # since the step's last train/* were logged
+        self.warned = False  # a row over the budget is warned about once
+
+    def check_attention(self, attn_implementation: str | None, device: torch.device) -> None:
+        """Padding-free passes need an attention implementation that keeps packed sequences apart on ``device``
+        (flex_attention trains on CUDA only): ``check_padding_free``."""
+        if self.padding_free:
+            check_padding_free(attn_implementation, device)
+
+    def split(
+        self, rows: TrainTensors, padding: TrainTensors, reduce: Callable[[Tensor, str], Tensor], at_least: int = 0
+    ) -> tuple[list[TrainTensors], int]:
+        """``rows`` in passes, and how many of them are real. Every rank runs as many passes as the rank with most
+        (``reduce(tensor, "max")`` over ranks, a collective), and at least ``at_least``; the others are zero-weight
+        passes over the first row of ``padding``."""
+        real = self.cut(rows)
+        most = max(int(reduce(torch.tensor(len(real)), "max")), at_least)
+        passes = real + [padding.micro_batches(1)[0]] * (most - len(real))
+        # For train/padding_frac: a zero-weight pass is padding through and through (computed, then discarded).
+        # A padding-free pass processes its real tokens only.
+        processed = sum(int(m.attention_mask.sum()) if self.padding_free else m.input_ids.numel() for m in passes)
+        self.counts.passes += len(passes)
+        self.counts.processed += processed
+        self.counts.padding += processed - int(rows.attention_mask.sum())
+        return passes, len(real)
+
+    def cut(self, rows: TrainTensors) -> list[TrainTensors]:
+        """This rank's passes over ``rows``: in arrival order by rows, or packed by the token budget."""
+        budget = self.max_tokens
+        if not len(rows):
+            return []
+        if budget is None:
+            return rows.micro_batches(self.micro_batch_size)
+        micro_batches = (pack_padding_free if self.padding_free else pack_micro_batches)(rows, budget)
+        longest = int(rows.attention_mask.sum(-1).max())
+        if longest > budget and not self.warned:
+            warnings.warn(  # on every rank: each packs its own rows
+                f"a row of {longest} tokens exceeds model.max_tokens_per_micro_batch={budget}: it gets a "
+                "micro-batch of its own, over the budget (warned once)",
+                stacklevel=3,
+            )
+            self.warned = True
+        return micro_batches
 
 
 @dataclass

@@ -6,7 +6,9 @@ for the dataloader would be one step stale because Lightning prefetches a batch)
 engine receives the policy's weights if an optimizer step happened since the last sync; the last synced step
 starts at -1, so a run resumed from a checkpoint pushes the restored weights before its first rollout.
 
-Generation is seeded by ``(seed, step, rank)``, so a resumed run samples what an uninterrupted one would.
+Generation is seeded by ``(seed, step, rank)``, so a resumed run samples what an uninterrupted one would. The step
+learns how its rollouts were drawn from ``batch.sampling`` (the temperature its logits are scaled by, the horizon of
+seq-mean-token-sum-norm); the module seeds its own randomness (dropout).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor, nn
+from typing_extensions import override
 
 from lit_chord.batch import Sequence, StepBatch, ValBatch, ValResult
 from lit_chord.chat import eos_ids
@@ -36,6 +39,7 @@ from lit_chord.rewards import Reward, as_reward, math_boxed
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+    from lit_chord.datamodule import ChordDataModule
     from lit_chord.module import ChordModule
 
 log = logging.getLogger(__name__)
@@ -128,10 +132,12 @@ class RolloutCallback(Callback):
         self.attached_to: nn.Module | None = None
 
     # ----- lifecycle --------------------------------------------------------------------------------------------
+    @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self.tokenizer = trainer.datamodule.tokenizer  # type: ignore[attr-defined]
-        self.stop_ids = trainer.datamodule.stop_token_ids  # type: ignore[attr-defined]
-        names = getattr(trainer.datamodule, "val_set_names", None) or ["heldout"]  # type: ignore[attr-defined]
+        datamodule = chord_data(trainer)
+        self.tokenizer = datamodule.tokenizer
+        self.stop_ids = datamodule.stop_token_ids
+        names = datamodule.val_set_names or ["heldout"]
         self.protocols = protocols(self.val_num_samples, self.val_pass_k, names)
 
     def attach(self, pl_module: ChordModule) -> None:
@@ -161,31 +167,31 @@ class RolloutCallback(Callback):
         self.last_synced_step = trainer.global_step
         return time.perf_counter() - start
 
+    @override
     def state_dict(self) -> dict:
         return {"seed": self.seed}
 
+    @override
     def load_state_dict(self, state_dict: dict) -> None:
         self.seed = state_dict["seed"]
         self.last_synced_step = -1  # the engine still holds the initial weights: push the restored ones
 
     # ----- rollouts ---------------------------------------------------------------------------------------------
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: StepBatch, batch_idx: int):
+    @override
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: StepBatch, batch_idx: int
+    ) -> None:
         module = cast("ChordModule", pl_module)
         seed = self.seed + 1_000_003 * batch.step + 7919 * trainer.global_rank
+        batch.sampling = dataclasses.replace(self.sampling, seed=seed)  # the step scales its logits alike
         if module.objective.needs.rollouts:  # an SFT objective trains on the expert stream alone
-            self.roll_out(trainer, module, batch, seed)
-        # The training step's own randomness (dropout, if the model has any) follows (seed, step, rank) too: Lightning
-        # does not checkpoint RNG states, so a resumed run would otherwise draw other masks than an uninterrupted one.
-        torch.manual_seed(seed + 1)
-        batch.temperature = self.sampling.temperature
-        batch.horizon = self.sampling.max_new_tokens
-        batch.train = trainer.datamodule.collate_rollouts(batch)  # type: ignore[attr-defined]
+            self.roll_out(trainer, module, batch, batch.sampling)
+        batch.train = chord_data(trainer).collate_rollouts(batch)
 
-    def roll_out(self, trainer: Trainer, module: ChordModule, batch: StepBatch, seed: int) -> None:
+    def roll_out(self, trainer: Trainer, module: ChordModule, batch: StepBatch, sampling: SamplingConfig) -> None:
         """Generate the step's groups, score them, give them their advantages (``batch.rollouts``) and log them."""
         sync_seconds = self.sync_weights(trainer, module)
         start = time.perf_counter()
-        sampling = dataclasses.replace(self.sampling, seed=seed)
         traces = [p.expert_ids for p in batch.prompts]
         mixed = any(trace is not None for trace in traces)  # LUFFY: the last member of each group is the expert's
         sampled = batch.num_generations - int(mixed)
@@ -274,6 +280,7 @@ class RolloutCallback(Callback):
         return cast(str, self.tokenizer.decode(token_ids, skip_special_tokens=True))  # one sequence: one string
 
     # ----- validation -------------------------------------------------------------------------------------------
+    @override
     def on_validation_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: ValBatch, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
@@ -317,6 +324,12 @@ class RolloutCallback(Callback):
                 strict=True,
             )
         ]
+
+
+def chord_data(trainer: Trainer) -> ChordDataModule:
+    """The fit's datamodule. Lightning sets ``trainer.datamodule`` when a fit starts but does not declare it on
+    ``Trainer``, so it is read untyped here, once, and typed as what the callback needs."""
+    return cast("ChordDataModule", getattr(trainer, "datamodule", None))
 
 
 def rollout_sums(scores: Scores, completions: list[Completion], group_size: int) -> RolloutSums:

@@ -40,6 +40,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
+from lit_chord.batch import check_mini_batches
 from lit_chord.datamodule import ChordDataModule
 from lit_chord.errors import UserError
 from lit_chord.interrupt import InterruptCheckpoint, say, shown
@@ -225,7 +226,7 @@ def prepare_fit(
     if isinstance(datamodule, ChordDataModule):
         datamodule.split_over_ranks(trainer.world_size)
         if isinstance(model, ChordModule):
-            model.check_mini_batches(datamodule.prompts_per_step // trainer.world_size)
+            check_mini_batches(model.hp.ppo_mini_batches, datamodule.prompts_per_step // trainer.world_size)
     root, pinned = runs_root(trainer), pinned_version(trainer)
     requeued = ckpt_path is None and SLURMEnvironment.detect() and int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
     last = ckpt_path == "last" or requeued

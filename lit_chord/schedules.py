@@ -2,8 +2,8 @@
 
 torch's ``CosineAnnealingLR`` needs its ``T_max`` in the config, so a config that says "decay over the run" pins a
 number, and ``--trainer.max_steps 20`` then barely decays. ``CosineDecay`` with ``total_steps: null`` is told the run's
-length by ``ChordModule.configure_optimizers`` (``follow_run_length``), so a shorter or longer run decays fully.
-A pinned ``T_max`` that differs from ``max_steps`` gets a warning there.
+length when the module configures its optimizer (``lit_chord.optimization.fit_run_length``), so a shorter or longer
+run decays fully. A pinned ``T_max`` that differs from ``max_steps`` gets a warning there.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from lit_chord.loss import (
     aggregate,
     count_normalizers,
     group_advantages,
+    importance_weights,
     kl_penalty,
     phi,
     policy_loss,
@@ -114,6 +115,18 @@ def test_kl_penalty_estimators():
     assert kl_penalty(logp, ref, "k1").item() == pytest.approx(ln2)
     assert kl_penalty(logp, ref, "k2").item() == pytest.approx(0.5 * ln2**2)
     assert kl_penalty(logp, ref, "k3").item() == pytest.approx(0.5 - (-ln2) - 1)  # e^{−ln2} − (ref − logp) − 1
+
+
+def test_importance_weights_by_hand():
+    # The trainer's old log-probs against the engine's: exp(old − engine), capped at 1.5; 1 where the engine gave none.
+    old = torch.tensor([[math.log(0.5), math.log(0.2), math.log(0.3)]], requires_grad=True)
+    engine = torch.tensor([[math.log(0.25), math.log(0.4), float("nan")]])
+    weights = importance_weights(old, engine, cap=1.5)
+    # 0.5 / 0.25 = 2 → capped at 1.5; 0.2 / 0.4 = 0.5 stays; no engine log-prob → 1
+    torch.testing.assert_close(weights, torch.tensor([[1.5, 0.5, 1.0]]))
+    assert not weights.requires_grad  # a weight, not a path for the gradient
+    # with a cap of 1 every token the engine found likelier keeps its ratio; none rises above 1
+    torch.testing.assert_close(importance_weights(old, engine, cap=1.0), torch.tensor([[1.0, 0.5, 1.0]]))
 
 
 # ---------------------------------------------------------------- aggregation

@@ -18,7 +18,7 @@ from lit_chord.errors import ConfigError
 from lit_chord.loss import count_normalizers
 from lit_chord.module import ChordModule, StepContext
 from lit_chord.objectives import Chord
-from lit_chord.packing import PackedRows, check_padding_free, pack, pack_micro_batches, pack_tokens
+from lit_chord.packing import MicroBatcher, PackedRows, check_padding_free, pack, pack_micro_batches, pack_tokens
 from lit_chord.rollout_callback import RolloutCallback
 
 
@@ -150,6 +150,32 @@ def test_a_zero_weight_pass_counts_as_padding(tiny_world):
     logged = one_step(tiny_world, rows, max_tokens_per_micro_batch=10)
     assert logged["train/micro_batches"] == 3
     assert logged["train/padding_frac"] == pytest.approx(5 / 22)
+
+
+def test_micro_batcher_pads_every_rank_to_the_most_passes_and_counts_them_by_hand():
+    rows = rows_of_lengths([3, 9, 5], [True, False, False], [0.0, 1.0, -1.0])  # padded to width 9
+    another_rank_has = 4  # passes; the reduction over ranks returns the largest count
+    seen = []
+
+    def most(tensor, op):
+        seen.append((int(tensor), op))
+        return torch.tensor(max(int(tensor), another_rank_has))
+
+    batcher = MicroBatcher(micro_batch_size=2, max_tokens=None, padding_free=False)
+    passes, real = batcher.split(rows, rows, most)
+    # By rows: (3, 9) trimmed to width 9, then (5) to width 5: 2 real passes; 2 zero-weight passes over row 0 (3).
+    assert seen == [(2, "max")] and real == 2 and len(passes) == 4
+    assert [p.input_ids.shape for p in passes] == [(2, 9), (1, 5), (1, 3), (1, 3)]
+    # Processed 18 + 5 + 3 + 3 = 29 tokens, of which 29 − (3 + 9 + 5) = 12 padding.
+    assert (batcher.counts.passes, batcher.counts.processed, batcher.counts.padding) == (4, 29, 12)
+    # Budget 10: (9) and (5, 3) → 9 + 10 tokens; at_least=3 adds one pass although no rank has more than 2.
+    budget = MicroBatcher(micro_batch_size=2, max_tokens=10, padding_free=False)
+    passes, real = budget.split(rows, rows, lambda tensor, op: tensor, at_least=3)
+    assert real == 2 and len(passes) == 3
+    assert (budget.counts.passes, budget.counts.processed, budget.counts.padding) == (3, 9 + 10 + 3, 22 - 17)
+    # No rows: no real pass, only the padding ones.
+    empty, real = budget.split(rows.select(torch.zeros(3, dtype=torch.bool)), rows, lambda t, op: t, at_least=1)
+    assert real == 0 and len(empty) == 1
 
 
 def test_the_budget_must_be_positive(tiny_world):

@@ -2,7 +2,8 @@
 
 ``TransformersEngine`` generates with the policy module itself (so it always has the current weights);
 ``VLLMEngine`` runs vLLM next to the policy and receives the weights after each optimizer step. The rollout
-callback talks only to this protocol.
+callback talks only to this protocol. ``SamplingConfig`` is defined in ``lit_chord.batch`` (the step reads it too)
+and re-exported here.
 """
 
 from __future__ import annotations
@@ -13,15 +14,7 @@ from typing import Protocol
 
 from torch import Tensor, nn
 
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """How to sample completions. ``seed`` makes a generation call reproducible."""
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 1024
-    seed: int | None = None
+from lit_chord.batch import SamplingConfig as SamplingConfig
 
 
 @dataclass

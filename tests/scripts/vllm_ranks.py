@@ -37,7 +37,7 @@ class Keep(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):  # after RolloutCallback's (list order)
         rows = batch.train
         with torch.no_grad():  # under FSDP2 a collective: every rank runs it
-            mine, _ = pl_module.token_logprobs(pl_module.scorer, rows, batch.temperature, with_entropy=False)
+            mine, _ = pl_module.token_logprobs(pl_module.scorer, rows, batch.sampling.temperature, with_entropy=False)
         engine = rows.engine_logprobs[:, :-1]
         scored = ~engine.isnan()
         assert scored.sum() >= len(batch.rollouts), "vLLM reported no logprobs"
