@@ -6,7 +6,8 @@ Rooms, each importing only the ones below it (no import cycle, lazy imports incl
 
 - ``experiments/``: the demo and miniature worlds, the comparison suites and their plots (``python -m
   lit_chord.experiments.compare``). At the top: it imports the library, and nothing in the library imports it.
-- ``__main__``, ``cli``, ``cli_parser``, ``runs``, ``data/`` (``python -m lit_chord.data``): the command lines.
+- ``__main__``, ``cli``, ``cli_parser``, ``runs``, ``data/`` (``python -m lit_chord.data``): the command lines;
+  ``hub`` (is a hub name there, cheaply) beneath them.
 - callbacks: ``rollout_callback`` (engines in ``engines/``, ``rewards``, ``protocol``), ``export``, ``samples``,
   ``summary``, ``progress``, ``interrupt``.
 - ``module`` (the step; its other jobs in ``policy`` (``scorer``/``logprobs``, ``lora``), ``optimization``
@@ -16,6 +17,11 @@ Rooms, each importing only the ones below it (no import cycle, lazy imports incl
   as ``model.objective``; each declares what the step needs (``Needs``) and composes its loss of ``loss``'s pure
   pieces. A new algorithm goes here; a new rollout engine in ``engines/``.
 - ``batch``, ``loss`` and ``errors``: shared by all, importing nothing of ours above them.
+
+One step: the datamodule yields the step's prompts and expert rows (``StepBatch``, what the objective ``needs``);
+the rollout callback pushes the weights to the engine, samples and scores the groups, computes the advantages and
+sets ``batch.train`` and ``batch.sampling``; the module counts the step's tokens over ranks, runs the objective's
+loss pass by pass, and clips and steps through ``optimization``. ``../shared/DESIGN.md`` has the long version.
 """
 
 __version__ = "0.1.0"

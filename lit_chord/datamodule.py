@@ -156,9 +156,9 @@ class ChordDataModule(LightningDataModule):
 
     @staticmethod
     def of(trainer: Trainer) -> ChordDataModule:
-        """The trainer's datamodule, typed: where callbacks reach it. Lightning sets ``trainer.datamodule`` while a
-        run starts, so a type checker cannot see it on ``Trainer``."""
-        return cast(ChordDataModule, trainer.datamodule)  # type: ignore[attr-defined]  # set by Lightning at run time
+        """The trainer's datamodule, typed: where callbacks reach it. Lightning sets ``trainer.datamodule`` when a run
+        starts but does not declare it on ``Trainer``, so it is read untyped here, once."""
+        return cast(ChordDataModule, getattr(trainer, "datamodule", None))
 
     @property
     def hp(self) -> AttributeDict:

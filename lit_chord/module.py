@@ -113,8 +113,8 @@ class ChordModule(LightningModule):
         if tis_cap and tis_cap < 1.0:
             raise ValueError(f"model.tis_cap must be 0 (off) or >= 1, got {tis_cap}: a cap below 1 shrinks every token")
         self.objective = objective if objective is not None else Chord()
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "objective"])
-        self.hparams["objective"] = as_config(self.objective)  # by value: a resume compares it with the checkpoint's
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "objective"])  # then the objective by value:
+        self.save_hyperparameters({**self.hparams, "objective": as_config(self.objective)})  # logged, resume-checked
         self.automatic_optimization = False  # micro-batching inside a step needs manual backward
         self.scorer: PolicyScorer | None = None
         self.reference: PolicyScorer | None = None  # the KL penalty's frozen copy (full fine-tune only)

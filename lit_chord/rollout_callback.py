@@ -30,6 +30,7 @@ from typing_extensions import override
 
 from lit_chord.batch import Sequence, StepBatch, ValBatch, ValResult
 from lit_chord.chat import eos_ids
+from lit_chord.datamodule import ChordDataModule
 from lit_chord.engines import Completion, Engine, SamplingConfig
 from lit_chord.loss import group_advantages
 from lit_chord.metrics import RolloutSums, pass_at_k, step_rollout_metrics
@@ -39,7 +40,6 @@ from lit_chord.rewards import Reward, as_reward, math_boxed
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from lit_chord.datamodule import ChordDataModule
     from lit_chord.module import ChordModule
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ class RolloutCallback(Callback):
     # ----- lifecycle --------------------------------------------------------------------------------------------
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        datamodule = chord_data(trainer)
+        datamodule = ChordDataModule.of(trainer)
         self.tokenizer = datamodule.tokenizer
         self.stop_ids = datamodule.stop_token_ids
         names = datamodule.val_set_names or ["heldout"]
@@ -186,7 +186,7 @@ class RolloutCallback(Callback):
         batch.sampling = dataclasses.replace(self.sampling, seed=seed)  # the step scales its logits alike
         if module.objective.needs.rollouts:  # an SFT objective trains on the expert stream alone
             self.roll_out(trainer, module, batch, batch.sampling)
-        batch.train = chord_data(trainer).collate_rollouts(batch)
+        batch.train = ChordDataModule.of(trainer).collate_rollouts(batch)
 
     def roll_out(self, trainer: Trainer, module: ChordModule, batch: StepBatch, sampling: SamplingConfig) -> None:
         """Generate the step's groups, score them, give them their advantages (``batch.rollouts``) and log them."""
@@ -324,12 +324,6 @@ class RolloutCallback(Callback):
                 strict=True,
             )
         ]
-
-
-def chord_data(trainer: Trainer) -> ChordDataModule:
-    """The fit's datamodule. Lightning sets ``trainer.datamodule`` when a fit starts but does not declare it on
-    ``Trainer``, so it is read untyped here, once, and typed as what the callback needs."""
-    return cast("ChordDataModule", getattr(trainer, "datamodule", None))
 
 
 def rollout_sums(scores: Scores, completions: list[Completion], group_size: int) -> RolloutSums:

@@ -252,3 +252,18 @@ def test_a_run_says_what_it_uses_and_warns_about_the_demo_held_out_set(tiny_worl
         "steps:      1",
     ]:
         assert expected in summary
+
+
+def test_the_objective_is_saved_and_logged_by_value(tiny_world, tmp_path):
+    """hparams.yaml (what loggers record) and the checkpoint's hyper-parameters hold the objective as a config writes
+    it, class_path and init_args, whether it came from a config or from Python."""
+    import yaml
+    from lightning.pytorch.loggers import CSVLogger
+
+    module = ChordModule(model=str(tiny_world / "model"), objective=Chord(mu_peak=0.3, mu_valley=0.2))
+    expected = {"class_path": "lit_chord.objectives.chord.Chord", "init_args": vars(module.objective)}
+    assert module.hparams["objective"] == expected
+    trainer = cpu_trainer(max_steps=1, logger=CSVLogger(tmp_path), callbacks=[RolloutCallback(EchoEngine())])
+    trainer.fit(module, datamodule=tiny_datamodule(tiny_world))
+    logged = yaml.safe_load((tmp_path / "lightning_logs" / "version_0" / "hparams.yaml").read_text())
+    assert logged["objective"] == expected
