@@ -432,7 +432,7 @@ PHASES = {
         ("reward", "lit_chord/rollout_callback.py", "score"),
         ("collate rows", "lit_chord/datamodule.py", "collate_rollouts"),
         ("forward (log-probs)", "lit_chord/scorer.py", "forward"),
-        ("loss", "lit_chord/loss.py", "chord_loss"),
+        ("loss", "lit_chord/objectives/chord.py", "loss"),
         ("backward", "torch/_tensor.py", "backward"),
         ("clip grad norm", "torch/nn/utils/clip_grad.py", "clip_grad_norm_"),
         ("optimizer step", "lightning/pytorch/core/optimizer.py", "step"),
