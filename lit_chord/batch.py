@@ -20,7 +20,7 @@ from torch import Tensor
 from lit_chord.errors import ConfigError
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: a StepBatch holding one goes through Lightning's batch transfer, which rebuilds dataclasses
 class SamplingConfig:
     """How to sample completions. ``seed`` makes a generation call reproducible."""
 

@@ -58,3 +58,14 @@ def test_an_objective_without_rollouts_gets_neither_generation_nor_weight_pushes
     assert engine.calls == [] and engine.pushes == 0
     assert all(b.rollouts == [] and b.train.is_expert.all() for b in keep.batches)
     assert keep.batches[0].sampling.max_new_tokens == 6  # still told: the horizon is a setting of the run
+
+
+def test_a_batch_that_carries_its_sampling_goes_through_lightnings_batch_transfer():
+    """Lightning rebuilds a batch's dataclasses when it moves the batch to the device, and refuses frozen ones: a
+    batch built with its ``sampling`` already set (``bench/gpu.py``'s) must pass."""
+    from lightning.fabric.utilities.apply_func import move_data_to_device
+
+    from lit_chord.batch import SamplingConfig, StepBatch
+
+    batch = StepBatch(step=0, prompts=[], expert=[], num_generations=1, sampling=SamplingConfig(temperature=0.7))
+    assert move_data_to_device(batch, "cpu").sampling == SamplingConfig(temperature=0.7)
