@@ -108,6 +108,18 @@ def test_two_ranks_take_the_same_updates_as_one(tiny_world, tmp_path, layout):
 
 
 @pytest.mark.slow
+def test_an_sft_step_on_two_ranks_one_row_per_pass_equals_the_full_batch_step(tiny_world, tmp_path):
+    """The bug class 2026's replications found in SFT → RL baselines (arXiv 2604.23747): a loss averaged per
+    micro-batch (or per rank) and then over them weighs a short row's tokens more than a long row's. Here each rank
+    takes 2 of the step's 4 expert rows, one per pass, and the update equals one pass over all 4 on one rank."""
+    full = run(tiny_world, tmp_path / "full.pt", 1, "single+sft_full")
+    two = run(tiny_world, tmp_path / "two.pt", 2, "ddp+sft")
+    assert two["loss_sft"] == pytest.approx(full["loss_sft"], abs=1e-6)
+    for name, weight in full["weights"].items():
+        torch.testing.assert_close(two["weights"][name], weight, atol=2e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.slow
 def test_ranks_come_from_slurm_variables(tiny_world, tmp_path, single):
     """Two processes started the way srun starts them (SLURM_* variables, no torchrun): Lightning's
     SLURMEnvironment must take ranks and the rendezvous from Slurm, and the step must equal one rank's."""

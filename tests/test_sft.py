@@ -1,5 +1,7 @@
 """Tests for the SFT objective (``lit_chord.objectives.sft``): CHORD at μ = 1, without rollouts."""
 
+import json
+
 import pytest
 import torch
 from helpers import EchoEngine, cpu_trainer, tiny_datamodule
@@ -77,3 +79,30 @@ def test_an_sft_step_generates_nothing_and_trains_as_chord_at_mu_one(tiny_world)
     assert (engines["sft"].calls, engines["sampling"].calls, engines["chord"].calls) == (0, 2, 2)
     torch.testing.assert_close(weights["sft"], weights["chord"], rtol=0, atol=1e-6)
     torch.testing.assert_close(weights["sampling"], weights["chord"], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("cut", [{"micro_batch_size": 1}, {"micro_batch_size": 3}, {"max_tokens_per_micro_batch": 40}])
+def test_an_sft_step_cut_into_micro_batches_equals_the_full_batch_step(tiny_world, tmp_path, cut):
+    """The bug class the 2026 replications found in SFT → RL baselines (arXiv 2604.23747): a token mean taken per
+    micro-batch and then averaged over micro-batches weighs a short row's tokens more than a long row's. Here the
+    step's token count is global, so rows one per pass, three per pass, or packed by a token budget move the weights
+    exactly as one pass over the whole step does (2 ranks: ``test_distributed.py``, slow tier)."""
+    expert = tmp_path / "expert.jsonl"  # responses of 1 to 6 words: rows of different lengths
+    records = [{"problem": f"Reverse {n}.", "response": " ".join(["so"] * n) + f" \\boxed{{{n}}}"} for n in range(1, 7)]
+    expert.write_text("".join(json.dumps(record) + "\n" for record in records))
+    weights, lengths = {}, None
+    for name, rows_or_budget in [("full", {"micro_batch_size": 64}), ("cut", cut)]:
+        torch.manual_seed(0)
+        module = ChordModule(
+            model=str(tiny_world / "model"),
+            objective=Sft(),
+            optimizer=lambda p: torch.optim.SGD(p, lr=1.0),
+            **rows_or_budget,
+        )
+        keep = Keep()
+        data = tiny_datamodule(tiny_world, expert_data=str(expert), experts_per_step=6)
+        cpu_trainer(max_steps=1, callbacks=[RolloutCallback(EchoEngine()), keep]).fit(module, datamodule=data)
+        weights[name] = torch.cat([p.detach().flatten() for p in module.policy.parameters()])
+        lengths = keep.rows.loss_mask.sum(-1).tolist()
+    assert len(set(lengths)) > 1  # rows of different lengths: a per-micro-batch mean would weigh them differently
+    torch.testing.assert_close(weights["cut"], weights["full"], rtol=0, atol=1e-6)

@@ -26,7 +26,7 @@ from helpers import EchoEngine, cpu_trainer  # noqa: E402
 from lit_chord.datamodule import ChordDataModule  # noqa: E402
 from lit_chord.lora import LoraSettings  # noqa: E402
 from lit_chord.module import ChordModule  # noqa: E402
-from lit_chord.objectives import Chord  # noqa: E402
+from lit_chord.objectives import Chord, Sft  # noqa: E402
 from lit_chord.rollout_callback import RolloutCallback  # noqa: E402
 
 
@@ -41,7 +41,7 @@ class Keep(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.loss = float(trainer.callback_metrics["train/loss"])
         self.loss_sft = float(trainer.callback_metrics["train/loss_sft"])
-        self.ratio_max = float(trainer.callback_metrics["train/ratio_max"])
+        self.ratio_max = float(trainer.callback_metrics.get("train/ratio_max", 0.0))  # SFT: no rollouts
         self.rollout = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("rollout/")}
 
 
@@ -53,6 +53,9 @@ def main(world: str, out: str, devices: int, layout: str) -> None:
         cut = {"lora": LoraSettings(rank=4, alpha=8.0, modules_to_save=["embed_tokens"])}
     if variant == "updates":
         cut = {"ppo_epochs": 2, "ppo_mini_batches": 2}
+    objective = Chord(mu_peak=0.5, mu_valley=0.5, mu_decay_steps=0, kl_coef=0.1 if variant == "lora" else 0.0)
+    if variant.startswith("sft"):  # SFT alone: one row per pass ("sft"), or the whole step in one pass ("sft_full")
+        objective, cut = Sft(), {"micro_batch_size": 64 if variant == "sft_full" else 1}
     strategy = {
         "single": SingleDeviceStrategy(device="cpu"),
         "ddp": DDPStrategy(process_group_backend="gloo"),
@@ -61,11 +64,10 @@ def main(world: str, out: str, devices: int, layout: str) -> None:
     }[layout]
     module = ChordModule(
         model=f"{world}/model",
-        micro_batch_size=3,
         max_grad_norm=0.0,
         optimizer=lambda params: torch.optim.SGD(params, lr=1.0),
-        **cut,
-        objective=Chord(mu_peak=0.5, mu_valley=0.5, mu_decay_steps=0, kl_coef=0.1 if variant == "lora" else 0.0),
+        objective=objective,
+        **{"micro_batch_size": 3, **cut},
     )
     data = ChordDataModule(
         tokenizer=f"{world}/model",
