@@ -225,6 +225,7 @@ class RolloutSums:
             "rollout/reward_std": max(variance, 0.0) ** 0.5,  # Σr² − (Σr)²/n may round to just below 0
             "rollout/accuracy": self.accuracy * per_completion,
             "rollout/response_len": self.response_tokens * per_completion,
+            "rollout/tokens": self.response_tokens,  # generated this step, all ranks: the compute columns add them
             "rollout/truncated_frac": self.truncated * per_completion,
             "rollout/zero_std_groups": self.zero_std_groups,
             "rollout/reward_errors": self.reward_errors,

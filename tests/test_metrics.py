@@ -47,6 +47,7 @@ def test_rollout_metrics_add_up_the_ranks_sums_not_their_means():
             "rollout/accuracy": 0.5,  # 3 right of 6
             "rollout/format_ok": 0.6,  # 3 well formed of the 5 judged, not (1/3 + 1) / 2
             "rollout/response_len": 28 / 6,  # (2 + 4 + 6 + 8 + 3 + 5) / 6
+            "rollout/tokens": 28.0,  # generated on both ranks
             "rollout/truncated_frac": 2 / 6,
             "rollout/zero_std_groups": 2.0,  # [1, 1] on rank 0 and [0, 0] on rank 1
             "rollout/reward_errors": 1.0,

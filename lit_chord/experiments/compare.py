@@ -97,14 +97,16 @@ SUITES: dict[str, dict[str, Any]] = {
         "jobs": 1,
     },
     "paper-mini": {
-        "steps": 450,
-        "seeds": [0, 1, 2],
+        "steps": 150,
+        "seeds": [0, 1, 2, 3, 4],
         "out": "runs/paper-mini",
         "base": "configs/mini.yaml",
-        "val_every": 30,
+        "val_every": 25,
         "jobs": 2,
     },
 }
+# --quick: a first look at paper-mini in under half an hour (fewer steps and seeds; its own folder, its own tuning)
+QUICK = {"steps": 60, "seeds": [0, 1], "out": "runs/paper-mini-quick", "val_every": 20}
 
 
 def main(argv: list[str] | None = None) -> list[RunResult]:
@@ -114,15 +116,20 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("--suite", choices=list(SUITES), default="demo", help="demo variants, or paper-mini")
     parser.add_argument("--variants", nargs="+", help="a subset (default: all of the suite's)")
-    parser.add_argument("--steps", type=int, help="optimizer steps per variant, all phases (demo 600, paper-mini 450)")
-    parser.add_argument("--seeds", nargs="+", type=int, help="demo: 0; paper-mini: 0 1 2")
+    parser.add_argument("--steps", type=int, help="optimizer steps per variant, all phases (demo 600, paper-mini 150)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="demo: 0; paper-mini: 0 1 2 3 4")
     parser.add_argument("--out", type=Path, help="output folder (runs/compare, runs/paper-mini)")
     parser.add_argument("--base", type=Path, help="base config; variant files sit next to it")
     parser.add_argument("--val-every", type=int, help="validate every N steps (a divisor of the budget)")
     parser.add_argument("--jobs", type=int, help="runs side by side, sharing the cores (demo 1, paper-mini 2)")
     parser.add_argument("--fresh", action="store_true", help="rerun even the runs that finished before, same inputs")
+    parser.add_argument(
+        "--quick", action="store_true", help="paper-mini: a first look (60 steps, seeds 0 1, no tuning)"
+    )
     args = parser.parse_args(argv)
-    for key, default in SUITES[args.suite].items():
+    if args.quick and args.suite != "paper-mini":
+        parser.error("--quick is a setting of --suite paper-mini")
+    for key, default in (SUITES[args.suite] | (QUICK if args.quick else {})).items():
         if getattr(args, key) is None:
             setattr(args, key, Path(default) if isinstance(default, str) else default)
     if args.steps < 1:

@@ -28,33 +28,48 @@ from lit_chord.experiments.tiny_world import build_tokenizer, tiny_generation_co
 from lit_chord.rewards import boxed_string
 
 HIDDEN, LAYERS = 128, 4
-SPLIT_SIZES = {"expert": 500, "rl": 2000, "heldout": 200}
+# Target problems (four-digit strings, 10⁴ of them), disjoint: the policy's own pretraining (in its terse style: enough
+# to be weak, not 0), the expert's demonstrations, RL prompts (the paper's 5k SFT / 20k RL split, scaled), the
+# validation split that selects learning rates and SFT-best, and the held-out test the tables report.
+TARGET_SPLITS = {"pretrain": 300, "expert": 500, "rl": 2000, "val": 100, "heldout": 200}
+TRANSFER_SPLITS = {"pretrain": 100, "transfer": 100}  # sums of TRANSFER_LENGTH digits: the policy is shown a few
 GENERAL_PER_TASK = {"train": 3000, "heldout": 50}
+SUM_IN_STEPS = 0.25  # share of the policy's own sums it works out step by step (the rest: one guess)
+ADD_REPEATS = 2  # the 1,370 add problems, each this many times: about as many rows as each other general task
 TARGET = "target (sum of 4 digits)"
-TARGET_PRETRAIN = 300  # target problems the policy sees while pretraining, in its own style: enough to be weak, not 0
+TRANSFER = f"transfer (sum of {mini_tasks.TRANSFER_LENGTH} digits)"
 
 
 def pretraining_texts(seed: int = 0) -> tuple[list[tuple[str, str]], dict[str, list[dict]], dict]:
-    """The policy's supervised data as (user prompt, response) pairs, the general held-out records per task, and the
-    target splits. General held-out strings are never trained on (``add`` reads two of their digits: its 100
-    problems are all trained on, and its held-out prompts test retention); the target's pretraining problems are
-    disjoint from the expert's, the RL prompts and the held-out ones."""
+    """The policy's supervised data as (user prompt, response) pairs, the held-out records of each general task and
+    of the transfer task, and the target's splits (``expert``: chat demonstrations; ``rl``, ``val``, ``heldout``:
+    prompts). General held-out strings are never trained on; ``add``'s 460 problems all are, so its held-out prompts
+    test retention, as a knowledge benchmark does."""
     rng = random.Random(seed)
-    demos, rl, heldout = mini_tasks.target_splits(rng, **SPLIT_SIZES)
+    target = mini_tasks.split(mini_tasks.digit_strings(rng, mini_tasks.TARGET_LENGTH, 10**4), TARGET_SPLITS)
+    transfer = mini_tasks.split(mini_tasks.digit_strings(rng, mini_tasks.TRANSFER_LENGTH, 10**3), TRANSFER_SPLITS)
     per_task = GENERAL_PER_TASK["train"] + GENERAL_PER_TASK["heldout"]
     general = mini_tasks.general_records(rng, per_task)
-    pairs, general_heldout = [], {}
+    pairs, heldout = [], {}
+    held = GENERAL_PER_TASK["heldout"]
     for task, records in general.items():
-        held = GENERAL_PER_TASK["heldout"]
-        general_heldout[task] = [{"problem": r["problem"], "answer": r["answer"]} for r in records[-held:]]
+        heldout[task] = [{"problem": r["problem"], "answer": r["answer"]} for r in records[-held:]]
         pairs += [(r["problem"], r["response"]) for r in records[:-held]]
-    used = {r["problem"] for r in rl + heldout} | {d["messages"][0]["content"] for d in demos}
-    unused = [d for d in mini_tasks.digit_strings(rng, 4, 10**4) if mini_tasks.target_problem(d)[0] not in used]
-    for digits in unused[:TARGET_PRETRAIN]:
-        problem, answer = mini_tasks.target_problem(digits)
-        pairs.append((problem, mini_tasks.policy_response("sum", answer)))
+    adds = mini_tasks.add_records()
+    pairs += [(r["problem"], r["response"]) for r in adds] * ADD_REPEATS
+    heldout["add"] = [{"problem": r["problem"], "answer": r["answer"]} for r in rng.sample(adds, held)]
+    for digits in target["pretrain"] + transfer["pretrain"]:
+        problem, answer = mini_tasks.sum_problem(digits)
+        steps = rng.random() < SUM_IN_STEPS  # now and then the policy reasons on a sum, in its own words
+        response = (
+            mini_tasks.add_response([int(c) for c in digits]) if steps else mini_tasks.policy_response("sum", answer)
+        )
+        pairs.append((problem, response))
+    heldout["transfer"] = [mini_tasks.as_prompt(d) for d in transfer["transfer"]]
+    splits = {"expert": [mini_tasks.expert_demo(d, rng) for d in target["expert"]]}
+    splits |= {name: [mini_tasks.as_prompt(d) for d in target[name]] for name in ("rl", "val", "heldout")}
     rng.shuffle(pairs)
-    return pairs, general_heldout, {"expert": demos, "rl": rl, "heldout": heldout}
+    return pairs, heldout, splits
 
 
 def encode(tokenizer, problem: str, response: str) -> tuple[list[int], int]:
@@ -126,27 +141,33 @@ def greedy_accuracy(model, tokenizer, records: list[dict], max_new_tokens: int =
     return right / len(records)
 
 
+def heldout_file(name: str) -> str:
+    """The file of a held-out set: the target's ``val`` and ``heldout``, ``transfer``, ``general_<task>``."""
+    return f"{name}.jsonl" if name in ("val", "heldout", "transfer") else f"general_{name}.jsonl"
+
+
 def write_data(out: Path, seed: int = 0):
-    """Write the data files into ``out`` and the tokenizer into ``out/model``; return (pretraining pairs, general
-    held-out records, target splits, tokenizer)."""
+    """Write the data files into ``out`` and the tokenizer into ``out/model``; return (pretraining pairs, held-out
+    records of the general and transfer tasks, target splits, tokenizer)."""
     (out / "model").mkdir(parents=True, exist_ok=True)
-    pairs, general_heldout, target = pretraining_texts(seed)
-    traces = random.Random(seed + 1)  # each RL prompt's own expert trace, for LUFFY's groups
+    pairs, heldout, target = pretraining_texts(seed)
+    traces = random.Random(seed + 1)  # each RL prompt's own expert trace, for LUFFY's and SRFT's groups
     prompts = []
     for record in target["rl"]:
-        digits = mini_tasks.target_digits(record["problem"])
+        digits = mini_tasks.sum_terms(record["problem"])
         slip = traces.random() < mini_tasks.EXPERT_SLIP
         prompts.append({**record, "expert_response": mini_tasks.expert_trace(digits, slip, traces)})
     write_jsonl(out / "expert.jsonl", target["expert"])
     write_jsonl(out / "prompts.jsonl", prompts)
-    write_jsonl(out / "heldout.jsonl", target["heldout"])
-    for task, records in general_heldout.items():
-        write_jsonl(out / f"general_{task}.jsonl", records)
+    for name in ("val", "heldout"):
+        write_jsonl(out / heldout_file(name), target[name])
+    for name, records in heldout.items():
+        write_jsonl(out / heldout_file(name), records)
     corpus = [p for pair in pairs for p in pair] + [m["content"] for d in target["expert"] for m in d["messages"]]
     corpus += [f"<|im_start|>{role}\n" for role in ("system", "user", "assistant")]
     tokenizer = build_tokenizer(corpus, vocab_size=512)
     tokenizer.save_pretrained(out / "model")
-    return pairs, general_heldout, target, tokenizer
+    return pairs, heldout, target, tokenizer
 
 
 def expert_accuracy(demos: list[dict]) -> float:
@@ -154,7 +175,7 @@ def expert_accuracy(demos: list[dict]) -> float:
     right = 0.0
     for demo in demos:
         user, assistant = (m["content"] for m in demo["messages"])
-        right += boxed_string(assistant, mini_tasks.target_problem(mini_tasks.target_digits(user))[1]).accuracy
+        right += boxed_string(assistant, mini_tasks.sum_problem(mini_tasks.sum_terms(user))[1]).accuracy
     return right / len(demos)
 
 
@@ -164,13 +185,13 @@ def build(out_dir: str | Path, seed: int = 0, steps: int = 1500, batch_size: int
     from transformers import AutoModelForCausalLM
 
     out = Path(out_dir)
-    pairs, general_heldout, target, tokenizer = write_data(out, seed)
+    pairs, heldout, target, tokenizer = write_data(out, seed)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_qwen2_config(tokenizer, hidden_size=HIDDEN, num_layers=LAYERS))
     start = time.perf_counter()
     pretrain(model, tokenizer, pairs, steps, batch_size, lr, seed)
     minutes = (time.perf_counter() - start) / 60
-    accuracy = {task: greedy_accuracy(model, tokenizer, records) for task, records in general_heldout.items()}
+    accuracy = {task: greedy_accuracy(model, tokenizer, records) for task, records in heldout.items()}
     accuracy[TARGET] = greedy_accuracy(model, tokenizer, target["heldout"])
     model.save_pretrained(out / "model")
     tiny_generation_config(tokenizer).save_pretrained(out / "model")

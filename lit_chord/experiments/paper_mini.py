@@ -1,39 +1,48 @@
-"""``python -m lit_chord.experiments.compare --suite paper-mini``: the paper's comparison (its Table 1) in miniature,
-on a CPU.
+"""``python -m lit_chord.experiments.compare --suite paper-mini``: the paper's Table 1 in miniature, against baselines
+done right, on a CPU.
 
-Every variant starts from the same small pretrained policy (``mini_world``, ``configs/mini.yaml``) and gets the
-same budget of optimizer steps, the same batch, learning rate and seeds; only the objective differs:
+Why it is built this way: a comparison of SFT+RL methods says something only if (1) the expert is worth imitating,
+so that imitation has something to add (the world, ``mini_world``, and the preconditions printed above the table);
+(2) every baseline is tuned as carefully as CHORD, as the 2026 replications found many papers' were not; (3) the
+compute each variant spent is on the table; (4) seeds give intervals, and each claim gets a verdict from a paired
+difference, not from two means that happen to differ.
 
-- **original**: no training; the step-0 validation each run logs before its first update (all runs of a seed
-  that start from the pretrained policy log the same one).
-- **SFT** (last) and **SFT-best**: μ = 1, the SFT run at its end and at its best in-domain validation (``avg@4``),
-  the paper's checkpoint selection, whose policy ``PolicyExport(best_by=...)`` writes to ``export_best``.
-- **GRPO**: μ = 0, no expert samples. **SFT-best → GRPO**: GRPO for the same budget from the SFT-best policy, the
-  paper's two-stage baseline (so it has had twice the steps).
-- **LUFFY**: each prompt's expert trace inside its rollout group, shaped off-policy loss (``configs/demo_luffy.yaml``).
-- **fixed mix** (μ 0.5), **CHORD-μ** (0.9 → 0.05, cosine, over the first 50 steps), **CHORD-φ** (μ 0.1, φ weighting).
+Two phases, each resumable (a run that finished before with the same inputs is kept, ``runner.run_variant``):
 
-Reported per variant, mean ± std over seeds: in-domain greedy accuracy, avg@4 and pass@4 on the 200 held-out sums;
-general ability as the mean greedy accuracy over the six general tasks, and each task's change from the original
-(same seed); the in-domain response length; the policy's entropy on its rollouts over the last 10 steps. The
-variant overlays are the demo's (``configs/demo_*.yaml``: they set only μ, φ and the data streams).
+1. **tune**: every variant with a grid of its own at each learning rate of ``GRID``, on ``TUNE_SEED`` (not a
+   reporting seed), scored on the *validation* split (``suite_scores.SELECT_BY``), never on the reported one. The
+   rule, fixed before any reported run: the highest validation avg@4 of the policy the variant reports (its last
+   step; SFT: its best validation, the SFT-best policy); a tie goes to the smaller learning rate. SFT-best → GRPO's RL
+   stage is tuned from the tuned SFT's best policy. ``<out>/tune/chosen.json`` holds every score and the choices.
+2. **report**: every variant at its chosen learning rate on each of ``REPORT_SEEDS``; ``<out>/results.md`` (the
+   preconditions, the table with 95 % intervals, compute, each retention task's change, the verdicts) and
+   ``<out>/curves.png``.
+
+Every variant starts from the same pretrained policy (``configs/mini.yaml``) with the same batch, warm-up and step
+budget; only the objective (the demo's overlays, ``configs/demo_*.yaml``) and the tuned learning rate differ. SFT →
+GRPO is run at two budgets: the paper's (GRPO for the full budget after the full SFT run: twice the steps) and equal
+steps (SFT for half, GRPO for half from the half-run's best policy).
 """
 
 from __future__ import annotations
 
-import statistics
+import json
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import yaml
+
+from lit_chord.experiments import suite_scores, verdicts
 from lit_chord.experiments.plot import pyplot, read_metrics
 from lit_chord.experiments.runner import RunResult, launch, run_variant, threads_per_run
 
-GENERAL_TASKS = ("copy", "reverse", "sort", "max", "count", "add")
-IN_DOMAIN = "heldout"
-SELECT_BY = f"val/{IN_DOMAIN}/avg@4"  # the SFT-best selection (configs/mini.yaml's PolicyExport.best_by)
+GRID = (1e-4, 3e-4, 1e-3)  # the learning rates every variant is tried at
+TUNE_SEED = 100
+REPORT_SEEDS = (0, 1, 2, 3, 4)
+WEIGHT_DECAY = 0.01  # configs/mini.yaml's, kept when the learning rate is set
 
 
 @dataclass(frozen=True)
@@ -41,237 +50,263 @@ class MiniVariant:
     name: str
     label: str
     layers: tuple[str, ...]  # config files layered on configs/mini.yaml
-    starts_from: str | None = None  # another variant whose export_best (same seed) this one starts from
+    starts_from: str | None = None  # a variant whose best policy (same seed, ``export_best``) this one starts from
+    share: float = 1.0  # its share of the suite's step budget
+    lr_of: str | None = None  # takes the learning rate chosen for that variant instead of a grid of its own
+    in_table: bool = True  # False: a stage that another variant starts from
+
+    @property
+    def trains_on_rollouts(self) -> bool:
+        return self.layers != SFT
 
 
+SFT, GRPO = ("mini_sft.yaml",), ("demo_grpo_only.yaml",)
 SUITE = [
-    MiniVariant("sft", "SFT", ("demo_sft_only.yaml",)),
-    MiniVariant("grpo", "GRPO", ("demo_grpo_only.yaml",)),
+    MiniVariant("sft", "SFT", SFT),
+    MiniVariant("grpo", "GRPO", GRPO),
     MiniVariant("luffy", "LUFFY", ("demo_luffy.yaml",)),
-    MiniVariant("fixed_mix", "SFT+RL (fixed μ 0.5)", ("demo_fixed_mix.yaml",)),
+    MiniVariant("srft", "SRFT", ("demo_srft.yaml",)),
     MiniVariant("chord_mu", "CHORD-μ", ()),
     MiniVariant("chord_phi", "CHORD-φ", ("demo_chord_phi.yaml",)),
-    MiniVariant("sft_best_grpo", "SFT-best → GRPO", ("demo_grpo_only.yaml",), starts_from="sft"),
+    MiniVariant("sft_best_grpo", "SFT-best → GRPO (equal RL steps)", GRPO, starts_from="sft"),
+    MiniVariant("sft_half", "SFT, half budget", SFT, share=0.5, lr_of="sft", in_table=False),
+    MiniVariant("sft_half_grpo", "SFT-best → GRPO (equal steps)", GRPO, "sft_half", share=0.5, lr_of="sft_best_grpo"),
+    # SFT run four times as long, for the precondition that SFT overfits past its best (the paper's Fig. on MATH-500)
+    MiniVariant("sft_long", "SFT, 4× budget", SFT, share=4.0, lr_of="sft"),
 ]
-COLUMNS = [
-    ("in_domain_greedy", "in-domain greedy"),
-    ("in_domain_avg", "in-domain avg@4"),
-    ("in_domain_pass", "in-domain pass@4"),
-    ("general", "general (6 tasks)"),
-    ("length", "response length"),
-    ("entropy", "entropy"),
-]
+BY_NAME = {v.name: v for v in SUITE}
 
 
-def value_at(series: dict, key: str, step: int) -> float | None:
-    return next((v for s, v in series.get(key, []) if s == step), None)
+def lr_settings(lr: float) -> dict:
+    """The run-config fragment that sets the learning rate (the optimizer as configs/mini.yaml's)."""
+    init_args = {"lr": lr, "weight_decay": WEIGHT_DECAY}
+    return {"model": {"optimizer": {"class_path": "torch.optim.AdamW", "init_args": init_args}}}
 
 
-def scores_at(series: dict, step: int, entropy_window: int = 10) -> dict[str, float | None]:
-    """One validation's numbers (at optimizer step ``step``) and the mean rollout entropy of the steps before it
-    (for step 0, the first step's, measured on the original policy's rollouts before its update)."""
-    general = [value_at(series, f"val/{task}/greedy_acc", step) for task in GENERAL_TASKS]
-    entropy = [v for s, v in series.get("train/entropy", []) if (step - entropy_window < s <= step) or s == 1 > step]
-    scores = {
-        "in_domain_greedy": value_at(series, f"val/{IN_DOMAIN}/greedy_acc", step),
-        "in_domain_avg": value_at(series, SELECT_BY, step),
-        "in_domain_pass": value_at(series, f"val/{IN_DOMAIN}/pass@4", step),
-        "general": statistics.fmean(general) if None not in general else None,  # type: ignore[arg-type]
-        "length": value_at(series, f"val/{IN_DOMAIN}/response_len", step),
-        "entropy": statistics.fmean(entropy) if entropy else None,
-    }
-    scores.update({f"task/{t}": g for t, g in zip(GENERAL_TASKS, general, strict=True)})
-    return scores
+def variant_steps(variant: MiniVariant, steps: int) -> int:
+    return max(1, round(steps * variant.share))
 
 
-def validation_steps(series: dict) -> list[int]:
-    return sorted({s for s, _ in series.get(SELECT_BY, [])})
+def selection_score(variant: MiniVariant, series: dict) -> float | None:
+    """What tuning maximizes: the validation avg@4 of the policy the variant reports (SFT: its best validation)."""
+    steps = suite_scores.validation_steps(series)
+    if not steps:
+        return None
+    step = suite_scores.best_step(series) if variant.layers == SFT else steps[-1]
+    return suite_scores.value_at(series, suite_scores.SELECT_BY, step)
 
 
-def best_step(series: dict) -> int:
-    """The trained validation with the highest in-domain avg@4 (the first on a tie), as ``PolicyExport`` keeps it."""
-    trained = [(v, -s) for s, v in series.get(SELECT_BY, []) if s > 0]
-    if not trained:
-        raise ValueError(f"no validation after training logged {SELECT_BY}")
-    return -max(trained)[1]
-
-
-def row_scores(run_dirs: dict[tuple[str, int], Path], seeds: list[int]) -> dict[str, list[dict]]:
-    """Table row label -> per-seed scores, from the runs' ``metrics.csv`` (missing runs are skipped)."""
-    rows: dict[str, list[dict]] = {}
-
-    def series(name: str, seed: int) -> dict | None:
-        path = run_dirs.get((name, seed))
-        return read_metrics(path / "metrics.csv") if path and (path / "metrics.csv").exists() else None
-
-    for seed in seeds:
-        # Every run that starts from the pretrained policy validates it at step 0 with the same samples (seed 42 + s).
-        starts = [series(v.name, seed) for v in SUITE if v.starts_from is None]
-        if first := next((s for s in starts if s is not None and 0 in validation_steps(s)), None):
-            rows.setdefault("original", []).append(scores_at(first, 0))
-        for variant in SUITE:
-            logged = series(variant.name, seed)
-            if logged is None or not validation_steps(logged):
-                continue
-            rows.setdefault(variant.label, []).append(scores_at(logged, validation_steps(logged)[-1]))
-            if variant.name == "sft":
-                rows.setdefault("SFT-best", []).append(scores_at(logged, best_step(logged)))
-    order = ["original", "SFT", "SFT-best"] + [v.label for v in SUITE if v.name != "sft"]
-    return {label: rows[label] for label in order if label in rows}
-
-
-def mean_std(values: list[float | None], scale: float = 1.0, digits: int = 1) -> str:
-    finished = [v * scale for v in values if v is not None]
+def choose(scores: dict[float, float | None]) -> float:
+    """The learning rate with the highest score; a tie goes to the smaller one. Failed runs (None) never win."""
+    finished = {lr: s for lr, s in scores.items() if s is not None}
     if not finished:
-        return "—"
-    if len(finished) == 1:
-        return f"{finished[0]:.{digits}f}"
-    return f"{statistics.fmean(finished):.{digits}f} ± {statistics.stdev(finished):.{digits}f}"
+        raise RuntimeError("every run of the grid failed")
+    return max(sorted(finished), key=lambda lr: (finished[lr], -lr))
 
 
-def results_tables(rows: dict[str, list[dict]]) -> str:
-    """Two markdown tables: the main scores (accuracies in %) and each general task's change from the original."""
-    head = "| variant | seeds | " + " | ".join(title for _, title in COLUMNS) + " |"
-    lines = [head, "|---" * (len(COLUMNS) + 2) + "|"]
-    for label, per_seed in rows.items():
-        cells = []
-        for key, _ in COLUMNS:
-            scale, digits = (1.0, 1) if key == "length" else (1.0, 2) if key == "entropy" else (100.0, 1)
-            cells.append(mean_std([s[key] for s in per_seed], scale, digits))
-        lines.append(f"| {label} | {len(per_seed)} | " + " | ".join(cells) + " |")
-    original = rows.get("original", [])
-    lines += ["", "Change of each general task's greedy accuracy from the original policy (points, same seed):", ""]
-    lines += ["| variant | " + " | ".join(GENERAL_TASKS) + " |", "|---" * (len(GENERAL_TASKS) + 1) + "|"]
-    for label, per_seed in rows.items():
-        if label == "original":
-            continue
-        cells = []
-        for task in GENERAL_TASKS:
-            key = f"task/{task}"
-            changes = [
-                s[key] - o[key] if s[key] is not None and o[key] is not None else None
-                for s, o in zip(per_seed, original, strict=False)
-            ]
-            cells.append(mean_std(changes, 100.0, 1))
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+def dependencies_first(variants: list[MiniVariant]) -> list[MiniVariant]:
+    """The variants ordered so that each comes after the one it starts from (submitted in this order, a worker never
+    waits on a run no worker has taken)."""
+    ordered: list[MiniVariant] = []
+    while len(ordered) < len(variants):
+        for variant in variants:
+            ready = variant.starts_from is None or any(v.name == variant.starts_from for v in ordered)
+            if variant not in ordered and ready:
+                ordered.append(variant)
+    return ordered
 
 
-def band(runs: list[dict], key: str) -> tuple[list[int], list[float], list[float]]:
-    """Steps every run validated at, with the mean and the std over runs of ``key`` there (``general``: the mean of
-    the six tasks)."""
-    per_run = []
-    for series in runs:
-        per_run.append({s: scores_at(series, s)[key] for s in validation_steps(series)})
-    steps = sorted(set.intersection(*(set(r) for r in per_run))) if per_run else []
-    means, stds = [], []
-    for step in steps:
-        values = [v for r in per_run if (v := r[step]) is not None]
-        means.append(statistics.fmean(values) if values else float("nan"))
-        stds.append(statistics.stdev(values) if len(values) > 1 else 0.0)
-    return steps, means, stds
+@dataclass
+class Suite:
+    """One phase's settings: where it writes, the budget, and how each run is launched."""
+
+    out: Path
+    base: Path
+    steps: int
+    val_every: int
+    overrides: list[str]
+    jobs: int
+    run: object = launch  # runner.launch, or a stand-in in tests
+    reuse: bool = True
+
+    def run_one(
+        self, variant: MiniVariant, seed: int, lr: float, run_name: str, init_from: Path | None, reuse: bool
+    ) -> RunResult:
+        return run_variant(
+            variant.name,
+            [variant.layers],
+            seed,
+            variant_steps(variant, self.steps),
+            self.out,
+            self.base,
+            max(1, round(self.val_every * variant.share)),  # every run validates about as often
+            self.overrides,
+            self.run,
+            init_from,
+            reuse,
+            settings=lr_settings(lr),
+            run_name=run_name,
+        )
 
 
-def plot_suite(run_dirs: dict[tuple[str, int], Path], out: Path) -> Path:
-    """In-domain avg@4 and general ability against steps per variant (mean, band ± std over seeds), and the SFT
-    runs' in-domain accuracy, general ability and response length (the paper's "shift, readapt, overfit")."""
-    plt = pyplot()
-    logs: dict[str, list[dict]] = {}
-    for (name, _), path in sorted(run_dirs.items()):
-        if (path / "metrics.csv").exists():
-            logs.setdefault(name, []).append(read_metrics(path / "metrics.csv"))
-    labels = {v.name: v.label for v in SUITE}
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for ax, key, title in ((axes[0], "in_domain_avg", "in-domain avg@4"), (axes[1], "general", "general ability")):
-        for name, runs in logs.items():
-            steps, means, stds = band(runs, key)
-            if not steps:
-                continue
-            line = ax.plot(steps, means, marker="o", markersize=3, label=labels.get(name, name))[0]
-            low = [m - s for m, s in zip(means, stds, strict=True)]
-            high = [m + s for m, s in zip(means, stds, strict=True)]
-            ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.15)
-        ax.set_title(f"{title} (mean ± std over seeds)")
-        ax.set_xlabel("optimizer step")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    ax = axes[2]
-    twin = ax.twinx()
-    for key, axis, style, title in (
-        ("in_domain_avg", ax, "-", "in-domain avg@4"),
-        ("general", ax, "--", "general ability"),
-        ("length", twin, ":", "response length (right)"),
-    ):
-        steps, means, _ = band(logs.get("sft", []), key)
-        axis.plot(steps, means, style, marker="o", markersize=3, label=title, color="black" if axis is ax else "grey")
-    ax.set_title("SFT alone: accuracy and response length")
-    ax.set_xlabel("optimizer step")
-    ax.grid(alpha=0.3)
-    handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-    ax.legend(handles, [h.get_label() for h in handles], fontsize=8)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+def tune(suite: Suite, variants: list[MiniVariant], seed: int = TUNE_SEED) -> dict:
+    """Phase 1: the grid for every variant that has one of its own; returns (and writes to ``chosen.json``) each
+    grid's validation scores and the chosen learning rate per variant (``lr_of`` variants take their source's)."""
+    tuned = [v for v in dependencies_first(variants) if v.lr_of is None]
+    futures: dict[tuple[str, float], Future[RunResult | None]] = {}
+
+    def scores(name: str) -> dict[float, float | None]:
+        results = {lr: futures[(name, lr)].result() for lr in GRID}
+        return {lr: score_of(BY_NAME[name], r) for lr, r in results.items()}
+
+    def one(variant: MiniVariant, lr: float) -> RunResult | None:
+        init_from, reuse = None, suite.reuse
+        if variant.starts_from is not None:
+            source_lr = choose(scores(variant.starts_from))
+            source = futures[(variant.starts_from, source_lr)].result()
+            if source is None or source.returncode:
+                return None
+            init_from, reuse = source.run_dir / "export_best", reuse and source.reused
+        return suite.run_one(variant, seed, lr, f"{variant.name}_lr{lr:g}_s{seed}", init_from, reuse)
+
+    with ThreadPoolExecutor(suite.jobs) as pool:
+        for variant in tuned:
+            for lr in GRID:
+                futures[(variant.name, lr)] = pool.submit(one, variant, lr)
+        grid = {v.name: {f"{lr:g}": s for lr, s in scores(v.name).items()} for v in tuned}
+    chosen = {v.name: choose({float(lr): s for lr, s in grid[v.name].items()}) for v in tuned}
+    chosen |= {v.name: chosen[v.lr_of] for v in variants if v.lr_of is not None and v.lr_of in chosen}
+    record = {
+        "rule": f"highest {suite_scores.SELECT_BY} (SFT: at its best validation; others: at the last), "
+        "tie -> smaller lr",
+        "seed": seed,
+        "steps": suite.steps,
+        "grid": grid,
+        "chosen": chosen,
+    }
+    suite.out.mkdir(parents=True, exist_ok=True)
+    (suite.out / "chosen.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
 
 
-def run_suite(
-    variants: list[MiniVariant],
-    steps: int,
-    seeds: list[int],
-    out: Path,
-    base: Path,
-    val_every: int,
-    overrides: list[str],
-    jobs: int,
-    run,
-    reuse: bool = True,
+def untuned(variants: list[MiniVariant], base: Path) -> dict:
+    """``--quick``'s stand-in for tuning: the base config's learning rate for every variant."""
+    lr = float(yaml.safe_load(base.read_text())["model"]["optimizer"]["init_args"]["lr"])
+    rule = "not tuned (--quick): the base config's lr for every variant"
+    return {"rule": rule, "seed": None, "steps": 0, "grid": {}, "chosen": {v.name: lr for v in variants}}
+
+
+def score_of(variant: MiniVariant, result: RunResult | None) -> float | None:
+    if result is None or result.returncode or not (result.run_dir / "metrics.csv").exists():
+        return None
+    return selection_score(variant, read_metrics(result.run_dir / "metrics.csv"))
+
+
+def report(
+    suite: Suite, variants: list[MiniVariant], chosen: dict[str, float], seeds: list[int]
 ) -> dict[tuple[str, int], RunResult]:
-    """Every variant and seed as a ``runner.run_variant``, ``jobs`` at a time; a variant that starts from another's
-    best policy waits for that run (submitted earlier, so the wait cannot deadlock), and is reused only if that run
-    was. Returns the runs that ran."""
+    """Phase 2: every variant at its chosen learning rate, each seed; a variant that starts from another's best
+    policy waits for that run (submitted earlier) and is reused only if that run was."""
     futures: dict[tuple[str, int], Future[RunResult | None]] = {}
 
     def one(variant: MiniVariant, seed: int) -> RunResult | None:
-        init_from, reuse_this = None, reuse
+        init_from, reuse = None, suite.reuse
         if variant.starts_from is not None:
             source = futures[(variant.starts_from, seed)].result()
             if source is None or source.returncode:
                 print(f"[paper-mini] {variant.name} seed {seed}: skipped, {variant.starts_from} failed", flush=True)
                 return None
-            init_from, reuse_this = source.run_dir / "export_best", reuse and source.reused
-        return run_variant(
-            variant.name, [variant.layers], seed, steps, out, base, val_every, overrides, run, init_from, reuse_this
-        )
+            init_from, reuse = source.run_dir / "export_best", reuse and source.reused
+        return suite.run_one(variant, seed, chosen[variant.name], f"{variant.name}_s{seed}", init_from, reuse)
 
-    order = sorted(variants, key=lambda v: v.starts_from is not None)  # the runs others start from go first
-    with ThreadPoolExecutor(jobs) as pool:
-        for variant in order:
+    with ThreadPoolExecutor(suite.jobs) as pool:
+        for variant in dependencies_first(variants):
             for seed in seeds:
                 futures[(variant.name, seed)] = pool.submit(one, variant, seed)
         results = {key: future.result() for key, future in futures.items()}
     return {key: result for key, result in results.items() if result is not None}
 
 
+def with_sources(names: set[str]) -> list[MiniVariant]:
+    """The suite's variants named, with every variant they start from or take a learning rate from."""
+    needed, grew = set(names), True
+    while grew:
+        more = {x for n in needed for x in (BY_NAME[n].starts_from, BY_NAME[n].lr_of) if x is not None}
+        grew = not more <= needed
+        needed |= more
+    return [v for v in SUITE if v.name in needed]
+
+
+def plot_suite(runs: dict[tuple[str, int], Path], out: Path) -> Path:
+    """Mean and 95 % band over seeds against optimizer steps: in-domain avg@4, transfer, retention, entropy, and the
+    SFT run alone (in-domain, retention, response length: the paper's "shift, readapt, overfit")."""
+    plt = pyplot()
+    logs: dict[str, list[dict]] = {}
+    for (name, _), path in sorted(runs.items()):
+        if (path / "metrics.csv").exists():
+            logs.setdefault(name, []).append(read_metrics(path / "metrics.csv"))
+    fig, axes = plt.subplots(1, 5, figsize=(25, 4))
+    panels = (("in_domain", "in-domain avg@4 (test)"), ("transfer", "transfer"), ("retention", "retention"))
+    for ax, (key, title) in zip(axes, (*panels, ("entropy", "entropy (last 10 steps' rollouts)")), strict=True):
+        for name, series in logs.items():
+            steps, means, lows, highs = verdicts.band(series, key)
+            if steps:
+                line = ax.plot(steps, means, marker="o", markersize=2, label=BY_NAME[name].label)[0]
+                ax.fill_between(steps, lows, highs, color=line.get_color(), alpha=0.12)
+        ax.set_title(f"{title}: mean, 95 % band over seeds", fontsize=9)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    ax, twin = axes[4], axes[4].twinx()
+    for key, axis, style, title in (
+        ("in_domain", ax, "-", "in-domain avg@4"),
+        ("retention", ax, "--", "retention"),
+        ("length", twin, ":", "response length (right)"),
+    ):
+        steps, means, _, _ = verdicts.band(logs.get("sft", []), key)
+        axis.plot(steps, means, style, marker="o", markersize=2, label=title, color="black" if axis is ax else "grey")
+    ax.set_title("SFT alone: shift, readapt, overfit", fontsize=9)
+    ax.set_xlabel("optimizer step")
+    ax.grid(alpha=0.3)
+    handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], fontsize=7)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def expert_accuracy(base: Path) -> float:
+    """The share of the expert's demonstrations that are right, as the world recorded it next to the policy."""
+    model = Path(yaml.safe_load(base.read_text())["model"]["model"])
+    return json.loads((model / "pretraining.json").read_text())["expert_accuracy"]
+
+
 def main(args, overrides: list[str]) -> list[RunResult]:
-    """``compare --suite paper-mini``: run the suite, write ``results.md`` and ``curves.png`` into ``args.out``."""
-    requested = set(args.variants or [v.name for v in SUITE])  # compare.main refused unknown names
-    needed = requested | {v.starts_from for v in SUITE if v.name in requested and v.starts_from}
-    chosen = [v for v in SUITE if v.name in needed]
+    """``compare --suite paper-mini``: tune (or reuse the tuning), report, write ``results.md`` and ``curves.png``."""
+    variants = with_sources(set(args.variants or [v.name for v in SUITE]))  # compare.main refused unknown names
     start = time.perf_counter()
     run = partial(launch, threads=threads_per_run(args.jobs))
-    results = run_suite(
-        chosen, args.steps, args.seeds, args.out, args.base, args.val_every, overrides, args.jobs, run, not args.fresh
-    )
+    quick = " (QUICK: a first look with untuned learning rates, not the reported protocol)" if args.quick else ""
+
+    def phase(name: str) -> Suite:
+        return Suite(args.out / name, args.base, args.steps, args.val_every, overrides, args.jobs, run, not args.fresh)
+
+    tuning = untuned(variants, args.base) if args.quick else tune(phase("tune"), variants, TUNE_SEED)
+    print(f"[paper-mini] learning rates{quick}: " + json.dumps(tuning["chosen"]), flush=True)
+    results = report(phase("report"), variants, tuning["chosen"], args.seeds)
     minutes = (time.perf_counter() - start) / 60
-    run_dirs = {key: result.run_dir for key, result in results.items()}
+    tuned = "not tuned" if args.quick else f"tuned on seed {TUNE_SEED} over {', '.join(f'{lr:g}' for lr in GRID)}"
     header = (
-        f"paper-mini: {args.steps} steps per variant, seeds {' '.join(map(str, args.seeds))}, base {args.base}, "
-        f"up to {args.jobs} runs side by side, {minutes:.1f} min in all\n\n"
+        f"# paper-mini{quick}\n\n{args.steps} steps per variant, learning rates {tuned}, reported on seeds "
+        f"{' '.join(map(str, args.seeds))}; base {args.base}; up to {args.jobs} runs side by side; "
+        f"{minutes:.1f} min in all (runs finished before and reused count as 0)\n\n"
     )
-    tables = results_tables(row_scores(run_dirs, args.seeds))
-    (args.out / "results.md").write_text(header + tables)
-    plot_suite(run_dirs, args.out / "curves.png")
-    print(header + tables + f"\n{args.out / 'results.md'}\n{args.out / 'curves.png'}")
+    text = header + verdicts.report_text(results, BY_NAME, tuning, expert_accuracy(args.base), args.steps)
+    (args.out / "results.md").write_text(text)
+    rows = verdicts.seed_rows(results, BY_NAME)  # every number of the tables, per seed
+    (args.out / "scores.json").write_text(json.dumps(rows, indent=1) + "\n")
+    plot_suite({key: result.run_dir for key, result in results.items()}, args.out / "curves.png")
+    print(text + f"\n{args.out / 'results.md'}\n{args.out / 'curves.png'}")
     return list(results.values())

@@ -124,22 +124,27 @@ def run_variant(
     run=launch,
     init_from: Path | None = None,
     reuse: bool = True,
+    settings: dict | None = None,
+    run_name: str | None = None,
 ) -> RunResult:
     """Run variant ``name``, its ``phases`` (each the files layered on ``base``), with ``seed``; the first phase starts
-    from ``init_from`` (an exported policy) if given, else from the base config's model. With ``reuse``, a phase
-    that already finished with the same inputs (``finished.json``) is kept instead of rerun."""
-    run_dir = out / "runs" / f"{name}_s{seed}"
+    from ``init_from`` (an exported policy) if given, else from the base config's model. ``settings`` (a config
+    fragment, e.g. a learning rate) goes on top of every phase's run config; ``run_name`` names the run's folder
+    (default ``<name>_s<seed>``). With ``reuse``, a phase that already finished with the same inputs
+    (``finished.json``) is kept instead of rerun."""
+    run_name = run_name or f"{name}_s{seed}"
+    run_dir = out / "runs" / run_name
     budgets = split_budget(steps, len(phases))
     if len(phases) == 1:
         phase_dirs = [run_dir]
     else:
         stems = [Path(layers[0]).stem if layers else "base" for layers in phases]
-        phase_dirs = [out / "phases" / f"{name}_s{seed}" / f"{i}_{stem}" for i, stem in enumerate(stems)]
+        phase_dirs = [out / "phases" / run_name / f"{i}_{stem}" for i, stem in enumerate(stems)]
     wall, returncode, reused = 0.0, 0, reuse
     done: list[tuple[Path, int]] = []  # (phase folder, offset of its steps in the joined log)
     for phase_dir, variant_files, budget in zip(phase_dirs, phases, budgets, strict=True):
         layers = [base, *(base.parent / file for file in variant_files)]
-        config = run_config(phase_dir, budget, seed, val_every, init_from, layers)
+        config = merged(run_config(phase_dir, budget, seed, val_every, init_from, layers), settings or {})
         command = fit_command(layers, phase_dir / "run.yaml", overrides)
         inputs = {"command": command, "config": config, "layers": [layer.read_text() for layer in layers]}
         if reused and (finished := finished_before(phase_dir, inputs)) is not None:
@@ -166,6 +171,15 @@ def run_variant(
         run_dir.mkdir(parents=True, exist_ok=True)
         join_metrics([(d / "metrics.csv", offset) for d, offset in done], run_dir / "metrics.csv")
     return RunResult(name, seed, run_dir, wall, returncode, reused)
+
+
+def merged(config: dict, settings: dict) -> dict:
+    """``config`` with ``settings`` on top, nested mappings merged key by key (as a later ``--config`` layer)."""
+    out = dict(config)
+    for key, value in settings.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merged(out[key], value) if both else value
+    return out
 
 
 FINISHED = "finished.json"  # a phase that ran to exit 0: its command, run config and layer files, and its wall time
