@@ -13,9 +13,11 @@ CONFIGS = Path(__file__).parent.parent / "configs"
 BASE = CONFIGS / "chord_qwen2.5_7b_openr1.yaml"
 DEMO = CONFIGS / "demo.yaml"
 # Variant files only hold the keys they change; each is layered on its base recipe.
-VARIANTS = {"chord_mu.yaml": BASE, "chord_phi.yaml": BASE, "strategy_ddp.yaml": BASE, "engine_vllm.yaml": DEMO} | {
-    p.name: DEMO for p in CONFIGS.glob("demo_*.yaml")
-} | {"mini_sft.yaml": CONFIGS / "mini.yaml"}
+VARIANTS = (
+    {"chord_mu.yaml": BASE, "chord_phi.yaml": BASE, "strategy_ddp.yaml": BASE, "engine_vllm.yaml": DEMO}
+    | {p.name: DEMO for p in CONFIGS.glob("demo_*.yaml")}
+    | {"mini_sft.yaml": CONFIGS / "mini.yaml"}
+)
 
 
 def instantiate(*args: str):

@@ -110,10 +110,20 @@ def test_reporting_uses_the_chosen_rates_and_chains_start_from_their_seeds_best_
     assert sorted(name for name, *_ in fit.launched) == ["sft_best_grpo_s0", "sft_s0"]
 
 
-def test_quick_is_a_paper_mini_setting(capsys):
-    with pytest.raises(SystemExit):
-        compare.main(["--quick"])
-    assert "--quick is a setting of --suite paper-mini" in capsys.readouterr().err
+def test_a_recorded_tuning_must_cover_every_variant(tmp_path):
+    record = {"rule": "highest", "seed": 100, "steps": 4, "grid": {}, "chosen": {"sft": 3e-4, "grpo": 1e-4}}
+    (tmp_path / "chosen.json").write_text(json.dumps(record))
+    loaded = paper_mini.recorded(tmp_path / "chosen.json", paper_mini.with_sources({"grpo"}))
+    assert loaded["chosen"]["grpo"] == 1e-4 and loaded["rule"].endswith(f"(recorded in {tmp_path / 'chosen.json'})")
+    with pytest.raises(SystemExit, match="no tuned learning rate for luffy; rerun without --tuning"):
+        paper_mini.recorded(tmp_path / "chosen.json", paper_mini.with_sources({"luffy"}))
+
+
+def test_quick_and_tuning_are_paper_mini_settings(capsys):
+    for flag in (["--quick"], ["--tuning", "chosen.json"]):
+        with pytest.raises(SystemExit):
+            compare.main(flag)
+    assert "--quick and --tuning are settings of --suite paper-mini" in capsys.readouterr().err
 
 
 @pytest.mark.slow

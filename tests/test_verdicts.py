@@ -46,7 +46,7 @@ def test_preconditions_by_hand():
     sft_best = {s: scores(0.30 + 0.01 * s, task=0.5) for s in range(5)}  # +20..+24 points; copy 1.0 -> 0.5
     sft_last = {s: scores(0.25 + 0.01 * s) for s in range(5)}  # 5 points below its best on every seed
     rows = {"original": original, "SFT": sft_last, "SFT-best": sft_best}
-    curves = {s: {0: 0.10, 20: 0.02, 40: 0.05, 80: 0.3} for s in range(5)}  # drop to 2 % in the first quarter
+    curves = {s: {0: 0.10, 20: 0.02, 40: 0.05, 80: 0.3} for s in range(5)}  # drop to 2 % in the first third
     checks = {c.name.split()[0]: c for c in verdicts.preconditions(rows, curves, expert_accuracy=0.8, budget=80)}
     assert all(c.holds for c in checks.values()), checks
     # gains 20..24 points: mean 22, s = 1.5811, half-width t_{4, 0.975} · s / √5 = 2.776445 · 1.5811 / 2.2361 = 1.963
@@ -94,3 +94,20 @@ def test_band_is_the_mean_and_t_interval_over_runs(tmp_path: Path):
     assert steps == [0, 2] and means == pytest.approx([0.1, 0.3])
     # two runs: mean ± t_{1, 0.975} · s / √2 = 0.3 ± 12.7062 · 0.1414 / 1.4142 = 0.3 ± 1.2706
     assert lows[1] == pytest.approx(0.3 - 1.27062, abs=1e-4) and highs[1] == pytest.approx(0.3 + 1.27062, abs=1e-4)
+
+
+def test_the_tuning_table_shows_each_grid_and_the_rates_taken_from_stages():
+    tuning = {
+        "grid": {"sft": {"0.0001": 0.2, "0.001": None}},
+        "chosen": {"sft": 1e-4, "sft_half": 1e-4},
+    }
+    assert verdicts.tuning_table(tuning).splitlines() == [
+        "| variant | lr 0.0001 | lr 0.001 | chosen |",
+        "|---|---|---|---|",
+        "| sft | 20.0 | — | 0.0001 |",
+        "| sft_half |  |  | 0.0001 (its stages') |",
+    ]
+    assert (
+        verdicts.tuning_table({"grid": {}, "chosen": {"grpo": 3e-4}})
+        == "| variant | lr |\n|---|---|\n| grpo | 0.0003 |\n"
+    )

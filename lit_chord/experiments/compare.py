@@ -105,7 +105,7 @@ SUITES: dict[str, dict[str, Any]] = {
         "jobs": 2,
     },
 }
-# --quick: a first look at paper-mini in under half an hour (fewer steps and seeds; its own folder, its own tuning)
+# --quick: a first look at paper-mini in under half an hour (fewer steps and seeds, no tuning; its own folder)
 QUICK = {"steps": 60, "seeds": [0, 1], "out": "runs/paper-mini-quick", "val_every": 20}
 
 
@@ -126,9 +126,12 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
     parser.add_argument(
         "--quick", action="store_true", help="paper-mini: a first look (60 steps, seeds 0 1, no tuning)"
     )
+    parser.add_argument(
+        "--tuning", type=Path, help="paper-mini: learning rates from an earlier tune phase's chosen.json"
+    )
     args = parser.parse_args(argv)
-    if args.quick and args.suite != "paper-mini":
-        parser.error("--quick is a setting of --suite paper-mini")
+    if (args.quick or args.tuning) and args.suite != "paper-mini":
+        parser.error("--quick and --tuning are settings of --suite paper-mini")
     for key, default in (SUITES[args.suite] | (QUICK if args.quick else {})).items():
         if getattr(args, key) is None:
             setattr(args, key, Path(default) if isinstance(default, str) else default)

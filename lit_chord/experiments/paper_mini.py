@@ -196,6 +196,15 @@ def untuned(variants: list[MiniVariant], base: Path) -> dict:
     return {"rule": rule, "seed": None, "steps": 0, "grid": {}, "chosen": {v.name: lr for v in variants}}
 
 
+def recorded(path: Path, variants: list[MiniVariant]) -> dict:
+    """A ``chosen.json`` written by an earlier tune phase; every variant asked for must have its choice there."""
+    record = json.loads(path.read_text())
+    missing = sorted(v.name for v in variants if v.name not in record.get("chosen", {}))
+    if missing:
+        raise SystemExit(f"{path}: no tuned learning rate for {', '.join(missing)}; rerun without --tuning")
+    return record | {"rule": f"{record['rule']} (recorded in {path})"}
+
+
 def score_of(variant: MiniVariant, result: RunResult | None) -> float | None:
     if result is None or result.returncode or not (result.run_dir / "metrics.csv").exists():
         return None
@@ -247,7 +256,7 @@ def plot_suite(runs: dict[tuple[str, int], Path], out: Path) -> Path:
             logs.setdefault(name, []).append(read_metrics(path / "metrics.csv"))
     fig, axes = plt.subplots(1, 5, figsize=(25, 4))
     panels = (("in_domain", "in-domain avg@4 (test)"), ("transfer", "transfer"), ("retention", "retention"))
-    for ax, (key, title) in zip(axes, (*panels, ("entropy", "entropy (last 10 steps' rollouts)")), strict=True):
+    for ax, (key, title) in zip(axes[:4], (*panels, ("entropy", "entropy (last 10 steps' rollouts)")), strict=True):
         for name, series in logs.items():
             steps, means, lows, highs = verdicts.band(series, key)
             if steps:
@@ -293,11 +302,17 @@ def main(args, overrides: list[str]) -> list[RunResult]:
     def phase(name: str) -> Suite:
         return Suite(args.out / name, args.base, args.steps, args.val_every, overrides, args.jobs, run, not args.fresh)
 
-    tuning = untuned(variants, args.base) if args.quick else tune(phase("tune"), variants, TUNE_SEED)
+    if args.quick:
+        tuning = untuned(variants, args.base)
+    elif args.tuning is not None:  # an earlier tune phase's record, e.g. docs/paper_mini_tuning.json
+        tuning = recorded(args.tuning, variants)
+    else:
+        tuning = tune(phase("tune"), variants, TUNE_SEED)
     print(f"[paper-mini] learning rates{quick}: " + json.dumps(tuning["chosen"]), flush=True)
     results = report(phase("report"), variants, tuning["chosen"], args.seeds)
     minutes = (time.perf_counter() - start) / 60
     tuned = "not tuned" if args.quick else f"tuned on seed {TUNE_SEED} over {', '.join(f'{lr:g}' for lr in GRID)}"
+    tuned += f" (recorded in {args.tuning})" if args.tuning and not args.quick else ""
     header = (
         f"# paper-mini{quick}\n\n{args.steps} steps per variant, learning rates {tuned}, reported on seeds "
         f"{' '.join(map(str, args.seeds))}; base {args.base}; up to {args.jobs} runs side by side; "

@@ -169,7 +169,7 @@ def preconditions(
     shift = early_drop(curves, column(rows.get("original", {}), "in_domain"), budget)
     checks.append(
         Check(
-            "P3b SFT shifts: an early in-domain drop below the original (first quarter of the run)",
+            "P3b SFT shifts: an early in-domain drop below the original (first third of the run)",
             shift is not None and shift.high < 0,
             f"lowest early validation − original: {points(shift)} points",
         )
@@ -189,10 +189,10 @@ def preconditions(
 def early_drop(
     curves: Mapping[int, Mapping[int, float | None]], original: Mapping[int, float], budget: int
 ) -> stats.Interval | None:
-    """Per seed, the SFT run's lowest in-domain avg@4 among validations in its first quarter, minus the original's."""
+    """Per seed, the SFT run's lowest in-domain avg@4 among validations in its first third, minus the original's."""
     lows = {}
     for seed, curve in curves.items():
-        early = [v for step, v in curve.items() if 0 < step <= budget / 4 and v is not None]
+        early = [v for step, v in curve.items() if 0 < step <= budget / 3 and v is not None]
         if early and seed in original:
             lows[seed] = min(early) - original[seed]
     return stats.t_interval(list(lows.values())) if lows else None
@@ -307,6 +307,21 @@ def band(runs: list[dict], key: str) -> tuple[list[int], list[float], list[float
     return steps, means, lows, highs
 
 
+def tuning_table(tuning: dict) -> str:
+    """Each grid's validation-split score (%) per learning rate, and the choice; without a grid, the rates used."""
+    grid = tuning["grid"]
+    if not grid:
+        return "| variant | lr |\n|---|---|\n" + "".join(f"| {n} | {lr:g} |\n" for n, lr in tuning["chosen"].items())
+    rates = list(next(iter(grid.values())))
+    lines = ["| variant | " + " | ".join(f"lr {lr}" for lr in rates) + " | chosen |", "|---" * (len(rates) + 2) + "|"]
+    for name, scores in grid.items():
+        cells = ["—" if s is None else f"{s * 100:.1f}" for s in scores.values()]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {tuning['chosen'][name]:g} |")
+    others = {n: lr for n, lr in tuning["chosen"].items() if n not in grid}
+    lines += [f"| {n} | " + " | ".join("" for _ in rates) + f" | {lr:g} (its stages') |" for n, lr in others.items()]
+    return "\n".join(lines) + "\n"
+
+
 def report_text(
     results: Mapping[tuple[str, int], RunResult],
     variants: Mapping[str, Variant],
@@ -321,12 +336,7 @@ def report_text(
     status = f"**PRECONDITIONS FAILED: {', '.join(failed)}** (the verdicts below cannot speak to the paper's premise)"
     lines = [status if failed else "**Preconditions: all hold.**", ""]
     lines += [f"- {'holds' if c.holds else 'FAILS'}: {c.name}. {c.evidence}" for c in checks]
-    lines += ["", "## Tuning (seed " + str(tuning["seed"]) + ", validation split)", "", f"Rule: {tuning['rule']}.", ""]
-    lines += ["| variant | " + " | ".join(f"lr {lr}" for lr in next(iter(tuning["grid"].values()), {})) + " | chosen |"]
-    lines += ["|---" * (len(next(iter(tuning["grid"].values()), {})) + 2) + "|"]
-    for name, scores in tuning["grid"].items():
-        cells = ["—" if s is None else f"{s * 100:.1f}" for s in scores.values()]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {tuning['chosen'][name]:g} |")
+    lines += ["", "## Learning rates", "", f"Rule: {tuning['rule']}.", "", tuning_table(tuning)]
     lines += ["", "## Results (%, mean ± 95 % t-interval half-width over seeds; length in tokens, entropy in nats)", ""]
     lines += [
         results_table(rows),
