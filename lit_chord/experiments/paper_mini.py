@@ -247,8 +247,9 @@ def with_sources(names: set[str]) -> list[MiniVariant]:
 
 
 def plot_suite(runs: dict[tuple[str, int], Path], out: Path) -> Path:
-    """Mean and 95 % band over seeds against optimizer steps: in-domain avg@4, transfer, retention, entropy, and the
-    SFT run alone (in-domain, retention, response length: the paper's "shift, readapt, overfit")."""
+    """Mean and 95 % band over seeds against each run's optimizer steps (a chain's RL stage from its own step 0):
+    in-domain avg@4, transfer, retention, entropy, and the 4× SFT run alone (in-domain, retention, response length:
+    the paper's "shift, readapt, overfit")."""
     plt = pyplot()
     logs: dict[str, list[dict]] = {}
     for (name, _), path in sorted(runs.items()):
@@ -258,11 +259,14 @@ def plot_suite(runs: dict[tuple[str, int], Path], out: Path) -> Path:
     panels = (("in_domain", "in-domain avg@4 (test)"), ("transfer", "transfer"), ("retention", "retention"))
     for ax, (key, title) in zip(axes[:4], (*panels, ("entropy", "entropy (last 10 steps' rollouts)")), strict=True):
         for name, series in logs.items():
+            if name in ("sft_long", "sft_half"):  # the SFT panel has the long run; the half run is a stage
+                continue
             steps, means, lows, highs = verdicts.band(series, key)
             if steps:
                 line = ax.plot(steps, means, marker="o", markersize=2, label=BY_NAME[name].label)[0]
                 ax.fill_between(steps, lows, highs, color=line.get_color(), alpha=0.12)
         ax.set_title(f"{title}: mean, 95 % band over seeds", fontsize=9)
+        ax.set_ylim(0, 1 if key != "entropy" else None)
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
@@ -272,9 +276,9 @@ def plot_suite(runs: dict[tuple[str, int], Path], out: Path) -> Path:
         ("retention", ax, "--", "retention"),
         ("length", twin, ":", "response length (right)"),
     ):
-        steps, means, _, _ = verdicts.band(logs.get("sft", []), key)
+        steps, means, _, _ = verdicts.band(logs.get("sft_long", logs.get("sft", [])), key)
         axis.plot(steps, means, style, marker="o", markersize=2, label=title, color="black" if axis is ax else "grey")
-    ax.set_title("SFT alone: shift, readapt, overfit", fontsize=9)
+    ax.set_title("SFT alone, 4× budget: shift, readapt, overfit (mean over seeds)", fontsize=9)
     ax.set_xlabel("optimizer step")
     ax.grid(alpha=0.3)
     handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
