@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -126,7 +127,7 @@ class Suite:
     val_every: int
     overrides: list[str]
     jobs: int
-    run: object = launch  # runner.launch, or a stand-in in tests
+    run: Callable[[list[str], Path], int] = launch  # runner.launch, or a stand-in in tests
     reuse: bool = True
 
     def run_one(
