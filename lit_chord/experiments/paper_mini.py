@@ -216,7 +216,7 @@ def report(
     suite: Suite, variants: list[MiniVariant], chosen: dict[str, float], seeds: list[int]
 ) -> dict[tuple[str, int], RunResult]:
     """Phase 2: every variant at its chosen learning rate, each seed; a variant that starts from another's best
-    policy waits for that run (submitted earlier) and is reused only if that run was."""
+    policy waits for that run (submitted earlier, so the wait cannot deadlock) and is reused only if that run was."""
     futures: dict[tuple[str, int], Future[RunResult | None]] = {}
 
     def one(variant: MiniVariant, seed: int) -> RunResult | None:
@@ -230,8 +230,8 @@ def report(
         return suite.run_one(variant, seed, chosen[variant.name], f"{variant.name}_s{seed}", init_from, reuse)
 
     with ThreadPoolExecutor(suite.jobs) as pool:
-        for variant in dependencies_first(variants):
-            for seed in seeds:
+        for seed in seeds:  # seed after seed, so that a phase cut short leaves whole seeds
+            for variant in dependencies_first(variants):
                 futures[(variant.name, seed)] = pool.submit(one, variant, seed)
         results = {key: future.result() for key, future in futures.items()}
     return {key: result for key, result in results.items() if result is not None}
