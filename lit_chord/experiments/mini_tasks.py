@@ -73,9 +73,14 @@ def add_response(terms: list[int]) -> str:
     return f"<think>\n{chain(terms)}\n</think>\n\\boxed{{{sum(terms)}}}"
 
 
+def terms_of(digits: str | list[int]) -> list[int]:
+    """The numbers to add: a digit string's digits (``"3141"`` -> ``[3, 1, 4, 1]``), or the terms as given."""
+    return [int(c) for c in digits] if isinstance(digits, str) else digits
+
+
 def sum_problem(digits: str | list[int]) -> tuple[str, str]:
     """A sum: of digits (the target, ``"3141"``) or of any terms (``[12, 3, 4]``)."""
-    terms = [int(c) for c in digits] if isinstance(digits, str) else digits
+    terms = terms_of(digits)
     return f"Sum {' '.join(map(str, terms))}.", str(sum(terms))
 
 
@@ -92,7 +97,7 @@ def policy_response(thought: str, answer: str) -> str:
 def expert_trace(digits: str | list[int], slip: bool, rng: random.Random) -> str:
     """The expert's style: the terms added one at a time, each step in the words of the policy's ``add`` task. With
     ``slip``, one step's total is off by one, and the error carries into the answer."""
-    terms = [int(c) for c in digits] if isinstance(digits, str) else digits
+    terms = terms_of(digits)
     total, steps = terms[0], []
     wrong_at = rng.randrange(1, len(terms)) if slip else -1
     for index in range(1, len(terms)):
@@ -136,7 +141,7 @@ def add_records() -> list[dict]:
     """Every ``add`` problem, in the policy's style: each number below ``ADD_TOTALS`` plus each digit, and every three
     digits."""
     pairs = [[number, digit] for number in range(ADD_TOTALS) for digit in range(10)]
-    triples = [[int(c) for c in str(n).zfill(3)] for n in range(1000)]
+    triples = [terms_of(str(n).zfill(3)) for n in range(1000)]
     rows = []
     for terms in pairs + triples:
         problem, answer = add_problem(terms)

@@ -37,13 +37,12 @@ GENERAL_PER_TASK = {"train": 3000, "heldout": 50}
 SUM_IN_STEPS = 0.25  # share of the policy's own sums it works out step by step (the rest: one guess)
 ADD_REPEATS = 2  # the 1,370 add problems, each this many times: about as many rows as each other general task
 TARGET = "target (sum of 4 digits)"
-TRANSFER = f"transfer (sum of {mini_tasks.TRANSFER_LENGTH} digits)"
 
 
 def pretraining_texts(seed: int = 0) -> tuple[list[tuple[str, str]], dict[str, list[dict]], dict]:
     """The policy's supervised data as (user prompt, response) pairs, the held-out records of each general task and
     of the transfer task, and the target's splits (``expert``: chat demonstrations; ``rl``, ``val``, ``heldout``:
-    prompts). General held-out strings are never trained on; ``add``'s 460 problems all are, so its held-out prompts
+    prompts). General held-out strings are never trained on; ``add``'s 1,370 problems all are, so its held-out prompts
     test retention, as a knowledge benchmark does."""
     rng = random.Random(seed)
     target = mini_tasks.split(mini_tasks.digit_strings(rng, mini_tasks.TARGET_LENGTH, 10**4), TARGET_SPLITS)
@@ -62,7 +61,7 @@ def pretraining_texts(seed: int = 0) -> tuple[list[tuple[str, str]], dict[str, l
         problem, answer = mini_tasks.sum_problem(digits)
         steps = rng.random() < SUM_IN_STEPS  # now and then the policy reasons on a sum, in its own words
         response = (
-            mini_tasks.add_response([int(c) for c in digits]) if steps else mini_tasks.policy_response("sum", answer)
+            mini_tasks.add_response(mini_tasks.terms_of(digits)) if steps else mini_tasks.policy_response("sum", answer)
         )
         pairs.append((problem, response))
     heldout["transfer"] = [mini_tasks.as_prompt(d) for d in transfer["transfer"]]
