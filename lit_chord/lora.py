@@ -143,6 +143,9 @@ class LoraPolicy:
         self.modules_to_save = saved  # what trains in full next to the adapters, as resolved for this base
         self.base_dtype = settings.dtype  # the frozen base's, in which the export stores the merged weights
         names = [name for name, _ in policy.named_modules() if name]
+        # Resolved to full names here: peft's own matching of a bare name changed in 0.22 (``norm`` stopped matching
+        # ``input_layernorm``), and README promises a suffix.
+        full_names = [name for name in names if any(name.endswith(suffix) for suffix in saved)]
         unmatched = [suffix for suffix in saved if not any(name.endswith(suffix) for name in names)]
         if unmatched:  # peft would train nothing for them, silently
             leaves = sorted({leaf for name in names if not (leaf := name.rsplit(".", 1)[-1]).isdigit()})
@@ -154,7 +157,7 @@ class LoraPolicy:
             lora_alpha=settings.alpha,  # type: ignore[arg-type]  # annotated int in peft; a float scales alike
             lora_dropout=settings.dropout,
             target_modules=settings.target_modules,
-            modules_to_save=list(saved) or None,  # a copy: peft appends to the list it is given
+            modules_to_save=full_names or None,
             # A trained copy of tied embeddings must stay the output head too: without this peft trains the input
             # copy only, and the policy would read with one matrix and write with another that no engine can load.
             ensure_weight_tying=tied and any(embeddings.endswith(suffix) for suffix in saved),

@@ -137,7 +137,7 @@ def test_the_export_of_a_random_init_base_carries_the_base(tiny_world, tmp_path,
     assert "(random init), LoRA r=2 α=16 on all-linear, base float32, trained in full: embed_tokens\n" in caplog.text
     config = json.loads((export.path / "adapter" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(export.path / "base")
-    assert "embed_tokens" in config["modules_to_save"] and config["ensure_weight_tying"]
+    assert config["modules_to_save"] == ["model.embed_tokens"] and config["ensure_weight_tying"]
     adapted = AutoPeftModelForCausalLM.from_pretrained(export.path / "adapter").eval()  # loads the base from there
     merged = AutoModelForCausalLM.from_pretrained(export.path, dtype=torch.float32).eval()
     expected = logprobs(module.scorer.eval())
