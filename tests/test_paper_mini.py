@@ -64,7 +64,8 @@ def suite(tmp_path: Path, fit: FakeFit, jobs: int = 2) -> paper_mini.Suite:
     return paper_mini.Suite(tmp_path, CONFIGS / "mini.yaml", 4, 2, [], jobs, fit)
 
 
-def test_tuning_runs_each_grid_on_the_tuning_seed_and_rl_after_sft_starts_from_the_tuned_sft(tmp_path):
+def test_tuning_runs_each_grid_on_the_tuning_seed_and_rl_after_sft_starts_from_the_tuned_sft(tmp_path, monkeypatch):
+    monkeypatch.setattr(paper_mini, "GRID", (1e-4, 3e-4, 1e-3))
     fit = FakeFit({"sft": {1e-4: 0.2, 3e-4: 0.6, 1e-3: 0.4}, "sft_best_grpo": {1e-4: 0.5, 3e-4: 0.1, 1e-3: 0.1}})
     variants = paper_mini.with_sources({"sft_half_grpo", "grpo"})
     record = paper_mini.tune(suite(tmp_path, fit), variants, seed=100)
@@ -147,6 +148,7 @@ def test_the_suite_tunes_then_reports_sft_then_grpo_from_the_best_export(tmp_pat
     assert grpo_run["model"]["optimizer"]["init_args"]["lr"] == chosen["chosen"]["sft_best_grpo"]
     report = (tmp_path / "results.md").read_text()
     for piece in (
+        "learning rates tuned on seed 100 over 0.0001, 0.001, reported",  # the grid as tuned
         "P1 ",
         "P2 ",
         "P3a ",
