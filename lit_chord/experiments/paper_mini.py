@@ -279,9 +279,11 @@ def plot_suite(runs: dict[tuple[str, int], Path], out: Path) -> Path:
         ("retention", ax, "--", "retention"),
         ("length", twin, ":", "response length (right)"),
     ):
-        steps, means, _, _ = verdicts.band(logs.get("sft_long", logs.get("sft", [])), key)
-        axis.plot(steps, means, style, marker="o", markersize=2, label=title, color="black" if axis is ax else "grey")
-    ax.set_title("SFT alone, 4× budget: shift, readapt, overfit (mean over seeds)", fontsize=9)
+        steps, means, lows, highs = verdicts.band(logs.get("sft_long", logs.get("sft", [])), key)
+        color = "black" if axis is ax else "grey"
+        axis.plot(steps, means, style, marker="o", markersize=2, label=title, color=color)
+        axis.fill_between(steps, lows, highs, color=color, alpha=0.12)
+    ax.set_title("SFT alone, 4× budget: shift, readapt, overfit (mean, 95 % band over seeds)", fontsize=9)
     ax.set_xlabel("optimizer step")
     ax.grid(alpha=0.3)
     handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
