@@ -160,7 +160,7 @@ class LoraPolicy:
             modules_to_save=full_names or None,
             # A trained copy of tied embeddings must stay the output head too: without this peft trains the input
             # copy only, and the policy would read with one matrix and write with another that no engine can load.
-            ensure_weight_tying=tied and any(embeddings.endswith(suffix) for suffix in saved),
+            ensure_weight_tying=tied and embeddings in full_names,
         )
         with torch.random.fork_rng(devices=[]):  # A's initialization: a function of the seed, not of the process
             torch.manual_seed(seed)

@@ -71,9 +71,9 @@ SUITE = [
     MiniVariant("srft", "SRFT", ("demo_srft.yaml",)),
     MiniVariant("chord_mu", "CHORD-μ", ()),
     MiniVariant("chord_phi", "CHORD-φ", ("demo_chord_phi.yaml",)),
-    MiniVariant("sft_best_grpo", "SFT-best → GRPO (equal RL steps)", GRPO, starts_from="sft"),
+    MiniVariant("sft_best_grpo", verdicts.SFT_RL_PAPER_BUDGET, GRPO, starts_from="sft"),
     MiniVariant("sft_half", "SFT, half budget", SFT, share=0.5, lr_of="sft", in_table=False),
-    MiniVariant("sft_half_grpo", "SFT-best → GRPO (equal steps)", GRPO, "sft_half", share=0.5, lr_of="sft_best_grpo"),
+    MiniVariant("sft_half_grpo", verdicts.SFT_RL_EQUAL_STEPS, GRPO, "sft_half", share=0.5, lr_of="sft_best_grpo"),
     # SFT run four times as long, for the precondition that SFT overfits past its best (the paper's Fig. on MATH-500)
     MiniVariant("sft_long", "SFT, 4× budget", SFT, share=4.0, lr_of="sft"),
 ]
@@ -320,8 +320,7 @@ def main(args, overrides: list[str]) -> list[RunResult]:
     print(f"[paper-mini] learning rates{quick}: " + json.dumps(tuning["chosen"]), flush=True)
     results = report(phase("report"), variants, tuning["chosen"], args.seeds)
     minutes = (time.perf_counter() - start) / 60
-    # The rates as tuned: a recorded phase (--tuning) may have had another grid than GRID.
-    rates: dict[str, float | None] = next(iter(tuning["grid"].values()), {})
+    rates = verdicts.grid_rates(tuning)  # as tuned: a recorded phase (--tuning) may have had another grid than GRID
     tuned = "not tuned" if args.quick else f"tuned on seed {tuning['seed']} over {', '.join(rates)}"
     tuned += f" (recorded in {args.tuning})" if args.tuning and not args.quick else ""
     header = (
