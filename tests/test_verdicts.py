@@ -111,3 +111,16 @@ def test_the_tuning_table_shows_each_grid_and_the_rates_taken_from_stages():
         verdicts.tuning_table({"grid": {}, "chosen": {"grpo": 3e-4}})
         == "| variant | lr |\n|---|---|\n| grpo | 0.0003 |\n"
     )
+
+
+def test_the_original_entropy_is_the_mean_of_every_rl_runs_first_rollouts_whatever_their_order(tmp_path):
+    """Each RL run samples its first rollouts from the original policy with its own draws: the original row takes
+    their mean (0.2 and 0.4 -> 0.3), not the first run's, so the cell does not depend on the order runs come in."""
+    for name, entropy in (("grpo", 0.2), ("chord_phi", 0.4)):
+        write_log(tmp_path / name, {0: 0.1, 4: 0.3}, [entropy] * 4)
+    rows = {}
+    for order in (("grpo", "chord_phi"), ("chord_phi", "grpo")):
+        results = {(name, 0): RunResult(name, 0, tmp_path / name, 60.0, 0) for name in order}
+        rows[order] = verdicts.seed_rows(results, paper_mini.BY_NAME)["original"][0]
+    assert {round(r["entropy"], 9) for r in rows.values()} == {0.3}
+    assert all(r["in_domain"] == 0.1 for r in rows.values())

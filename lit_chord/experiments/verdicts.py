@@ -13,6 +13,7 @@ column is the baseline with the highest mean there, picked on the reported numbe
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -74,19 +75,23 @@ def seed_rows(results: Mapping[tuple[str, int], RunResult], variants: Mapping[st
         source = variant.starts_from
         return suite_scores.added(own, cost(source, seed)) if source and (source, seed) in series else own
 
+    first_entropies: dict[int, list[float]] = {}  # per seed, each RL run's first rollouts: the original policy's
     for (name, seed), logged in sorted(series.items(), key=lambda kv: kv[0][1]):
         steps, variant = suite_scores.validation_steps(logged), variants[name]
         if not steps:
             continue
-        if variant.starts_from is None and 0 in steps:  # the same validation in every such run; entropy: an RL run's
-            before = rows.setdefault("original", {}).get(seed)
-            if before is None or before["entropy"] is None:
-                rows["original"][seed] = suite_scores.scores_at(logged, 0)
+        if variant.starts_from is None and 0 in steps:  # the same validation in every such run
+            at_start = suite_scores.scores_at(logged, 0)
+            rows.setdefault("original", {}).setdefault(seed, at_start)
+            if at_start["entropy"] is not None:
+                first_entropies.setdefault(seed, []).append(at_start["entropy"])
         if variant.in_table:
             rows.setdefault(variant.label, {})[seed] = suite_scores.scores_at(logged, steps[-1]) | cost(name, seed)
         if name in BEST_OF:
             best = suite_scores.best_step(logged)
             rows.setdefault(BEST_OF[name], {})[seed] = suite_scores.scores_at(logged, best) | cost(name, seed)
+    for seed, entropies in first_entropies.items():  # their mean: the same whatever order the runs come in
+        rows["original"][seed]["entropy"] = statistics.fmean(entropies)
     order = ["original", "SFT", "SFT-best"] + [v.label for v in variants.values() if v.in_table and v.name != "sft"]
     order += [BEST_OF["sft_long"]]
     return {label: rows[label] for label in order if label in rows}
