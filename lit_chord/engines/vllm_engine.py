@@ -28,8 +28,8 @@ Generator does not use offset" as soon as a step's prompts hold more tokens than
 samples of the miniature's 18 tokens). Where the generators cannot rewind, seeded engines run without chunked
 prefill (``generator_can_rewind``; ``VLLMEngine.__init__`` says what that costs).
 
-vLLM logs at WARNING unless ``VLLM_LOGGING_LEVEL`` says otherwise (it logs ~40 INFO lines per engine start), and
-the warnings that this file's own choices cause, all harmless, are dropped (``BENIGN_WARNINGS`` says why each).
+vLLM logs at WARNING unless ``VLLM_LOGGING_LEVEL`` says otherwise, and the warnings that this file's own choices
+cause, all harmless, are dropped (``lit_chord.engines.vllm_logging``, which says why each).
 
 vLLM internals used (all in this file, vLLM 0.32): the worker method ``reload_weights`` reached through
 ``collective_rpc``, and ``llm.llm_engine.model_config.dtype``. Side effects of an in-process engine: it
@@ -52,6 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_chord.engines import Completion, SamplingConfig
+from lit_chord.engines.vllm_logging import quiet_vllm_logging
 from lit_chord.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ class VLLMEngine:
                 model=model_path(policy),
                 dtype=self.dtype,
                 load_format="dummy",
-                skip_tokenizer_init=True,  # token ids in and out (its warnings about it: BENIGN_WARNINGS)
+                skip_tokenizer_init=True,  # token ids in and out (its warnings about it: vllm_logging)
                 gpu_memory_utilization=self.gpu_memory_utilization,
                 tensor_parallel_size=self.tensor_parallel_size,
                 max_model_len=self.max_model_len,
@@ -325,51 +326,3 @@ def first_sentence(text: str) -> str:
     """Up to the first ". " (vLLM's messages go on with advice for its own command line)."""
     head, dot, _ = text.partition(". ")
     return head + "." if dot else text
-
-
-# vLLM warnings that the way this file builds the engine causes, each harmless; dropped by ``quiet_vllm_logging``.
-# logger name -> the message's start, and why it is harmless.
-BENIGN_WARNINGS: dict[str, tuple[str, ...]] = {
-    # Every reload: RotaryEmbedding's one tensor is its cos/sin cache, a non-persistent buffer computed from the
-    # config when the model is built (the dummy load leaves such buffers alone, and no checkpoint holds them), which
-    # vLLM counts as loadable, finds missing from the pushed weights and puts back unchanged.
-    "vllm.model_executor.model_loader.reload.layerwise": ("RotaryEmbedding: Failed to load weights",),
-    # skip_tokenizer_init: there is no chat template to warm up (with a traceback) and no EOS id to read; the
-    # engine takes token ids and stops on the trainer's stop ids.
-    "vllm.renderers.base": ("Chat template warmup failed", "Using None for EOS token id"),
-    # The in-process engine reseeds the global generators; ``preserved_rng`` restores them. Chunked prefill is
-    # turned off on purpose where seeded generators cannot rewind (module doc): the crash vLLM warns of is the one it
-    # avoids, and the miniature's test checks the log-probabilities it then samples with (tests/test_vllm_engine.py).
-    "vllm.engine.arg_utils": (
-        "The global random seed is set to",
-        "This model does not officially support disabling chunked prefill",
-    ),
-    # In-process engine: vLLM's front end sets torch's thread count for its process, which is the worker's too, where
-    # the worker replaced ``torch.set_num_threads`` with this warning once it had bound its threads (module doc).
-    "vllm.v1.worker.cpu_worker": ("CPU backend doesn't allow to use `torch.set_num_threads`",),
-}
-
-
-class BenignWarningFilter(logging.Filter):
-    """Drops the records of one logger whose message starts with one of the given texts."""
-
-    def __init__(self, starts: tuple[str, ...]) -> None:
-        super().__init__()
-        self.starts = starts
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.starts)
-
-
-def quiet_vllm_logging() -> None:
-    """vLLM at WARNING unless the user set ``VLLM_LOGGING_LEVEL``, without the warnings in ``BENIGN_WARNINGS``.
-
-    vLLM 0.32 configures its loggers from the environment when ``LLM()`` starts (and caches the environment once an
-    engine runs), so the level is set before; the filters sit on the emitting loggers, which vLLM's ``dictConfig``
-    of its ``vllm`` logger leaves alone.
-    """
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    for name, starts in BENIGN_WARNINGS.items():
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, BenignWarningFilter) for f in logger.filters):
-            logger.addFilter(BenignWarningFilter(starts))
