@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from lit_chord.experiments.stats import Interval, paired_difference, t_interval, verdict
+from lit_chord.experiments.stats import NO_VALUES, Interval, interval_over, paired_difference, t_interval, verdict
 
 T_4 = 2.776445  # t_{4, 0.975}
 T_1 = 12.7062  # t_{1, 0.975}
@@ -46,6 +46,11 @@ def test_t_interval_rejects_no_values_and_bad_confidence():
         t_interval([])
     with pytest.raises(ValueError, match="confidence"):
         t_interval([1.0, 2.0], confidence=95)
+
+
+def test_interval_over_no_values_is_an_empty_cell():
+    assert interval_over([]) is NO_VALUES and NO_VALUES.format() == "—"
+    assert interval_over([0.25]) == t_interval([0.25])
 
 
 def test_paired_difference_constant():

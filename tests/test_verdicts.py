@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import write_suite_log as write_log
 
-from lit_chord.experiments import paper_mini, verdicts
+from lit_chord.experiments import paper_mini, suite_scores, verdicts
 from lit_chord.experiments.runner import RunResult
 
 
@@ -90,7 +90,7 @@ def test_band_is_the_mean_and_t_interval_over_runs(tmp_path: Path):
     for i, accuracy in enumerate((0.2, 0.4)):
         write_log(tmp_path / str(i), {0: 0.1, 2: accuracy}, [1.0, 1.0])
     runs = [verdicts.read_metrics(tmp_path / str(i) / "metrics.csv") for i in range(2)]
-    steps, means, lows, highs = verdicts.band(runs, "in_domain")
+    steps, means, lows, highs = suite_scores.band(runs, "in_domain")
     assert steps == [0, 2] and means == pytest.approx([0.1, 0.3])
     # two runs: mean ± t_{1, 0.975} · s / √2 = 0.3 ± 12.7062 · 0.1414 / 1.4142 = 0.3 ± 1.2706
     assert lows[1] == pytest.approx(0.3 - 1.27062, abs=1e-4) and highs[1] == pytest.approx(0.3 + 1.27062, abs=1e-4)

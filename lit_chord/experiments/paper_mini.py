@@ -264,7 +264,7 @@ def plot_suite(runs: dict[tuple[str, int], Path], out: Path) -> Path:
         for name, series in logs.items():
             if name in ("sft_long", "sft_half"):  # the SFT panel has the long run; the half run is a stage
                 continue
-            steps, means, lows, highs = verdicts.band(series, key)
+            steps, means, lows, highs = suite_scores.band(series, key)
             if steps:
                 line = ax.plot(steps, means, marker="o", markersize=2, label=BY_NAME[name].label)[0]
                 ax.fill_between(steps, lows, highs, color=line.get_color(), alpha=0.12)
@@ -279,7 +279,7 @@ def plot_suite(runs: dict[tuple[str, int], Path], out: Path) -> Path:
         ("retention", ax, "--", "retention"),
         ("length", twin, ":", "response length (right)"),
     ):
-        steps, means, lows, highs = verdicts.band(logs.get("sft_long", logs.get("sft", [])), key)
+        steps, means, lows, highs = suite_scores.band(logs.get("sft_long", logs.get("sft", [])), key)
         color = "black" if axis is ax else "grey"
         axis.plot(steps, means, style, marker="o", markersize=2, label=title, color=color)
         axis.fill_between(steps, lows, highs, color=color, alpha=0.12)

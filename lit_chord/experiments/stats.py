@@ -47,6 +47,9 @@ class Interval:
         return self.low > 0 or self.high < 0
 
 
+NO_VALUES = Interval(float("nan"), float("nan"), float("nan"), 0)  # a cell with no values; formats as "—"
+
+
 def t_interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
     """Mean ± t_{n-1, (1+confidence)/2} · s/√n, ``s`` the sample standard deviation (n - 1); one value gives a
     zero-width interval, equal values too."""
@@ -62,6 +65,11 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
 
     half_width = float(t.ppf((1 + confidence) / 2, n - 1)) * statistics.stdev(values) / math.sqrt(n)
     return Interval(mean, mean - half_width, mean + half_width, n)
+
+
+def interval_over(values: Sequence[float]) -> Interval:
+    """``t_interval`` of ``values``, or ``NO_VALUES`` when there are none (a table cell no run filled)."""
+    return t_interval(values) if values else NO_VALUES
 
 
 def paired_difference(a: Mapping[int, float], b: Mapping[int, float], confidence: float = 0.95) -> Interval:

@@ -1,5 +1,5 @@
 """What one run of the paper-mini suite scored, read back from its ``metrics.csv``: the numbers at a validation, the
-SFT-best step, and the compute it spent.
+SFT-best step, the compute it spent, and a score's curve over seeds (``band``).
 
 Why a room of its own: the suite selects learning rates, picks SFT-best, fills the table, checks the preconditions
 and judges the claims, all from the same few numbers; reading them in one place keeps every consumer on the same
@@ -13,6 +13,8 @@ analogue) and the six retention tasks.
 from __future__ import annotations
 
 import statistics
+
+from lit_chord.experiments import stats
 
 SELECT_SET, TEST_SET, TRANSFER_SET = "val", "heldout", "transfer"
 RETENTION_TASKS = ("copy", "reverse", "sort", "max", "count", "add")
@@ -80,3 +82,17 @@ def compute(series: dict, trains_on_rollouts: bool = True) -> dict[str, float]:
 def added(*parts: dict[str, float]) -> dict[str, float]:
     """Compute of a chain of runs (SFT, then RL from its best policy): the parts' sums."""
     return {key: sum(part[key] for part in parts) for key in parts[0]}
+
+
+def band(runs: list[dict], key: str) -> tuple[list[int], list[float], list[float], list[float]]:
+    """Steps every run validated at, with the mean and 95 % interval over runs of score ``key`` there."""
+    per_run = [{s: scores_at(series, s)[key] for s in validation_steps(series)} for series in runs]
+    steps = sorted(set.intersection(*(set(r) for r in per_run))) if per_run else []
+    means, lows, highs = [], [], []
+    for step in steps:
+        values = [v for r in per_run if (v := r[step]) is not None]
+        spread = stats.interval_over(values)
+        means.append(spread.mean)
+        lows.append(spread.low)
+        highs.append(spread.high)
+    return steps, means, lows, highs

@@ -48,7 +48,6 @@ BASELINES = (
     SFT_RL_PAPER_BUDGET,
     SFT_RL_EQUAL_STEPS,
 )
-NO_VALUES = stats.Interval(float("nan"), float("nan"), float("nan"), 0)
 BEST_OF = {"sft": "SFT-best", "sft_long": "SFT-best, 4× budget"}  # SFT runs whose best validation is a row too
 LONG = ("SFT, 4× budget", "SFT-best, 4× budget")
 P2_MIN_GAIN = 0.10  # SFT-best's in-domain avg@4 over the original's, at least (the paper: +12.1 on AMC)
@@ -113,7 +112,7 @@ def column(row: Mapping[int, dict], key: str) -> dict[int, float]:
 
 def interval(row: Mapping[int, dict], key: str) -> stats.Interval:
     values = list(column(row, key).values())
-    return stats.t_interval(values) if values else NO_VALUES
+    return stats.interval_over(values)
 
 
 def paired(rows: Rows, a: str, b: str, key: str) -> stats.Interval | None:
@@ -290,22 +289,6 @@ def retention_table(rows: Rows) -> str:
         cells = [points(paired(rows, label, "original", f"task/{task}")) for task in tasks]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def band(runs: list[dict], key: str) -> tuple[list[int], list[float], list[float], list[float]]:
-    """Steps every run validated at, with the mean and 95 % interval over runs of score ``key`` there."""
-    per_run = [
-        {s: suite_scores.scores_at(series, s)[key] for s in suite_scores.validation_steps(series)} for series in runs
-    ]
-    steps = sorted(set.intersection(*(set(r) for r in per_run))) if per_run else []
-    means, lows, highs = [], [], []
-    for step in steps:
-        values = [v for r in per_run if (v := r[step]) is not None]
-        spread = stats.t_interval(values) if values else NO_VALUES
-        means.append(spread.mean)
-        lows.append(spread.low)
-        highs.append(spread.high)
-    return steps, means, lows, highs
 
 
 def grid_rates(tuning: dict) -> list[str]:
