@@ -22,8 +22,10 @@ way, so it samples from a slightly different policy than the one trained; ``roll
 truncated importance sampling with the engine's log-probabilities (``model.tis_cap``), which corrects for exactly
 that mismatch, and ``rollout/logprob_gap`` measures it.
 
-Simplified: plain LoRA on linear layers only (no DoRA or rsLoRA; embeddings, the output head and norms train in
-full when asked for, as ``modules_to_save``), one adapter.
+Simplified: plain LoRA on the decoder's linear layers only (no DoRA or rsLoRA; embeddings, the output head and
+norms train in full when asked for, as ``modules_to_save``), one adapter. The head takes no adapter: log-probabilities
+are computed from its weight directly (``logprobs.token_logprobs``, chunked over the vocabulary), so one would never
+train.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from typing import TYPE_CHECKING, Literal, cast
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
+
+from lit_chord.errors import ConfigError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -149,7 +153,17 @@ class LoraPolicy:
         unmatched = [suffix for suffix in saved if not any(name.endswith(suffix) for name in names)]
         if unmatched:  # peft would train nothing for them, silently
             leaves = sorted({leaf for name in names if not (leaf := name.rsplit(".", 1)[-1]).isdigit()})
-            raise ValueError(f"model.lora.modules_to_save: no module's name ends in {unmatched}; its modules: {leaves}")
+            raise ConfigError(
+                f"model.lora.modules_to_save: no module's name ends in {unmatched}; its modules: {leaves}"
+            )
+        head_name = module_name(policy, policy.get_output_embeddings())
+        targets = [] if isinstance(settings.target_modules, str) else settings.target_modules  # "all-linear": no head
+        if any(head_name == target or head_name.endswith(f".{target}") for target in targets):  # as peft matches
+            # the scorer projects with the head's own weight (logprobs.token_logprobs), never through an adapter on it
+            raise ConfigError(
+                f"model.lora.target_modules: the output head ({head_name}) cannot take an adapter, which would never "
+                f"train; name it in model.lora.modules_to_save to train it in full"
+            )
         embeddings = module_name(policy, policy.get_input_embeddings())
         tied = ties_embeddings(policy)
         config = LoraConfig(
@@ -170,10 +184,10 @@ class LoraPolicy:
         self.layers = {name: m for name, m in tuned.items() if isinstance(m, Linear)}
         other = sorted(set(tuned) - set(self.layers))
         if other:
-            raise ValueError(f"model.lora.target_modules: only linear layers can be adapted, not {other}")
+            raise ConfigError(f"model.lora.target_modules: only linear layers can be adapted, not {other}")
         head, inputs = (trained_copy(m) for m in (self.lm.get_output_embeddings(), self.lm.get_input_embeddings()))
         if tied and head.weight is not inputs.weight:
-            raise ValueError(
+            raise ConfigError(
                 f"model.lora.modules_to_save {saved}: this model ties its output head to its input embeddings; "
                 f"train both by naming the embeddings ({embeddings.rsplit('.', 1)[-1]}), not the head alone"
             )

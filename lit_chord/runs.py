@@ -15,7 +15,7 @@ only warned and trained from step 0. Ctrl-C and SIGTERM saved nothing. Now:
   print the command that resumes; the requeued SLURM job (``SLURM_RESTART_COUNT`` > 0) continues its run.
 - **A run that fails before writing anything** (bad data at setup, a model that does not load) leaves no empty
   ``version_N``: the folder is made at the start, to reserve its number against a run started in the same moment,
-  and removed again when the run fails while it is still empty (``EmptyRunRemoval``).
+  and removed again when the run fails with nothing in it but its ``config.yaml`` (``EmptyRunRemoval``).
 - **The step's counts are split over the ranks** (``ChordDataModule.split_over_ranks``) before the folder is made,
   in this one process (Lightning starts the other ranks inside ``fit``): a count that cannot be split is one line.
 """
@@ -27,6 +27,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -263,8 +264,8 @@ def prepare_fit(
 
 
 class EmptyRunRemoval(Callback):
-    """Removes a fresh run's folder when the run fails while the folder is still empty: made at the start to reserve
-    its version number, an empty ``version_N`` left by a failed start only looks like a run.
+    """Removes a fresh run's folder (made at the start, to reserve its number) when the run fails before writing more
+    than the ``config.yaml`` LightningCLI saves at setup (a bad LoRA setting fails later, in ``configure_model``).
 
     Args:
         folder: The run's folder.
@@ -276,8 +277,8 @@ class EmptyRunRemoval(Callback):
     @override
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         # Lightning finalizes its loggers after this hook; a CSVLogger without rows writes nothing then.
-        if global_rank() == 0 and self.folder.is_dir() and not any(self.folder.iterdir()):
-            self.folder.rmdir()
+        if global_rank() == 0 and self.folder.is_dir() and {p.name for p in self.folder.iterdir()} <= {"config.yaml"}:
+            shutil.rmtree(self.folder)
 
 
 def last_checkpoint(trainer: Trainer) -> Path:

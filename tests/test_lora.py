@@ -302,6 +302,9 @@ def test_bad_settings_are_refused(tiny_world):
     module = ChordModule(model=str(tiny_world / "model"), lora=LoraSettings(modules_to_save=["lm_head"]))
     with pytest.raises(ValueError, match=r"modules_to_save \['lm_head'\]: this model ties .* \(embed_tokens\)"):
         module.configure_model()
+    module = ChordModule(model=str(tiny_world / "model"), lora=LoraSettings(target_modules=["q_proj", "lm_head"]))
+    with pytest.raises(ValueError, match=r"the output head \(lm_head\) cannot take an adapter"):
+        module.configure_model()
 
 
 def test_the_command_line_setting_round_trips_through_a_checkpoint(tiny_world, tmp_path):

@@ -163,32 +163,6 @@ def test_the_progress_bar_counts_optimizer_steps_across_a_resume(tiny_world, tmp
     assert "v_num" not in trainer.progress_bar_callback.get_metrics(trainer, trainer.lightning_module)
 
 
-def test_the_transformers_engine_keeps_sharded_ranks_in_step(tiny_world):
-    """Under FSDP2 every forward is a collective, so a rank whose rollouts all stopped must keep stepping until the
-    other ranks' have (transformers' ``synced_gpus``), or they hang. Sharded parameters are DTensors (they have
-    ``full_tensor``); one marked so stands in for a shard here, since a real 2-rank run only hangs by chance."""
-    from transformers import AutoModelForCausalLM
-
-    from lit_chord.engines import SamplingConfig
-    from lit_chord.engines.transformers_engine import TransformersEngine
-
-    policy = AutoModelForCausalLM.from_pretrained(tiny_world / "model")
-    calls = []
-
-    def generate(input_ids, synced_gpus, **kwargs):  # records the flag; answers each prompt with its stop token
-        calls.append(synced_gpus)
-        return torch.cat([input_ids, torch.full((len(input_ids), 1), 2)], dim=1)
-
-    policy.generate = generate
-    for sharded in (False, True):
-        if sharded:
-            next(policy.parameters()).full_tensor = lambda: None
-        engine = TransformersEngine()
-        engine.attach(policy, [2], pad_token_id=0)
-        engine.generate([[5, 6, 7]], 2, SamplingConfig(max_new_tokens=3, seed=0))
-    assert calls == [False, True]
-
-
 def test_cosine_decay_by_hand_and_it_follows_the_run_length(tiny_world):
     from functools import partial
 

@@ -26,7 +26,7 @@ from lightning.pytorch import Callback
 
 from lit_chord.__main__ import main
 from lit_chord.cli import command_line
-from lit_chord.errors import UserError
+from lit_chord.errors import ConfigError, UserError
 from lit_chord.records import DataError
 from lit_chord.runs import prepare_fit, resume_command
 
@@ -212,6 +212,9 @@ def test_a_run_that_fails_before_writing_anything_leaves_no_run_folder(tiny_worl
     with pytest.raises(DataError, match="field 'answer' is null"):
         fit(config, "--data.prompt_data", str(bad))
     assert not list((tmp_path / "runs").iterdir())  # version_0 was made at the start, and removed
+    with pytest.raises(ConfigError, match=r"the output head \(lm_head\) cannot take an adapter"):  # after setup,
+        fit(config, "--model.lora.target_modules", "[q_proj, lm_head]")  # when config.yaml is written
+    assert not list((tmp_path / "runs").iterdir())
     fit(config)
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["version_0"]  # the next run takes its number
 

@@ -3,16 +3,50 @@
 Batched, left-padded generation with the KV cache, in eval mode and without gradients. Since it samples from
 the live policy module, ``load_weights`` has nothing to do. Use it for the demo and tests; use vLLM for real
 runs.
+
+The rollouts must come from π_θ itself, shaped only by the run's own temperature and top-p: GRPO's ratio, the
+held-out accuracies and every sampled metric assume it. ``generate`` fills each setting a call leaves out from the
+checkpoint's ``generation_config.json``, and instruct checkpoints ship their chat settings there (Qwen2.5-Instruct:
+temperature 0.7, top-p 0.8, top-k 20, repetition penalty 1.05). So every setting the checkpoint changed is passed
+back at transformers' default (``checkpoint_settings_reset``). vLLM needs nothing of the kind: its engine builds
+``SamplingParams`` from the run's settings alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+from transformers import GenerationConfig
 
 from lit_chord.engines import Completion, SamplingConfig
+
+# Settings a checkpoint's generation config may hold that do not change which tokens are drawn.
+NOT_SAMPLING = frozenset(
+    {
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+        "decoder_start_token_id",
+        "transformers_version",
+        "use_cache",
+        "cache_implementation",
+        "max_length",
+        "max_new_tokens",
+    }
+)
+
+
+def checkpoint_settings_reset(policy: nn.Module) -> dict[str, Any]:
+    """Every generation setting the policy's checkpoint changed (its ``generation_config.json``) that can change which
+    tokens are drawn, back at transformers' default, as ``generate`` arguments."""
+    config = getattr(policy, "generation_config", None)
+    if not isinstance(config, GenerationConfig):
+        return {}
+    defaults = GenerationConfig._get_default_generation_params()
+    return {key: defaults.get(key) for key in config.to_diff_dict() if key not in NOT_SAMPLING}
 
 
 class TransformersEngine:
@@ -29,9 +63,11 @@ class TransformersEngine:
         self.stop_token_ids: list[int] = []
         self.pad_token_id = 0
         self.sharded = False
+        self.reset: dict[str, Any] = {}
 
     def attach(self, policy: nn.Module, stop_token_ids: list[int], pad_token_id: int) -> None:
         self.policy, self.stop_token_ids, self.pad_token_id = policy, list(stop_token_ids), pad_token_id
+        self.reset = checkpoint_settings_reset(policy)
         # Under FSDP2 every forward gathers each layer's shards, a collective: a rank whose sequences all stopped
         # must keep stepping until every rank's have, or the others hang (transformers' ``synced_gpus``).
         self.sharded = any(hasattr(param, "full_tensor") for param in policy.parameters())
@@ -63,16 +99,19 @@ class TransformersEngine:
             attention_mask[row, width - len(ids) :] = 1
         greedy = sampling.temperature == 0.0
         # A transformers causal LM's generate; nn.Module types its attributes as Tensor | Module.
+        run_settings = {
+            "max_new_tokens": sampling.max_new_tokens,
+            "do_sample": not greedy,
+            "temperature": None if greedy else sampling.temperature,
+            "top_p": None if greedy else sampling.top_p,
+            "top_k": None,
+            "eos_token_id": self.stop_token_ids,
+            "pad_token_id": self.pad_token_id,
+        }
         output = self.policy.generate(  # type: ignore[operator]
             input_ids=input_ids.to(device),
             attention_mask=attention_mask.to(device),
-            max_new_tokens=sampling.max_new_tokens,
-            do_sample=not greedy,
-            temperature=None if greedy else sampling.temperature,
-            top_p=None if greedy else sampling.top_p,
-            top_k=None,
-            eos_token_id=self.stop_token_ids,
-            pad_token_id=self.pad_token_id,
+            **(self.reset | run_settings),  # the run's settings, and none of the checkpoint's
             synced_gpus=self.sharded,
         )
         return [self._completion(row[width:].tolist()) for row in output.cpu()]
