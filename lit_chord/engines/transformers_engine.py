@@ -98,7 +98,6 @@ class TransformersEngine:
             input_ids[row, width - len(ids) :] = torch.tensor(ids)
             attention_mask[row, width - len(ids) :] = 1
         greedy = sampling.temperature == 0.0
-        # A transformers causal LM's generate; nn.Module types its attributes as Tensor | Module.
         run_settings = {
             "max_new_tokens": sampling.max_new_tokens,
             "do_sample": not greedy,
@@ -108,6 +107,7 @@ class TransformersEngine:
             "eos_token_id": self.stop_token_ids,
             "pad_token_id": self.pad_token_id,
         }
+        # A transformers causal LM's generate; nn.Module types its attributes as Tensor | Module.
         output = self.policy.generate(  # type: ignore[operator]
             input_ids=input_ids.to(device),
             attention_mask=attention_mask.to(device),
